@@ -1,3 +1,30 @@
-"""snftune: parameter-efficient tuning of vision backbones around SNF (CVPR 2023)."""
+"""snftune: parameter-efficient tuning of vision backbones around SNF (CVPR 2023).
+
+>>> import timm, snftune
+>>> model = timm.create_model("vit_base_patch16_224", num_classes=100)
+>>> snftune.apply(model, "snf-deep")
+>>> print(snftune.trainable_summary(model))
+>>> snftune.save_tuned(model, "task.safetensors")
+"""
+
+from .backbones import anatomy, create_model
+from .methods import MethodConfig, ShortcutFlow, SNFConfig, method_names, resolve_config
+from .tuning import TunedFileError, apply, load_tuned, save_tuned, trainable_summary, tuned_tensors
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MethodConfig",
+    "SNFConfig",
+    "ShortcutFlow",
+    "TunedFileError",
+    "anatomy",
+    "apply",
+    "create_model",
+    "load_tuned",
+    "method_names",
+    "resolve_config",
+    "save_tuned",
+    "trainable_summary",
+    "tuned_tensors",
+]

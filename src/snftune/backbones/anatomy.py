@@ -1,0 +1,93 @@
+"""Finds a model's family, converts its blocks to site-exposing ones, reports the anatomy."""
+
+from __future__ import annotations
+
+import warnings
+
+import timm
+from torch import nn
+
+from . import resnet, swin, vit  # noqa: F401  (registers the families)
+from .sites import Anatomy, ResidualSite, UnsupportedModelError, families
+
+SUPPORTED_TIMM = ((1, 0, 15), (1, 1, 0))
+"""The timm versions whose block forwards the site blocks reproduce: [low, high)."""
+
+
+def _timm_version() -> tuple[int, ...]:
+    return tuple(int(p) for p in timm.__version__.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def _check_timm_version() -> None:
+    low, high = SUPPORTED_TIMM
+    if not low <= _timm_version() < high:
+        warnings.warn(
+            f"snftune's site blocks mirror timm {'.'.join(map(str, low))} to <{'.'.join(map(str, high))};"
+            f" timm {timm.__version__} is installed. Run the test suite (tests/test_backbones.py) "
+            "to confirm that outputs still match timm's own forward.",
+            stacklevel=3,
+        )
+
+
+def _block_type_names(model: nn.Module) -> list[str]:
+    names = {type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()}
+    if not names:
+        names = {type(m).__name__ for m in model.children()}
+    return sorted(names)
+
+
+def install_sites(model: nn.Module) -> str:
+    """Converts every supported timm block of ``model`` in place; returns the family name.
+
+    Converting swaps each block's class for a subclass whose forward routes the residual
+    additions through empty :class:`ResidualSite` slots, so parameters, state-dict keys and
+    outputs stay exactly those of the timm model. Calling it again is a no-op.
+    """
+    found: dict[str, int] = {}
+    for family in families().values():
+        site_types = set(family.block_types.values())
+        for module in model.modules():
+            if type(module) in site_types:
+                found[family.name] = found.get(family.name, 0) + 1
+            elif type(module) in family.block_types:
+                module.__class__ = family.block_types[type(module)]
+                family.add_sites(module)
+                found[family.name] = found.get(family.name, 0) + 1
+    if not found:
+        supported = sorted(t.__name__ for f in families().values() for t in f.block_types)
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no block type snftune supports. Block types found: "
+            f"{', '.join(_block_type_names(model)) or 'none'}. Supported timm blocks: {', '.join(supported)} "
+            "(ViT/DeiT, Swin, ResNet)."
+        )
+    if len(found) > 1:
+        raise UnsupportedModelError(f"{type(model).__name__} mixes block families {sorted(found)}.")
+    _check_timm_version()
+    name = next(iter(found))
+    prepare = families()[name].prepare_model
+    if prepare is not None:
+        prepare(model)
+    return name
+
+
+def anatomy(model: nn.Module) -> Anatomy:
+    """The model's residual sites, attention modules and token facts (installing sites first)."""
+    family = families()[install_sites(model)]
+    site_types = tuple(family.block_types.values())
+    blocks, block_sites, sites, site_names = [], [], [], []
+    for name, module in model.named_modules():
+        if isinstance(module, site_types):
+            blocks.append(module)
+            block_sites.append([])
+        elif isinstance(module, ResidualSite):
+            block_sites[-1].append(module)
+            sites.append(module)
+            site_names.append(name)
+    return Anatomy(
+        family=family.name,
+        blocks=blocks,
+        sites=sites,
+        site_names=site_names,
+        block_sites=block_sites,
+        **family.describe(model, blocks),
+    )

@@ -1,0 +1,55 @@
+"""Builds timm models by name, with weights from a local file or a hub tag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+WEIGHT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be loaded (missing file, or a hub download failed)."""
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return pretrained.endswith(WEIGHT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
+
+
+def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
+    """A timm model by name.
+
+    Args:
+        name: a timm model name, e.g. ``vit_base_patch16_224``.
+        pretrained: ``None`` for random initialisation; a local weights file (``.npz`` as
+            the original ViT release, ``.pth``/``.bin``/``.safetensors`` state dicts); or a
+            hub tag (``"hub"`` for timm's default tag, or e.g. ``"orig_in21k"``), which needs
+            network access.
+        **kwargs: passed to ``timm.create_model`` (``num_classes``, ``img_size``, ...).
+    """
+    if pretrained is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if _looks_like_path(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"weights file {path} does not exist. Pass the path of a local .npz/.pth/.safetensors file."
+            )
+        overlay = {"file": str(path)}
+        if path.suffix == ".npz":
+            overlay["custom_load"] = True
+        try:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise WeightsUnavailableError(f"could not load {path} into {name}: {error}") from error
+    full_name = name if pretrained == "hub" else f"{name}.{pretrained}"
+    try:
+        return timm.create_model(full_name, pretrained=True, **kwargs)
+    except Exception as error:  # hub clients raise many types when offline
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained weights for '{full_name}' from the hub ({type(error).__name__}: "
+            f"{error}). Without network access, download the file elsewhere and pass its local path "
+            "instead, e.g. --pretrained /path/to/ViT-B_16.npz."
+        ) from error

@@ -1,0 +1,1 @@
+"""Benchmark layer: suites, result tables and figures."""

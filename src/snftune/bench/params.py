@@ -1,0 +1,121 @@
+"""Tuned-parameter counts for methods x backbones, built on the meta device (no weights)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+
+import timm
+import torch
+
+from ..backbones import UnsupportedModelError
+from ..methods.registry import NotApplicableError, resolve_config
+from ..tuning import apply, trainable_summary
+
+PAPER_BACKBONES: dict[str, str] = {
+    "ViT-B/16": "vit_base_patch16_224",
+    "ViT-L/16": "vit_large_patch16_224",
+    "Swin-B": "swin_base_patch4_window7_224",
+    "ResNet-50": "resnet50",
+    "ResNet-101": "resnet101",
+}
+
+PAPER_METHODS: tuple[str, ...] = ("snf-shallow", "snf-deep")
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    method: str
+    backbone: str
+    model: str
+    tuned: int | None
+    note: str = ""
+
+    @property
+    def millions(self) -> float | None:
+        return None if self.tuned is None else self.tuned / 1e6
+
+
+def count_tuned_parameters(model_name: str, method: str, **model_kwargs) -> int:
+    """Trainable parameters of ``method`` on ``model_name``, classifier head excluded."""
+    with torch.device("meta"):
+        model = timm.create_model(model_name, **model_kwargs)
+        apply(model, method)
+    return trainable_summary(model).tuned
+
+
+def parameter_table(
+    methods: tuple[str, ...] = PAPER_METHODS, backbones: dict[str, str] | None = None
+) -> list[ParamCount]:
+    backbones = PAPER_BACKBONES if backbones is None else backbones
+    rows = []
+    for method in methods:
+        resolve_config(method)
+        for label, model_name in backbones.items():
+            try:
+                rows.append(ParamCount(method, label, model_name, count_tuned_parameters(model_name, method)))
+            except (NotApplicableError, UnsupportedModelError) as error:
+                rows.append(ParamCount(method, label, model_name, None, str(error)))
+    return rows
+
+
+def _cell(row: ParamCount) -> str:
+    return "n/a" if row.tuned is None else f"{row.tuned:,} ({row.millions:.3f}M)"
+
+
+def format_table(rows: list[ParamCount], fmt: str = "markdown") -> str:
+    """The table as Markdown (methods x backbones, then the settings used), CSV or JSON."""
+    if fmt == "json":
+        records = [
+            {
+                "method": r.method,
+                "backbone": r.backbone,
+                "model": r.model,
+                "tuned_parameters": r.tuned,
+                "millions": r.millions,
+                "note": r.note,
+            }
+            for r in rows
+        ]
+        return json.dumps({"rows": records, "settings": _settings(rows)}, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["method", "backbone", "model", "tuned_parameters", "millions"])
+        for r in rows:
+            writer.writerow(
+                [
+                    r.method,
+                    r.backbone,
+                    r.model,
+                    "" if r.tuned is None else r.tuned,
+                    "" if r.tuned is None else f"{r.millions:.6f}",
+                ]
+            )
+        return out.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"unknown format '{fmt}': use markdown, csv or json")
+    methods = list(dict.fromkeys(r.method for r in rows))
+    backbones = list(dict.fromkeys(r.backbone for r in rows))
+    cells = {(r.method, r.backbone): r for r in rows}
+    lines = [
+        "Tuned parameters (classifier head excluded)",
+        "",
+        "| method | " + " | ".join(backbones) + " |",
+        "|---|" + "---:|" * len(backbones),
+    ]
+    for method in methods:
+        lines.append(f"| {method} | " + " | ".join(_cell(cells[method, b]) for b in backbones) + " |")
+    lines += ["", "Settings:"]
+    lines += [f"- {method}: {settings}" for method, settings in _settings(rows).items()]
+    notes = sorted({f"- {r.method} on {r.backbone}: {r.note}" for r in rows if r.note})
+    if notes:
+        lines += ["", "Not applicable:", *notes]
+    lines.append("\nBackbones: " + ", ".join(f"{b} = timm {cells[methods[0], b].model}" for b in backbones))
+    return "\n".join(lines) + "\n"
+
+
+def _settings(rows: list[ParamCount]) -> dict[str, str]:
+    return {method: resolve_config(method).to_json() for method in dict.fromkeys(r.method for r in rows)}

@@ -1,0 +1,32 @@
+"""``snftune params``: tuned-parameter counts for methods x backbones, without weights."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bench.params import PAPER_BACKBONES, PAPER_METHODS, format_table, parameter_table
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "params",
+        help="tuned-parameter table for methods x backbones (meta device, no weights needed)",
+        description="Counts the parameters each method tunes (classifier head excluded) on the paper's "
+        "backbones or on any timm models, building them on the meta device.",
+    )
+    parser.add_argument("--methods", nargs="+", default=list(PAPER_METHODS), help="method or preset names")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="TIMM_NAME",
+        help="timm model names (default: the paper's ViT-B/16, ViT-L/16, Swin-B, ResNet-50, ResNet-101)",
+    )
+    parser.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    backbones = PAPER_BACKBONES if args.models is None else {name: name for name in args.models}
+    print(format_table(parameter_table(tuple(args.methods), backbones), args.format), end="")
+    return 0

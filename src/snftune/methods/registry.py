@@ -1,0 +1,164 @@
+"""Method registry: a name (``snf-deep``, ``lora``, ...) is all a user needs to pick a method.
+
+A *method* is a config dataclass (a :class:`MethodConfig`) plus an ``apply(model, config)``
+that edits a timm model in place. *Presets* are named settings of a method
+(``snf-shallow`` is ``SNFConfig(planar_steps=0)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from torch import nn
+
+__all__ = [
+    "MethodConfig",
+    "Method",
+    "UnknownMethodError",
+    "NotApplicableError",
+    "register_method",
+    "method_for",
+    "resolve_config",
+    "config_from_dict",
+    "method_names",
+    "preset_names",
+]
+
+
+class UnknownMethodError(ValueError):
+    """A method name, preset or config field that snftune does not know."""
+
+
+class NotApplicableError(ValueError):
+    """A method that does not fit the given backbone (e.g. prompt tokens on a ResNet)."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method config: plain data, validated in ``__post_init__``.
+
+    Class attributes (not fields):
+        method: the registry name stored in checkpoints.
+        trains_backbone: True when ``apply`` leaves the whole backbone trainable.
+        updates_norm_statistics: True when BatchNorm running statistics may keep updating
+            in train mode (otherwise they are frozen, as the backbone is).
+    """
+
+    method: ClassVar[str] = ""
+    trains_backbone: ClassVar[bool] = False
+    updates_norm_statistics: ClassVar[bool] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps({"method": self.method, **self.to_dict()}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type[MethodConfig]
+    apply: Callable[[nn.Module, MethodConfig], None]
+    description: str
+
+
+_METHODS: dict[str, Method] = {}
+_PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {}
+
+
+def register_method(
+    config_cls: type[MethodConfig],
+    apply: Callable[[nn.Module, MethodConfig], None],
+    description: str,
+    presets: dict[str, tuple[dict[str, Any], str]] | None = None,
+) -> Method:
+    """Registers ``config_cls.method`` and its presets ({name: (overrides, description)})."""
+    method = Method(config_cls.method, config_cls, apply, description)
+    _METHODS[method.name] = method
+    for preset, (overrides, preset_description) in (presets or {}).items():
+        _PRESETS[preset] = (method.name, overrides, preset_description)
+    return method
+
+
+def _ensure_builtin_methods() -> None:
+    from . import builtin  # noqa: F401  (importing registers the built-in methods)
+
+
+def method_for(config: MethodConfig) -> Method:
+    _ensure_builtin_methods()
+    for method in _METHODS.values():
+        if type(config) is method.config_cls:
+            return method
+    raise UnknownMethodError(f"{type(config).__name__} is not a registered method config")
+
+
+def method_names() -> list[str]:
+    """Every name ``resolve_config`` accepts: methods and presets."""
+    _ensure_builtin_methods()
+    return sorted(set(_METHODS) | set(_PRESETS))
+
+
+def preset_names() -> dict[str, str]:
+    """Preset name -> description."""
+    _ensure_builtin_methods()
+    return {name: description for name, (_, _, description) in sorted(_PRESETS.items())}
+
+
+def config_from_dict(method: str, values: dict[str, Any]) -> MethodConfig:
+    """Builds a registered method's config, naming any field it does not have."""
+    _ensure_builtin_methods()
+    if method not in _METHODS:
+        raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")
+    config_cls = _METHODS[method].config_cls
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise UnknownMethodError(
+            f"method '{method}' has no setting {', '.join(map(repr, unknown))}. "
+            f"Its settings: {', '.join(sorted(fields)) or 'none'}"
+        )
+    return config_cls(**values)
+
+
+def _load_config_file(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UnknownMethodError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict) or "method" not in data:
+        raise UnknownMethodError(f"{path} must be a mapping with a 'method' key, e.g. 'method: snf-deep'")
+    data = dict(data)
+    return str(data.pop("method")), data
+
+
+def resolve_config(method: str | MethodConfig, **overrides: Any) -> MethodConfig:
+    """A config from a method name, a preset name, a YAML file, or a config instance.
+
+    ``overrides`` replace fields of the resolved config; a field the method does not have
+    raises :class:`UnknownMethodError` naming it.
+    """
+    _ensure_builtin_methods()
+    if isinstance(method, MethodConfig):
+        method_for(method)
+        return dataclasses.replace(method, **overrides) if overrides else method
+    if not isinstance(method, str):
+        raise UnknownMethodError(f"a method is a name or a MethodConfig, not {type(method).__name__}")
+    if method.endswith((".yaml", ".yml")):
+        path = Path(method)
+        if not path.is_file():
+            raise UnknownMethodError(f"method file {path} does not exist")
+        method, file_values = _load_config_file(path)
+        overrides = {**file_values, **overrides}
+    if method in _PRESETS:
+        name, preset_values, _ = _PRESETS[method]
+        return config_from_dict(name, {**preset_values, **overrides})
+    if method in _METHODS:
+        return config_from_dict(method, overrides)
+    raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")

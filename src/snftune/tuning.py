@@ -1,0 +1,294 @@
+"""The public tuning API: apply a method, check what is trainable, save and load tuned weights.
+
+Modelled on HF PEFT's habits: ``apply`` edits the model in place and leaves only the
+method's parameters and the classifier head trainable; ``save_tuned`` writes only those
+tensors (kilobytes per task) with the method config in the file's metadata, so
+``load_tuned`` can rebuild the method on a fresh backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .methods.registry import MethodConfig, config_from_dict, method_for, resolve_config
+
+__all__ = [
+    "TuningState",
+    "TrainableSummary",
+    "TunedFileError",
+    "apply",
+    "head_parameter_names",
+    "tuned_tensors",
+    "trainable_summary",
+    "save_tuned",
+    "load_tuned",
+]
+
+FORMAT_VERSION = "1"
+
+
+class TunedFileError(ValueError):
+    """A tuned-weights file that does not fit the model (or is not one)."""
+
+
+@dataclass
+class TuningState:
+    """What ``apply`` did to a model; kept on the model as ``model.snftune_state``."""
+
+    config: MethodConfig
+    label: str
+    architecture: str
+    fingerprint: str
+
+
+class FrozenStatsBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Marker base: BatchNorm whose running statistics stay frozen in train mode."""
+
+    def train(self, mode: bool = True) -> nn.Module:
+        super().train(False)
+        return self
+
+
+_FROZEN_STATS_CLASSES: dict[type, type] = {}
+
+
+def _freeze_norm_statistics(model: nn.Module) -> None:
+    """Keeps every BatchNorm in eval mode, whatever ``model.train()`` later says.
+
+    A frozen backbone's BatchNorm would otherwise overwrite its pretrained running
+    statistics in train mode, and a tuned-only checkpoint would silently lose the change.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, FrozenStatsBatchNorm):
+            cls = type(module)
+            if cls not in _FROZEN_STATS_CLASSES:
+                _FROZEN_STATS_CLASSES[cls] = type(f"FrozenStats{cls.__name__}", (FrozenStatsBatchNorm, cls), {})
+            module.__class__ = _FROZEN_STATS_CLASSES[cls]
+            module.train(False)
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the classifier head's parameters (timm's ``get_classifier()``)."""
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is None:
+        return []
+    head = get_classifier()
+    prefix = next((name for name, module in model.named_modules() if module is head), None)
+    if prefix is None:
+        return []
+    return [f"{prefix}.{name}" if prefix else name for name, _ in head.named_parameters()]
+
+
+def _backbone_fingerprint(model: nn.Module) -> str:
+    """A hash of the backbone's tensor names and shapes, the classifier head excluded."""
+    head = {name.rsplit(".", 1)[0] for name in head_parameter_names(model)}
+    entries = [
+        f"{name}:{tuple(tensor.shape)}"
+        for name, tensor in model.state_dict().items()
+        if name.rsplit(".", 1)[0] not in head
+    ]
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:16]
+
+
+def apply(model: nn.Module, method: str | MethodConfig, **overrides: Any) -> nn.Module:
+    """Applies a tuning method to a timm model in place and returns it.
+
+    The backbone is frozen; the method's parameters and the classifier head stay trainable.
+    BatchNorm statistics are frozen unless the method trains the whole backbone.
+
+    Args:
+        model: a timm model (ViT/DeiT, Swin, ResNet).
+        method: a method or preset name (``"snf-deep"``), a YAML file, or a config instance.
+        **overrides: config fields to override, e.g. ``planar_steps=3``.
+    """
+    if getattr(model, "snftune_state", None) is not None:
+        raise ValueError(
+            f"this model is already tuned with '{model.snftune_state.label}'; "
+            "create a fresh model to apply another method"
+        )
+    config = resolve_config(method, **overrides)
+    label = method if isinstance(method, str) and not method.endswith((".yaml", ".yml")) else config.method
+    spec = method_for(config)
+    fingerprint = _backbone_fingerprint(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    spec.apply(model, config)
+    head = set(head_parameter_names(model))
+    for name, parameter in model.named_parameters():
+        if name in head:
+            parameter.requires_grad_(True)
+    if not config.updates_norm_statistics:
+        _freeze_norm_statistics(model)
+    model.snftune_state = TuningState(config, label, _architecture(model), fingerprint)
+    return model
+
+
+def tuned_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a tuned checkpoint holds: every trainable parameter, plus the persistent
+    buffers (e.g. BatchNorm statistics) of every module that owns a trainable parameter."""
+    tensors: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        if not any(p.requires_grad for p in own.values()):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        for name, parameter in own.items():
+            if parameter.requires_grad:
+                tensors[prefix + name] = parameter
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                tensors[prefix + name] = buffer
+    return tensors
+
+
+@dataclass(frozen=True)
+class TrainableSummary:
+    method: str
+    tuned: int
+    head: int
+    total: int
+
+    def __str__(self) -> str:
+        share = 100.0 * (self.tuned + self.head) / max(self.total, 1)
+        return (
+            f"{self.method}: tuned {self.tuned:,} ({self.tuned / 1e6:.3f}M) + head {self.head:,} "
+            f"= {self.tuned + self.head:,} trainable of {self.total:,} parameters ({share:.3f}%)"
+        )
+
+
+def trainable_summary(model: nn.Module) -> TrainableSummary:
+    """Counts trainable parameters, separating the classifier head from the method's own."""
+    head = set(head_parameter_names(model))
+    tuned = head_count = total = 0
+    for name, parameter in model.named_parameters():
+        total += parameter.numel()
+        if parameter.requires_grad:
+            if name in head:
+                head_count += parameter.numel()
+            else:
+                tuned += parameter.numel()
+    state = getattr(model, "snftune_state", None)
+    return TrainableSummary(state.label if state else "untuned", tuned, head_count, total)
+
+
+def _require_state(model: nn.Module) -> TuningState:
+    state = getattr(model, "snftune_state", None)
+    if state is None:
+        raise ValueError("this model was not tuned with snftune.apply; apply a method first")
+    return state
+
+
+def save_tuned(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Writes only the tuned tensors (head included) to a safetensors file, atomically.
+
+    The file's metadata holds the method config, the label it was applied with, and the
+    backbone's architecture and shape fingerprint, so that ``load_tuned`` can check them.
+    """
+    state = _require_state(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tuned_tensors(model).items()}
+    metadata = {
+        "snftune_format": FORMAT_VERSION,
+        "method": state.config.method,
+        "label": state.label,
+        "config": json.dumps(state.config.to_dict(), sort_keys=True),
+        "architecture": state.architecture,
+        "fingerprint": state.fingerprint,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The snftune metadata of a tuned-weights file, with clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tuned-weights file {path} does not exist; pass the file written by save_tuned")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:
+        raise TunedFileError(
+            f"{path} is not a safetensors file ({error}); pass a file written by save_tuned"
+        ) from error
+    if "snftune_format" not in metadata:
+        raise TunedFileError(
+            f"{path} is a safetensors file without snftune metadata: it was not written by snftune.save_tuned"
+        )
+    if metadata["snftune_format"] != FORMAT_VERSION:
+        raise TunedFileError(
+            f"{path} has snftune format {metadata['snftune_format']}; this version reads {FORMAT_VERSION}"
+        )
+    return metadata
+
+
+def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Restores tuned weights into ``model`` exactly, applying the file's method first if needed.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        TunedFileError: not an snftune file, or made for another backbone, method or head.
+    """
+    path = Path(path)
+    metadata = read_tuned_metadata(path)
+    config = config_from_dict(metadata["method"], json.loads(metadata["config"]))
+    state = getattr(model, "snftune_state", None)
+    architecture = state.architecture if state else _architecture(model)
+    fingerprint = state.fingerprint if state else _backbone_fingerprint(model)
+    if metadata["architecture"] != architecture or metadata["fingerprint"] != fingerprint:
+        detail = (
+            "the same architecture with other shapes (img_size, depth, patch size, ...)"
+            if metadata["architecture"] == architecture
+            else f"architecture '{architecture}'"
+        )
+        raise TunedFileError(
+            f"{path} was made for backbone '{metadata['architecture']}' (fingerprint {metadata['fingerprint']}); "
+            f"this model has {detail} (fingerprint {fingerprint}). Build the backbone the file was tuned on."
+        )
+    if state is None:
+        apply(model, config)
+        model.snftune_state.label = metadata.get("label", config.method)
+    elif state.config != config:
+        raise TunedFileError(
+            f"{path} holds method {config.to_json()}, but this model is tuned with {state.config.to_json()}"
+        )
+    loaded = load_file(str(path))
+    expected = tuned_tensors(model)
+    missing, unexpected = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
+    if missing or unexpected:
+        raise TunedFileError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in loaded.items():
+        if tensor.shape != expected[name].shape:
+            hint = " (is num_classes the same?)" if name in head_parameter_names(model) else ""
+            raise TunedFileError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(expected[name].shape)}{hint}"
+            )
+    with torch.no_grad():
+        for name, tensor in loaded.items():
+            expected[name].copy_(tensor)
+    return model
