@@ -3,11 +3,11 @@ import copy
 import pytest
 import timm
 import torch
-from conftest import make_tiny
 
-from snftune.backbones import UnsupportedModelError, anatomy, create_model, install_sites
-from snftune.backbones import factory
+from snftune.backbones import UnsupportedModelError, anatomy, create_model, factory, install_sites
 from snftune.backbones.factory import WeightsUnavailableError
+
+from conftest import make_tiny
 
 
 def test_empty_sites_reproduce_timm_exactly(tiny_kind):

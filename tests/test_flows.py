@@ -59,7 +59,9 @@ def test_fused_flow_passes_gradcheck():
     params = [flow.shift, flow.log_scale, flow.u, flow.w, flow.b]
 
     def run(x, *values):
-        return torch.func.functional_call(flow, dict(zip(["shift", "log_scale", "u", "w", "b"], values)), (x,))
+        return torch.func.functional_call(
+            flow, dict(zip(["shift", "log_scale", "u", "w", "b"], values, strict=True)), (x,)
+        )
 
     assert torch.autograd.gradcheck(run, (x, *params))
 

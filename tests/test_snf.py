@@ -4,7 +4,6 @@ import json
 import pytest
 import timm
 import torch
-from conftest import make_tiny
 from safetensors.torch import save_file
 
 import snftune
@@ -13,6 +12,8 @@ from snftune.bench.params import count_tuned_parameters
 from snftune.cli import main as cli_main
 from snftune.methods import ShortcutFlow, SNFConfig, UnknownMethodError
 from snftune.tuning import TunedFileError
+
+from conftest import make_tiny
 
 PAPER_COUNTS = {
     ("snf-shallow", "vit_base_patch16_224"): 36_864,
