@@ -42,8 +42,9 @@ def test_reparameterised_u_keeps_every_step_invertible():
 
 
 @pytest.mark.parametrize("channel_dim,shape", LAYOUTS)
-def test_fused_flow_matches_the_plain_steps_and_their_gradients(channel_dim, shape):
-    flow = _randomised(ShortcutFlow(6, 4, channel_dim=channel_dim).double())
+@pytest.mark.parametrize("planar_steps", [0, 1, 4])
+def test_fused_flow_matches_the_plain_steps_and_their_gradients(channel_dim, shape, planar_steps):
+    flow = _randomised(ShortcutFlow(6, planar_steps, channel_dim=channel_dim).double())
     x = torch.randn(shape, dtype=torch.double, requires_grad=True)
     fused, plain = flow(x), flow.forward_reference(x)
     assert torch.allclose(fused, plain, atol=1e-12)

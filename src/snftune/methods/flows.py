@@ -15,7 +15,8 @@ tensor per step for the backward pass. But the planar steps only ever move ``z``
 The whole flow is then two thin matrix products with the J x C matrices ``W`` and ``U``
 plus a recurrence on J scalars per position, and its backward needs only the input ``x``
 (which the backbone keeps anyway) and the ``t_j``: J scalars per position instead of J
-activations. :class:`_FusedFlow` implements that forward and its hand-derived backward.
+activations. :class:`_FusedFlow` implements that forward and its hand-derived backward
+(also for the affine step alone, where it saves autograd's slow broadcast reductions).
 """
 
 from __future__ import annotations
@@ -107,10 +108,12 @@ class _FusedFlow(torch.autograd.Function):
         xf = layout.flat(x)
         scale = log_scale.exp().to(x.dtype)
         shift_, u_, w_, b_ = (p.to(x.dtype) for p in (shift, u, w, b))
-        z0 = torch.addcmul(layout.per_channel(shift_), layout.per_channel(scale), xf)
-        wu = w_ @ u_.t()
-        t = _tanh_recurrence(layout, layout.project(z0, w_), b_, wu)
-        y = z0.add_(layout.expand(t, u_))
+        y = torch.addcmul(layout.per_channel(shift_), layout.per_channel(scale), xf)
+        if u.shape[0]:
+            t = _tanh_recurrence(layout, layout.project(y, w_), b_, w_ @ u_.t())
+            y = y.add_(layout.expand(t, u_))
+        else:
+            t = u
         ctx.save_for_backward(x, shift, log_scale, u, w, t)
         ctx.channel_dim = channel_dim
         return layout.unflat(y)
@@ -124,6 +127,18 @@ class _FusedFlow(torch.autograd.Function):
         scale = log_scale.exp().to(dtype)
         shift_, u_, w_ = shift.to(dtype), u.to(dtype), w.to(dtype)
         J = u.shape[0]
+        if not J:
+            grad_x = layout.unflat(g * layout.per_channel(scale))
+            grad_log_scale = layout.sum_positions(g * xf) * scale
+            return (
+                grad_x,
+                layout.sum_positions(g).to(shift.dtype),
+                grad_log_scale.to(log_scale.dtype),
+                None,
+                None,
+                None,
+                None,
+            )
 
         # c_j = dL/da_j = (g_j . u_j) (1 - t_j^2), where g_j = g + sum_{k>j} c_k w_k.
         g_dot_u = layout.project(g, u_)
@@ -218,12 +233,13 @@ class ShortcutFlow(nn.Module):
                 f"ShortcutFlow({self.channels}) got {x.shape[self.channel_dim]} channels "
                 f"on dim {self.channel_dim} of a {tuple(x.shape)} tensor"
             )
+        if not self.memory_efficient:
+            return self.forward_reference(x)
         if not self.planar_steps:
-            return self._affine(x)
-        if self.memory_efficient:
-            u = invertible_u(self.u, self.w)
-            return _FusedFlow.apply(x, self.shift, self.log_scale, u, self.w, self.b, self.channel_dim)
-        return self.forward_reference(x)
+            empty = self.shift.new_zeros(0, self.channels)
+            return _FusedFlow.apply(x, self.shift, self.log_scale, empty, empty, empty[:, 0], self.channel_dim)
+        u = invertible_u(self.u, self.w)
+        return _FusedFlow.apply(x, self.shift, self.log_scale, u, self.w, self.b, self.channel_dim)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The plain sequence of steps under autograd: the definition the fused path must match."""
