@@ -65,7 +65,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the main process (with --workers 0, 1 avoids oversubscription)",
+    )
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.root is None:
@@ -84,7 +92,10 @@ def main() -> None:
         )
     rate = count / elapsed
     machine = platform.processor() or platform.machine()
-    print(f"machine: {machine}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(
+        f"machine: {machine}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} main-process threads)"
+    )
     print(f"source: {source}; task {spec}, split {args.split}")
     print(f"decoded + transformed {count} images to {shape} with {args.workers} workers in {elapsed:.2f}s")
     print(

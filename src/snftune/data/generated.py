@@ -2,8 +2,8 @@
 
 Every image is drawn with vectorised numpy from a ``numpy.random.Generator`` seeded by
 ``(seed, task, split)``, so a split is identical for the same seed whatever else was generated,
-and differs for another seed. Images are ``image_size`` px (default 32, 16..64), drawn at twice
-that size and box-downsampled.
+and differs for another seed. Images are ``image_size`` px (default 32, 16..64); below 48 px
+they are drawn at twice the size and box-downsampled (anti-aliasing).
 
 Downstream tasks (grouped like VTAB):
   natural      digits (scikit-learn's handwritten digits re-rendered), shapes, textures
@@ -39,6 +39,7 @@ SPLIT_SIZES = {"train800": 800, "val200": 200}
 SPLITS = ("train800", "val200", "train800val200", "test")
 MIN_SIZE, MAX_SIZE = 16, 64
 _CHUNK = 250
+_SUPERSAMPLE_BELOW = 48  # larger images are drawn at their own size: 4x less work, edges still fine
 
 DOWNSTREAM_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "arrow")
 DOWNSTREAM_TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "blobs", "grain")
@@ -348,7 +349,7 @@ def _rng(seed: int, task: str, split: str) -> np.random.Generator:
 def _draw(task: str, render: Renderer, num_classes: int, n: int, split: str, seed: int, image_size: int):
     rng = _rng(seed, task, split)
     labels = rng.permutation(np.arange(n) % num_classes)
-    res = 2 * image_size
+    res = 2 * image_size if image_size < _SUPERSAMPLE_BELOW else image_size
     images = np.concatenate(
         [
             R.finish(render(rng, labels[i : i + _CHUNK], res, split), rng, image_size)
