@@ -1,0 +1,32 @@
+"""Data layer: readers for the benchmark folders researchers hold, protocol transforms, a generated suite.
+
+Task specs, resolved against ``data_dir``::
+
+    vtab1k/<task>                      VTAB-1k (19 tasks; aliases such as cifar100, oxford_pet)
+    fgvc/<dataset>                     FGVC with VPT json splits (cub, nabirds, oxford_flowers, …)
+    fewshot/<dataset>/<k>shot/seed<s>  NOAH few-shot lists
+    dg/imagenet, dg/<target>[/all1000] ImageNet 16-shot -> ImageNet-V2/-Sketch/-A/-R
+    folder:<path>, list:<path>         users' ImageFolder trees and <path> <label> lists
+    generated/<task>                   the generated suite, in memory (no data_dir)
+"""
+
+from . import fewshot, fgvc, folders, generated, imagenet, vtab  # noqa: F401  (register the readers)
+from .errors import DataError, DataWarning
+from .lists import ImageListDataset, Sample
+from .protocols import ProtocolSettings, protocol_settings
+from .registry import Task, list_tasks, resolve_task
+from .transforms import build_transform, model_data_config
+
+__all__ = [
+    "DataError",
+    "DataWarning",
+    "ImageListDataset",
+    "ProtocolSettings",
+    "Sample",
+    "Task",
+    "build_transform",
+    "list_tasks",
+    "model_data_config",
+    "protocol_settings",
+    "resolve_task",
+]

@@ -1,0 +1,133 @@
+"""FGVC with the VPT split files: ``<dataset>/{train,val,test}.json`` mapping image path -> class id.
+
+Class ids are mapped to 0..C-1 with ONE mapping built from the train split and applied to every
+split; a per-split mapping (as in the VPT code) silently mislabels a split that lacks a class.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .lists import ImageListDataset, Sample, find_first
+from .registry import Task, normalise_name, register_reader, reject_options, require_data_dir
+
+JSON_SPLITS = ("train", "val", "test")
+ROOT_NAMES = ("fgvc", "FGVC")
+
+
+@dataclass(frozen=True)
+class FgvcDataset:
+    num_classes: int
+    folders: tuple[str, ...]
+    image_dir: str  # relative to the dataset folder; "" = the folder itself
+
+
+FGVC_DATASETS: dict[str, FgvcDataset] = {
+    "cub": FgvcDataset(200, ("CUB_200_2011", "cub", "CUB", "cub200"), "images"),
+    "nabirds": FgvcDataset(555, ("nabirds", "NABirds"), "images"),
+    "oxford_flowers": FgvcDataset(102, ("OxfordFlower", "OxfordFlowers", "oxford_flowers", "flowers"), ""),
+    "stanford_dogs": FgvcDataset(120, ("StanfordDogs", "Stanford-dogs", "stanford_dogs", "dogs"), "Images"),
+    "stanford_cars": FgvcDataset(196, ("StanfordCars", "Stanford-cars", "stanford_cars", "cars"), ""),
+}
+
+
+def fgvc_task_names() -> list[str]:
+    return [f"fgvc/{name}" for name in FGVC_DATASETS]
+
+
+def _canonical(name: str) -> str:
+    key = normalise_name(name)
+    for canonical, info in FGVC_DATASETS.items():
+        if key in {normalise_name(n) for n in (canonical, *info.folders)}:
+            return canonical
+    raise DataError(f"fgvc/{name}: unknown FGVC dataset; known: {', '.join(FGVC_DATASETS)}.")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}). Re-download the VPT split files.") from exc
+    if not isinstance(data, dict):
+        raise DataError(
+            f"{path}: expected a JSON object {{image_path: class_id}}, found {type(data).__name__}."
+        )
+    if not data:
+        raise DataError(f"{path}: the split is empty. Re-download the VPT split files.")
+    return data
+
+
+def _sort_key(class_id: Any) -> tuple[int, Any]:
+    return (0, int(class_id)) if str(class_id).lstrip("-").isdigit() else (1, str(class_id))
+
+
+def build_label_map(train: dict[str, Any], train_file: Path, name: str, num_classes: int) -> dict[str, int]:
+    """Sorted distinct train class ids -> 0..C-1; the train split must hold exactly ``num_classes`` ids."""
+    class_ids = sorted({str(v) for v in train.values()}, key=_sort_key)
+    if len(class_ids) != num_classes:
+        raise DataError(
+            f"{train_file}: the train split holds {len(class_ids)} distinct class ids, but {name} has "
+            f"{num_classes} classes. Check that the file belongs to {name} and is complete."
+        )
+    return {cid: i for i, cid in enumerate(class_ids)}
+
+
+@register_reader("fgvc", fgvc_task_names)
+def resolve_fgvc(rest: str, data_dir: Path | None, **options: Any) -> Task:
+    canonical = _canonical(rest)
+    spec = f"fgvc/{canonical}"
+    reject_options(spec, options)
+    data_dir = require_data_dir(data_dir, spec)
+    info = FGVC_DATASETS[canonical]
+    roots = [data_dir] + [data_dir / r for r in ROOT_NAMES]
+    folder = find_first(
+        (root / f for root in roots for f in info.folders),
+        "dataset folder",
+        spec,
+        "Point data_dir at the folder that holds the FGVC dataset folders.",
+    )
+    missing = [s for s in JSON_SPLITS if not (folder / f"{s}.json").is_file()]
+    if missing:
+        raise DataError(
+            f"{spec}: {folder} lacks {', '.join(m + '.json' for m in missing)}; the VPT split files "
+            f"{', '.join(s + '.json' for s in JSON_SPLITS)} belong in the dataset folder."
+        )
+    train_file = folder / "train.json"
+    label_map = build_label_map(_read_json(train_file), train_file, spec, info.num_classes)
+    image_root = folder / info.image_dir if info.image_dir else folder
+    return Task(
+        name=spec,
+        num_classes=info.num_classes,
+        protocol="fgvc",
+        splits=("train", "val", "trainval", "test"),
+        train_split="train",
+        eval_split="test",
+        tuning_splits=("train", "val"),
+        root=folder,
+        factory=partial(_dataset, folder, image_root, spec, label_map, info.num_classes),
+    )
+
+
+def _samples(json_file: Path, image_root: Path, label_map: dict[str, int], name: str) -> list[Sample]:
+    samples = []
+    for key, class_id in _read_json(json_file).items():
+        origin = f"{json_file} entry {key!r}"
+        if str(class_id) not in label_map:
+            raise DataError(
+                f"{origin}: class id {class_id!r} does not occur in the train split, so it has no label. "
+                f"Expected one of the {len(label_map)} train class ids; check the split files of {name}."
+            )
+        samples.append(Sample(str(image_root / key), label_map[str(class_id)], origin))
+    return samples
+
+
+def _dataset(folder, image_root, name, label_map, num_classes, split, transform, on_bad_image):
+    parts = ("train", "val") if split == "trainval" else (split,)
+    samples = [s for p in parts for s in _samples(folder / f"{p}.json", image_root, label_map, name)]
+    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)

@@ -1,0 +1,129 @@
+"""Users' own data: an ImageFolder tree (``folder:<path>``) or ``<path> <label>`` lists (``list:<path>``).
+
+``folder:<root>`` reads ``<root>/{train,val,test}/<class>/<image>``; classes are the sorted
+sub-folders of ``train/`` and val/test may hold only those. ``list:<dir>`` reads
+``<dir>/{train,val,test}.txt``; ``list:<file>`` is a single split named after the file stem.
+List paths are relative to the list file's folder (or absolute). A relative ``<path>`` in the
+spec is taken relative to ``data_dir`` when one is given.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .lists import ImageListDataset, Sample, image_files, read_list_file
+from .registry import Task, register_reader, reject_options
+
+FOLDER_SPLITS = ("train", "val", "test")
+LIST_SUFFIXES = (".txt", ".list")
+
+
+def _path(rest: str, data_dir: Path | None) -> Path:
+    path = Path(rest).expanduser()
+    return data_dir / path if data_dir is not None and not path.is_absolute() else path
+
+
+def _final_pair(splits: tuple[str, ...]) -> tuple[str, str | None, tuple[str, str] | None]:
+    eval_split = "test" if "test" in splits else ("val" if "val" in splits else None)
+    tuning = ("train", "val") if "val" in splits else None
+    return "train", eval_split, tuning
+
+
+@register_reader("folder", lambda: [], separator=":")
+def resolve_folder(rest: str, data_dir: Path | None, **options: Any) -> Task:
+    spec = f"folder:{rest}"
+    reject_options(spec, options)
+    root = _path(rest, data_dir)
+    if not root.is_dir():
+        raise DataError(f"{spec}: {root} is not a directory. Expected <root>/train/<class>/<image>.")
+    splits = tuple(s for s in FOLDER_SPLITS if (root / s).is_dir())
+    if "train" not in splits:
+        raise DataError(
+            f"{spec}: looked for {root / 'train'} and found {', '.join(splits) or 'no split folders'}. "
+            f"An ImageFolder tree needs train/ (and val/ and/or test/) with one sub-folder per class."
+        )
+    classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
+    if not classes:
+        raise DataError(f"{spec}: {root / 'train'} has no class sub-folders.")
+    train, eval_split, tuning = _final_pair(splits)
+    return Task(
+        name=f"folder:{root}",
+        num_classes=len(classes),
+        protocol="folder",
+        splits=splits,
+        train_split=train,
+        eval_split=eval_split,
+        tuning_splits=tuning,
+        class_names=classes,
+        root=root,
+        factory=partial(_folder_dataset, root, classes, f"folder:{root}"),
+    )
+
+
+def _folder_dataset(root: Path, classes: tuple[str, ...], name: str, split, transform, on_bad_image):
+    index = {c: i for i, c in enumerate(classes)}
+    found = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    extra = [c for c in found if c not in index]
+    if extra:
+        raise DataError(
+            f"{name}: {root / split} has class folder(s) {extra} that train/ lacks; labels come from "
+            f"the {len(classes)} class folders of train/. Add them to train/ or remove them."
+        )
+    samples = [
+        Sample(str(p), index[c], f"class folder {root / split / c}")
+        for c in found
+        for p in image_files(root / split / c)
+    ]
+    if not samples:
+        raise DataError(f"{name}: {root / split} holds no images (empty split).")
+    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, len(classes))
+
+
+@register_reader("list", lambda: [], separator=":")
+def resolve_list(rest: str, data_dir: Path | None, num_classes: int | None = None, **options: Any) -> Task:
+    spec = f"list:{rest}"
+    reject_options(spec, options)
+    path = _path(rest, data_dir)
+    if path.is_dir():
+        lists = {
+            s: path / f"{s}{suffix}"
+            for s in FOLDER_SPLITS
+            for suffix in LIST_SUFFIXES
+            if (path / f"{s}{suffix}").is_file()
+        }
+        if "train" not in lists:
+            raise DataError(
+                f"{spec}: looked for {', '.join(str(path / ('train' + x)) for x in LIST_SUFFIXES)}; "
+                "a list folder needs train.txt (and val.txt and/or test.txt) of '<path> <label>' lines."
+            )
+        train, eval_split, tuning = _final_pair(tuple(lists))
+    elif path.is_file():
+        lists = {path.stem: path}
+        train, eval_split, tuning = path.stem, None, None
+    else:
+        raise DataError(f"{spec}: {path} does not exist. Pass a list file or a folder with train.txt.")
+    if num_classes is None:
+        # Infer from the labels, so every split is parsed now; a wrong label range still fails below.
+        num_classes = 1 + max(s.label for f in lists.values() for s in read_list_file(f, f.parent))
+    name = f"list:{path}"
+    return Task(
+        name=name,
+        num_classes=int(num_classes),
+        protocol="folder",
+        splits=tuple(lists),
+        train_split=train,
+        eval_split=eval_split,
+        tuning_splits=tuning,
+        root=path,
+        factory=partial(_list_dataset, lists, name, int(num_classes)),
+    )
+
+
+def _list_dataset(lists: dict[str, Path], name: str, num_classes: int, split, transform, on_bad_image):
+    samples = read_list_file(
+        lists[split], lists[split].parent, num_classes, f"{name} has {num_classes} classes"
+    )
+    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)

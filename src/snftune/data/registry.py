@@ -1,0 +1,137 @@
+"""Task specs (``vtab1k/cifar``, ``folder:/path``, …) resolved to :class:`Task` objects.
+
+Each reader module registers the prefix it owns with :func:`register_reader`; this module knows
+no dataset by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .errors import DataError
+from .lists import check_bad_image_mode
+
+PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "folder")
+
+DatasetFactory = Callable[[str, Callable | None, str], Dataset]
+Resolver = Callable[..., "Task"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A resolved dataset: its class count, its splits and the protocol that says how to use them.
+
+    ``train_split``/``eval_split`` are the protocol's final-run pair; ``tuning_splits`` the pair
+    for choosing hyper-parameters (None when the data has no validation split). ``class_subset``
+    lists the logit indices a prediction is restricted to at evaluation (ImageNet-A/-R: 200 of
+    1000); None means all ``num_classes``.
+    """
+
+    name: str
+    num_classes: int
+    protocol: str
+    splits: tuple[str, ...]
+    train_split: str
+    eval_split: str | None
+    tuning_splits: tuple[str, str] | None = None
+    group: str | None = None
+    class_subset: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    root: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    factory: DatasetFactory | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise DataError(f"{self.name}: protocol {self.protocol!r} is not one of {PROTOCOLS}")
+        for split in (self.train_split, self.eval_split, *(self.tuning_splits or ())):
+            if split is not None and split not in self.splits:
+                raise DataError(f"{self.name}: split {split!r} is not among the available {self.splits}")
+
+    def dataset(self, split: str, transform: Callable | None = None, on_bad_image: str = "error") -> Dataset:
+        """A torch Dataset of ``(image, label)``: a PIL RGB image unless ``transform`` maps it."""
+        if split not in self.splits:
+            raise DataError(
+                f"{self.name}: no split {split!r}; available splits are {', '.join(self.splits)}."
+            )
+        check_bad_image_mode(on_bad_image)
+        assert self.factory is not None
+        return self.factory(split, transform, on_bad_image)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    resolve: Resolver
+    names: Callable[[], list[str]]
+    separator: str
+
+
+_READERS: dict[str, _Reader] = {}
+
+
+def register_reader(prefix: str, names: Callable[[], list[str]], separator: str = "/") -> Callable:
+    """Register ``resolve(rest, data_dir, **options) -> Task`` for specs ``<prefix><separator><rest>``."""
+
+    def decorator(resolve: Resolver) -> Resolver:
+        _READERS[prefix] = _Reader(resolve, names, separator)
+        return resolve
+
+    return decorator
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    for prefix, reader in _READERS.items():
+        head = prefix + reader.separator
+        if spec.startswith(head):
+            return prefix, spec[len(head) :]
+    known = ", ".join(f"{p}{r.separator}…" for p, r in sorted(_READERS.items()))
+    raise DataError(f"unknown task spec {spec!r}; expected one of: {known}. See list_tasks() for names.")
+
+
+def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Task:
+    """Resolve a task spec against ``data_dir`` (not needed for ``generated/…``).
+
+    Extra keyword options go to the reader (e.g. ``seed``/``image_size`` for generated tasks,
+    ``num_classes`` for a custom VTAB-format or list task).
+    """
+    prefix, rest = _split_spec(spec.strip())
+    if not rest:
+        raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}; see list_tasks({prefix!r}).")
+    return _READERS[prefix].resolve(rest, Path(data_dir) if data_dir is not None else None, **options)
+
+
+def list_tasks(prefix: str | None = None) -> list[str]:
+    """Canonical task names, all of them or those of one reader (``vtab1k``, ``fgvc``, ``fewshot``, …)."""
+    if prefix is not None:
+        prefix = prefix.rstrip("/:")
+        if prefix not in _READERS:
+            raise DataError(f"unknown task family {prefix!r}; known: {', '.join(sorted(_READERS))}")
+        return list(_READERS[prefix].names())
+    return [name for p in sorted(_READERS) for name in _READERS[p].names()]
+
+
+def require_data_dir(data_dir: Path | None, spec: str) -> Path:
+    if data_dir is None:
+        raise DataError(f"{spec} is read from disk: pass data_dir (the folder that holds the datasets).")
+    if not data_dir.is_dir():
+        raise DataError(f"data_dir {data_dir} does not exist or is not a directory (needed for {spec}).")
+    return data_dir
+
+
+def normalise_name(name: str) -> str:
+    """Spelling-insensitive key for folder/task aliases: lower case, letters and digits only."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def reject_options(spec: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DataError(
+            f"{spec}: unknown option(s) {unknown}; this reader accepts {list(allowed) or 'no options'}."
+        )

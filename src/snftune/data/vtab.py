@@ -1,0 +1,128 @@
+"""VTAB-1k in the layout of the common generator.
+
+``vtab-1k/<task>/{train800,val200,train800val200,test}.txt``, lines ``<relative/path> <label>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .lists import ImageListDataset, find_first, read_list_file
+from .registry import Task, normalise_name, register_reader, reject_options, require_data_dir
+
+SPLITS = ("train800", "val200", "train800val200", "test")
+ROOT_NAMES = ("vtab-1k", "vtab1k", "VTAB-1k", "vtab")
+
+
+@dataclass(frozen=True)
+class VtabTask:
+    num_classes: int
+    group: str
+    aliases: tuple[str, ...] = ()
+
+
+VTAB_TASKS: dict[str, VtabTask] = {
+    "cifar": VtabTask(100, "natural", ("cifar100", "cifar-100")),
+    "caltech101": VtabTask(102, "natural", ("caltech",)),
+    "dtd": VtabTask(47, "natural"),
+    "oxford_flowers102": VtabTask(102, "natural", ("oxford_flowers", "flowers102")),
+    "oxford_iiit_pet": VtabTask(37, "natural", ("oxford_pet", "oxford_pets", "pets")),
+    "svhn": VtabTask(10, "natural"),
+    "sun397": VtabTask(397, "natural"),
+    "patch_camelyon": VtabTask(2, "specialized", ("camelyon", "pcam")),
+    "eurosat": VtabTask(10, "specialized"),
+    "resisc45": VtabTask(45, "specialized"),
+    "diabetic_retinopathy": VtabTask(5, "specialized", ("retinopathy",)),
+    "clevr_count": VtabTask(8, "structured"),
+    "clevr_dist": VtabTask(6, "structured"),
+    "dmlab": VtabTask(6, "structured"),
+    "kitti": VtabTask(4, "structured", ("kitti_dist",)),
+    "dsprites_loc": VtabTask(16, "structured"),
+    "dsprites_ori": VtabTask(16, "structured"),
+    "smallnorb_azi": VtabTask(18, "structured"),
+    "smallnorb_ele": VtabTask(9, "structured"),
+}
+
+
+def _known_tasks() -> dict[str, VtabTask]:
+    """The 19 VTAB tasks plus the generated suite, which writes itself in this layout."""
+    from .generated import GENERATED_TASKS
+
+    known = dict(VTAB_TASKS)
+    for name, info in GENERATED_TASKS.items():
+        known[name] = VtabTask(info.num_classes, info.group)
+    return known
+
+
+def _canonical(name: str, known: dict[str, VtabTask]) -> str | None:
+    key = normalise_name(name)
+    for canonical, info in known.items():
+        if key in {normalise_name(n) for n in (canonical, *info.aliases)}:
+            return canonical
+    return None
+
+
+def vtab_task_names() -> list[str]:
+    return [f"vtab1k/{name}" for name in VTAB_TASKS]
+
+
+@register_reader("vtab1k", vtab_task_names)
+def resolve_vtab(rest: str, data_dir: Path | None, num_classes: int | None = None, **options: Any) -> Task:
+    """``vtab1k/<task>``: one of the 19 tasks (aliases accepted), a generated task written to disk,
+    or any other folder in the same layout when ``num_classes`` is given."""
+    spec = f"vtab1k/{rest}"
+    reject_options(spec, options)
+    data_dir = require_data_dir(data_dir, spec)
+    known = _known_tasks()
+    canonical = _canonical(rest, known)
+    if canonical is None and num_classes is None:
+        raise DataError(
+            f"{spec}: unknown VTAB-1k task {rest!r}. Known tasks: {', '.join(known)}. "
+            "For another folder in the VTAB-1k layout pass num_classes=<int>."
+        )
+    info = known.get(canonical) if canonical else None
+    folder_names = (canonical, *info.aliases) if info else (rest,)
+    if info is not None and num_classes is not None and num_classes != info.num_classes:
+        raise DataError(
+            f"{spec}: num_classes={num_classes} contradicts the known count {info.num_classes} for "
+            f"{canonical}. Drop the num_classes option."
+        )
+    roots = [data_dir / r for r in ROOT_NAMES] + [data_dir]
+    candidates = [root / f for root in roots for f in dict.fromkeys(folder_names)]
+    folder = find_first(
+        candidates,
+        "task folder",
+        spec,
+        "Point data_dir at the folder that holds vtab-1k/ (or at vtab-1k/ itself).",
+    )
+    missing = [s for s in SPLITS if not (folder / f"{s}.txt").is_file()]
+    if missing:
+        raise DataError(
+            f"{spec}: {folder} lacks the split list(s) {', '.join(m + '.txt' for m in missing)}; "
+            f"a VTAB-1k task folder holds {', '.join(s + '.txt' for s in SPLITS)}."
+        )
+    n = info.num_classes if info else int(num_classes)
+    name = f"vtab1k/{canonical or rest}"
+    return Task(
+        name=name,
+        num_classes=n,
+        protocol="vtab",
+        splits=SPLITS,
+        train_split="train800val200",
+        eval_split="test",
+        tuning_splits=("train800", "val200"),
+        group=info.group if info else None,
+        root=folder,
+        factory=partial(_dataset, folder, name, n),
+    )
+
+
+def _dataset(folder: Path, name: str, num_classes: int, split: str, transform, on_bad_image: str):
+    samples = read_list_file(
+        folder / f"{split}.txt", folder, num_classes, f"{name} has {num_classes} classes"
+    )
+    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)

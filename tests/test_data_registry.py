@@ -1,0 +1,66 @@
+"""Spec parsing, the Task contract and protocol settings."""
+
+import json
+
+import pytest
+
+from snftune.data import DataError, ProtocolSettings, Task, list_tasks, protocol_settings, resolve_task
+
+
+def test_unknown_prefix_lists_known():
+    with pytest.raises(DataError) as err:
+        resolve_task("imagenet/foo", "/")
+    for prefix in ("vtab1k/", "fgvc/", "fewshot/", "dg/", "generated/", "folder:", "list:"):
+        assert prefix in str(err.value)
+    with pytest.raises(DataError, match="names no dataset"):
+        resolve_task("vtab1k/", "/")
+    with pytest.raises(DataError, match="unknown task family"):
+        list_tasks("nope")
+
+
+def test_list_tasks_all_families():
+    names = list_tasks()
+    assert len(names) == 19 + 5 + 75 + 5 + 9
+    assert len(set(names)) == len(names) and "generated/digits" in names
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(DataError, match=r"unknown option\(s\) \['sed'\]"):
+        resolve_task("generated/digits", sed=1)
+
+
+def test_task_validates_its_splits():
+    with pytest.raises(DataError, match="not among the available"):
+        Task(name="x", num_classes=2, protocol="vtab", splits=("a",), train_split="a", eval_split="b")
+    with pytest.raises(DataError, match="protocol"):
+        Task(name="x", num_classes=2, protocol="mine", splits=("a",), train_split="a", eval_split=None)
+
+
+@pytest.mark.parametrize("protocol", ["vtab", "fgvc", "fewshot", "dg", "folder"])
+def test_protocol_settings_round_trip(protocol):
+    settings = protocol_settings(protocol)
+    assert settings.protocol == protocol
+    data = json.loads(json.dumps(settings.to_dict()))
+    assert ProtocolSettings.from_dict(data) == settings
+
+
+def test_protocol_numbers_from_data_md():
+    vtab = protocol_settings("vtab")
+    assert (vtab.lr, vtab.weight_decay, vtab.batch_size, vtab.epochs, vtab.warmup_epochs) == (
+        1e-3,
+        1e-4,
+        64,
+        100,
+        10,
+    )
+    assert (vtab.warmup_lr, vtab.min_lr, vtab.drop_path) == (1e-6, 1e-5, 0.1)
+    assert (vtab.mixup, vtab.cutmix, vtab.label_smoothing, vtab.auto_augment) == (0, 0, 0, None)
+    for protocol in ("fewshot", "dg"):
+        noah = protocol_settings(protocol)
+        assert (noah.lr, noah.mixup, noah.cutmix, noah.label_smoothing) == (5e-3, 0.8, 1.0, 0.1)
+        assert noah.auto_augment.startswith("rand-")
+    assert protocol_settings("vtab", lr=0.5).lr == 0.5
+    with pytest.raises(DataError, match="unknown protocol setting"):
+        protocol_settings("vtab", learning_rate=0.5)
+    with pytest.raises(DataError, match="unknown protocol"):
+        protocol_settings("imagenet")
