@@ -8,7 +8,7 @@
 """
 
 from .backbones import anatomy, create_model
-from .methods import MethodConfig, ShortcutFlow, SNFConfig, method_names, resolve_config
+from .methods import MethodConfig, ShortcutFlow, SNFConfig, merge, method_names, resolve_config, unmerge
 from .tuning import TunedFileError, apply, load_tuned, save_tuned, trainable_summary, tuned_tensors
 
 __version__ = "0.1.0"
@@ -22,9 +22,11 @@ __all__ = [
     "apply",
     "create_model",
     "load_tuned",
+    "merge",
     "method_names",
     "resolve_config",
     "save_tuned",
     "trainable_summary",
     "tuned_tensors",
+    "unmerge",
 ]

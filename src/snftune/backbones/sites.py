@@ -62,8 +62,10 @@ class Anatomy:
         block_sites: for each block, its sites in order.
         attentions: per block, the attention module holding the fused ``qkv`` linear
             (empty for ResNet).
+        mlps: per block, the MLP module holding the ``fc1`` and ``fc2`` linears (empty for ResNet).
         embed_dim: width of the token sequence (ViT), else None.
         num_prefix_tokens: class/register tokens ahead of the patch tokens (ViT), else 0.
+        patch_size: the patch embedding's (height, width) (ViT), else None.
     """
 
     family: str
@@ -72,8 +74,10 @@ class Anatomy:
     site_names: list[str]
     block_sites: list[list[ResidualSite]]
     attentions: list[nn.Module] = field(default_factory=list)
+    mlps: list[nn.Module] = field(default_factory=list)
     embed_dim: int | None = None
     num_prefix_tokens: int = 0
+    patch_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

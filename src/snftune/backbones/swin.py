@@ -26,7 +26,7 @@ def _add_sites(block: nn.Module) -> None:
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:
-    return {"attentions": [b.attn for b in blocks]}
+    return {"attentions": [b.attn for b in blocks], "mlps": [b.mlp for b in blocks]}
 
 
 SWIN = register_family(

@@ -59,8 +59,10 @@ def _prepare_model(model: nn.Module) -> None:
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:
     return {
         "attentions": [b.attn for b in blocks],
+        "mlps": [b.mlp for b in blocks],
         "embed_dim": model.embed_dim,
         "num_prefix_tokens": model.num_prefix_tokens,
+        "patch_size": tuple(model.patch_embed.patch_size),
     }
 
 

@@ -22,7 +22,20 @@ PAPER_BACKBONES: dict[str, str] = {
     "ResNet-101": "resnet101",
 }
 
-PAPER_METHODS: tuple[str, ...] = ("snf-shallow", "snf-deep")
+PAPER_METHODS: tuple[str, ...] = (
+    "full",
+    "linear",
+    "bitfit",
+    "vpt-shallow",
+    "vpt-deep",
+    "adapter",
+    "lora",
+    "sidetune",
+    "snf-shallow",
+    "snf-deep",
+)
+"""The paper's methods in the order of its VTAB-1k table (NOAH, a search over VPT, Adapter and
+LoRA sizes, has no fixed count: see the README)."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,15 @@
 """Tuning methods: one module each, registered by name."""
 
+from .adapter import Adapter, AdapterConfig
+from .bitfit import BitFitConfig
 from .flows import ShortcutFlow
+from .full import FullConfig
+from .linear import LinearConfig
+from .lora import LoRAConfig, LoRALinear, merge, unmerge
+from .peft_bridge import PeftBridgeConfig, PeftUnavailableError
 from .registry import (
     MethodConfig,
+    NotApplicableError,
     UnknownMethodError,
     config_from_dict,
     method_for,
@@ -11,17 +18,33 @@ from .registry import (
     register_method,
     resolve_config,
 )
+from .sidetune import SideTuneConfig
 from .snf import SNFConfig
+from .vpt import VPTConfig
 
 __all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "BitFitConfig",
+    "FullConfig",
+    "LinearConfig",
+    "LoRAConfig",
+    "LoRALinear",
     "MethodConfig",
+    "NotApplicableError",
+    "PeftBridgeConfig",
+    "PeftUnavailableError",
     "SNFConfig",
     "ShortcutFlow",
+    "SideTuneConfig",
     "UnknownMethodError",
+    "VPTConfig",
     "config_from_dict",
+    "merge",
     "method_for",
     "method_names",
     "preset_names",
     "register_method",
     "resolve_config",
+    "unmerge",
 ]

@@ -1,0 +1,139 @@
+"""Adapter: a bottleneck MLP ``x + scale * up(act(down(x)))`` in a residual site's slot.
+
+One module, two forms, told apart only by the slot it fills:
+
+- sequential (Houlsby et al., 2019): in the ``branch`` slot, it adapts the branch output,
+  ``x_{l+1} = x + A(F(x))`` with ``A(y) = y + up(act(down(y)))``;
+- parallel (He et al., 2022; AdaptFormer): in the ``shortcut`` slot, whose input is the block
+  input ``h(x)``, it adds an adapter path beside the frozen branch,
+  ``x_{l+1} = h(x) + up(act(down(h(x)))) + F(x)``.
+
+``up`` starts at zero, so the model starts unchanged. The default (width 8, after the MLP,
+sequential, biases on) is the adapter baseline the paper compares against: 0.16M on ViT-B/16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..backbones import anatomy
+from ..backbones.sites import Anatomy, ResidualSite
+from .registry import MethodConfig, NotApplicableError, register_method
+from .sizes import Size, normalise_size, per_block
+
+POSITIONS = ("mlp", "attn", "both")
+FORMS = ("sequential", "parallel")
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+@dataclass
+class AdapterConfig(MethodConfig):
+    """Settings of the adapter baseline.
+
+    Attributes:
+        width: bottleneck width, an int or one per block (0: no adapter in that block).
+        position: after the MLP (``"mlp"``, default), after attention (``"attn"``) or ``"both"``.
+            On ResNet each block has one residual site, which ``"mlp"`` and ``"both"`` select.
+        form: ``"sequential"`` (on the branch output) or ``"parallel"`` (beside the branch).
+        activation: ``"gelu"``, ``"relu"`` or ``"silu"``.
+        scale: multiplies the adapter's output (AdaptFormer uses 0.1 for its parallel form).
+    """
+
+    method: ClassVar[str] = "adapter"
+
+    width: Size = 8
+    position: str = "mlp"
+    form: str = "sequential"
+    activation: str = "gelu"
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.width = normalise_size(self.width, "width")
+        for name, value, allowed in (
+            ("position", self.position, POSITIONS),
+            ("form", self.form, FORMS),
+            ("activation", self.activation, tuple(ACTIVATIONS)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got '{value}'")
+
+
+class Adapter(nn.Module):
+    """``x + scale * up(act(down(x)))`` on the channel vector at ``channel_dim``; ``up`` zero-initialised."""
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        channel_dim: int = -1,
+        activation: str = "gelu",
+        scale: float = 1.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.channel_dim = channel_dim
+        self.scale = scale
+        self.down = nn.Linear(channels, width, device=device, dtype=dtype)
+        self.act = ACTIVATIONS[activation]()
+        self.up = nn.Linear(width, channels, device=device, dtype=dtype)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    @property
+    def width(self) -> int:
+        return self.down.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.movedim(self.channel_dim, -1)
+        return x + (self.scale * self.up(self.act(self.down(z)))).movedim(-1, self.channel_dim)
+
+
+def _chosen_sites(anat: Anatomy, position: str) -> list[list[ResidualSite]]:
+    """Per block, the sites that ``position`` selects."""
+    if not anat.attentions:
+        if position == "attn":
+            raise NotApplicableError(
+                f"a {anat.family} block has no attention residual; use position='mlp' (the block's one residual)"
+            )
+        return anat.block_sites
+    picks = {"attn": (0,), "mlp": (1,), "both": (0, 1)}[position]
+    return [[sites[i] for i in picks] for sites in anat.block_sites]
+
+
+def apply_adapter(model: nn.Module, config: AdapterConfig) -> None:
+    """Puts an adapter in the branch (sequential) or shortcut (parallel) slot of the chosen sites."""
+    anat = anatomy(model)
+    reference = next(model.parameters())
+    slot = "branch" if config.form == "sequential" else "shortcut"
+    widths = per_block(config.width, len(anat.blocks), "width")
+    for sites, width in zip(_chosen_sites(anat, config.position), widths, strict=True):
+        for site in sites if width else ():
+            if not isinstance(getattr(site, slot), nn.Identity):
+                raise ValueError(
+                    f"the {slot} slot of a residual site is already taken by {type(getattr(site, slot)).__name__}"
+                )
+            adapter = Adapter(
+                site.channels,
+                width,
+                site.channel_dim,
+                config.activation,
+                config.scale,
+                device=reference.device,
+                dtype=reference.dtype,
+            )
+            setattr(site, slot, adapter)
+
+
+register_method(
+    AdapterConfig,
+    apply_adapter,
+    "Adapter: a bottleneck MLP (width 8) after each block's MLP, up-projection zero-initialised",
+    presets={
+        "adapter-parallel": ({"form": "parallel"}, "parallel adapter beside each MLP branch (AdaptFormer form)"),
+    },
+)

@@ -1,0 +1,28 @@
+"""Full fine-tuning: every parameter trains, BatchNorm statistics keep updating."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from .registry import MethodConfig, register_method
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    """Full fine-tuning has no settings (learning rates belong to the engine)."""
+
+    method: ClassVar[str] = "full"
+    trains_backbone: ClassVar[bool] = True
+    updates_norm_statistics: ClassVar[bool] = True
+
+
+def apply_full(model: nn.Module, config: FullConfig) -> None:
+    """Makes every parameter of the model trainable again."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+
+register_method(FullConfig, apply_full, "Full fine-tuning: every parameter, BatchNorm statistics updating")

@@ -1,0 +1,40 @@
+"""Per-block sizes: one int for every block, or one entry per block.
+
+NOAH searches a size (prompt length, adapter width, LoRA rank) per block, and a depth
+(the first ``depth`` blocks get the module): so layers keep their own size, and a config
+size may be a tuple with 0 for "no module in this block".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .registry import NotApplicableError
+
+Size = int | tuple[int, ...]
+
+
+def normalise_size(value: int | Sequence[int], name: str) -> Size:
+    """An int >= 1, or a tuple of ints >= 0 (lists from JSON or YAML become tuples)."""
+    if isinstance(value, bool) or not isinstance(value, int | Sequence) or isinstance(value, str):
+        raise ValueError(f"{name} must be an int or a list of ints (one per block), got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}; use a per-block list with 0 to skip blocks")
+        return value
+    sizes = tuple(value)
+    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in sizes):
+        raise ValueError(f"{name} as a list needs one int >= 0 per block, got {list(value)!r}")
+    return sizes
+
+
+def per_block(value: Size, num_blocks: int, name: str) -> list[int]:
+    """The size of every block; a tuple must have exactly one entry per block."""
+    if isinstance(value, int):
+        return [value] * num_blocks
+    if len(value) != num_blocks:
+        raise NotApplicableError(
+            f"{name} lists {len(value)} per-block sizes but the model has {num_blocks} blocks; "
+            "give one int, or one size per block"
+        )
+    return list(value)
