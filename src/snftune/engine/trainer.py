@@ -406,7 +406,8 @@ def train(
                 if key != "epoch":
                     board.add_scalar(f"epoch/{key}", value, epoch + 1)
         if dist.is_main and "top1" in entry and config.progress:
-            tqdm.write(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}, {eval_split} top-1 {entry['top1']:.2f}")
+            summary = f"train loss {entry['train_loss']:.4f}, {eval_split} top-1 {entry['top1']:.2f}"
+            tqdm.write(f"epoch {epoch + 1}: {summary}")
         save_checkpoint(epoch + 1, 0)
 
     # --- results -----------------------------------------------------------------------------------
