@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import bench, params, train
 from . import eval as eval_command
-from . import params, train
 
-COMMANDS = [params, train, eval_command]
+COMMANDS = [params, train, eval_command, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -369,9 +369,17 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
         parser.add_argument("--model", help="timm model name, e.g. vit_base_patch16_224")
         parser.add_argument("--method", help="method or preset name (snf-deep, lora, ...) or a method YAML file")
         parser.add_argument("--data", help="task spec, e.g. vtab1k/cifar, fgvc/cub, generated/shapes")
-    parser.add_argument(
-        "--pretrained", help="weights: a local .npz/.pth/.safetensors file, or a hub tag (needs network)"
-    )
+    if with_run:
+        parser.add_argument(
+            "--pretrained", help="weights: a local .npz/.pth/.safetensors file, or a hub tag (needs network)"
+        )
+    else:
+        parser.add_argument(
+            "--pretrained",
+            nargs="+",
+            metavar="FILE_OR_LABEL=FILE",
+            help="backbone weights (a local file or hub tag); LABEL=FILE pairs for suites with several backbones",
+        )
     parser.add_argument("--data-dir", help="folder holding the datasets (not needed for generated/...)")
     parser.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="extra timm.create_model arguments")
     parser.add_argument("--data-options", nargs="+", metavar="KEY=VALUE", help="task options, e.g. image_size=32")
