@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 from torch import nn
@@ -16,6 +21,28 @@ class WeightsUnavailableError(RuntimeError):
 
 def _looks_like_path(pretrained: str) -> bool:
     return pretrained.endswith(WEIGHT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline_mode() -> Iterator[None]:
+    """Makes the hub client read only its local cache, instead of retrying a dead network."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
 
 
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
@@ -45,8 +72,10 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
         except (RuntimeError, KeyError, ValueError) as error:
             raise WeightsUnavailableError(f"could not load {path} into {name}: {error}") from error
     full_name = name if pretrained == "hub" else f"{name}.{pretrained}"
+    offline = contextlib.nullcontext() if _hub_reachable() else _hub_offline_mode()
     try:
-        return timm.create_model(full_name, pretrained=True, **kwargs)
+        with offline:
+            return timm.create_model(full_name, pretrained=True, **kwargs)
     except Exception as error:  # hub clients raise many types when offline
         raise WeightsUnavailableError(
             f"could not fetch pretrained weights for '{full_name}' from the hub ({type(error).__name__}: "

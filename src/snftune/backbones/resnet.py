@@ -44,7 +44,7 @@ class BasicSiteBlock(BasicBlock):
 
 def _add_sites(block: nn.Module) -> None:
     last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
-    block.site = ResidualSite(last_bn.num_features, channel_dim=1)
+    block.site = ResidualSite(last_bn.num_features, channel_dim=1, branch_first=True)
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:

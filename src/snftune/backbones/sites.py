@@ -27,17 +27,24 @@ class ResidualSite(nn.Module):
     ``channels`` and ``channel_dim`` say where the channel vector lives (-1 for tokens and
     Swin's (B, H, W, C) maps, 1 for ResNet's (B, C, H, W) maps), so that methods can build
     per-channel modules without knowing the family.
+
+    ``branch_first`` keeps the operand order of the timm line it replaces (``x + F(x)`` in
+    transformers, ``F(x) += h(x)`` in ResNet): the sum's memory layout follows the first
+    operand, and a different layout changes later reductions in the last bits.
     """
 
-    def __init__(self, channels: int, channel_dim: int) -> None:
+    def __init__(self, channels: int, channel_dim: int, branch_first: bool = False) -> None:
         super().__init__()
         self.channels = channels
         self.channel_dim = channel_dim
+        self.branch_first = branch_first
         self.shortcut: nn.Module = nn.Identity()
         self.branch: nn.Module = nn.Identity()
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.branch(branch) + self.shortcut(shortcut)
+        if self.branch_first:
+            return self.branch(branch) + self.shortcut(shortcut)
+        return self.shortcut(shortcut) + self.branch(branch)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, channel_dim={self.channel_dim}"

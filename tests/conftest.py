@@ -1,0 +1,35 @@
+"""Tiny random-initialised timm models shared by the tests (small enough for CI's 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+TINY_MODELS = {
+    "vit": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2), 32),
+    "deit": ("deit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2), 32),
+    "vit-avg": (
+        "vit_tiny_patch16_224",
+        dict(img_size=32, patch_size=8, depth=2, global_pool="avg", class_token=False),
+        32,
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(img_size=32, window_size=4, depths=(1, 1, 2, 1), embed_dim=16, num_heads=(1, 2, 2, 4)),
+        32,
+    ),
+    "resnet-bottleneck": ("resnet26", {}, 32),
+    "resnet-basic": ("resnet10t", {}, 32),
+}
+
+
+def make_tiny(kind: str, num_classes: int = 5, seed: int = 0) -> tuple[torch.nn.Module, int]:
+    name, kwargs, size = TINY_MODELS[kind]
+    torch.manual_seed(seed)
+    return timm.create_model(name, num_classes=num_classes, **kwargs), size
+
+
+@pytest.fixture(params=sorted(TINY_MODELS))
+def tiny_kind(request) -> str:
+    return request.param
