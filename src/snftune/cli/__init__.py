@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, params, train
+from . import bench, params, plot, train
 from . import eval as eval_command
 
-COMMANDS = [params, train, eval_command, bench]
+COMMANDS = [params, train, eval_command, bench, plot]
 
 
 def build_parser() -> argparse.ArgumentParser:
