@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 import snftune
 from snftune.engine import TrainConfig, cleanup_distributed, setup_distributed, train
 
-SRC = Path(snftune.__file__).resolve().parents[1]
+SRC = Path(snftune.__file__).absolute().parents[1]
 
 
 def run(out: str) -> dict:

@@ -18,6 +18,7 @@ from ..engine.distributed import broadcast_object
 from .common import (
     CLIError,
     add_train_options,
+    known_keys,
     read_config,
     resolve_settings,
     run_training,
@@ -56,6 +57,11 @@ def _select(args: argparse.Namespace) -> Suite:
             raise CLIError(f"suite {suite.name} has several backbones; pick them with --models, not --model")
         only = suite.models[0]
         suite.models = [type(only)(args.model, args.model, only.pretrained, only.model_kwargs, only.img_size)]
+    unknown = sorted(set(suite.train) - set(known_keys()))
+    if unknown:
+        raise CLIError(
+            f"suite {suite.name}: unknown setting(s) {unknown} under 'train'; known: {', '.join(known_keys())}"
+        )
     if not suite.methods:
         raise CLIError(f"suite {suite.name} lists no methods; pass --methods")
     return suite
