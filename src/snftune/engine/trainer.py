@@ -207,6 +207,7 @@ def train(
     checkpoint_path = out_dir / CHECKPOINT_NAME
     num_classes = num_classes or getattr(model, "num_classes", None)
     _seed_everything(config.seed)
+    session_start = time.perf_counter()
 
     # --- model, optimiser, schedule ---------------------------------------------------------
     model.to(device)
@@ -271,7 +272,7 @@ def train(
         if dist.is_main:  # the running sums were reduced over ranks when saved
             epoch_loss, epoch_count = progress["epoch_loss"], progress["epoch_count"]
     log = _JsonLog(out_dir / LOG_NAME, dist.is_main, log_offset)
-    board = _tensorboard(out_dir, dist.is_main and config.progress)
+    board = _tensorboard(out_dir, dist.is_main)
     if dist.is_main and start_epoch == 0 and start_step == 0:
         log.write(event="start", settings=config.to_dict(), world_size=dist.world_size, device=str(device))
 
@@ -412,6 +413,7 @@ def train(
 
     # --- results -----------------------------------------------------------------------------------
     metrics = _metrics(model, config, history, eval_split, elapsed, images_seen, dist, record)
+    metrics["timing"]["session_wall_s"] = time.perf_counter() - session_start  # since this (re)start
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_tuned(model, out_dir / TUNED_NAME)
