@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import params
+from . import bench, params, plot, train
+from . import eval as eval_command
 
-COMMANDS = [params]
+COMMANDS = [params, train, eval_command, bench, plot]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .common import user_error_types
+
     try:
         return args.run(args) or 0
+    except user_error_types() as error:
+        # Bad input, not a bug: one line saying what is wrong and what to do, no traceback.
+        print(f"snftune {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

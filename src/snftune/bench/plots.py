@@ -1,0 +1,124 @@
+"""Figures as PNG files (matplotlib, Agg backend): accuracy against shots (paper Figure 4)
+and t-SNE maps of pooled features (the paper's feature visualisation)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+__all__ = ["plot_fewshot", "pooled_features", "plot_features", "fewshot_curves"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fewshot_curves(results: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{dataset: {method row: [(shots, mean top-1 over seeds), ...]}} from a bench results.json."""
+    values: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for cell in results.get("cells", []):
+        meta = cell.get("meta") or {}
+        if "shots" not in meta or cell.get("top1") is None:
+            continue
+        dataset = str(meta.get("dataset", cell.get("group") or "task"))
+        values[dataset, cell["row"], int(meta["shots"])].append(float(cell["top1"]))
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for (dataset, row, shots), accuracies in sorted(values.items(), key=lambda item: item[0]):
+        curves[dataset][row].append((shots, sum(accuracies) / len(accuracies)))
+    return {d: dict(rows) for d, rows in curves.items()}
+
+
+def plot_fewshot(results: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """Top-1 against shots per class, one line per method, one panel per dataset."""
+    curves = fewshot_curves(results)
+    if not curves:
+        raise ValueError("the results hold no few-shot cells (cells with 'shots' in their meta); run the fewshot suite")
+    plt = _pyplot()
+    columns = min(len(curves), 3)
+    rows = math.ceil(len(curves) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, (dataset, lines) in zip(axes.flat, sorted(curves.items()), strict=False):
+        for row, points in lines.items():
+            shots, accuracy = zip(*points, strict=True)
+            ax.plot(shots, accuracy, marker="o", label=row)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({s for points in lines.values() for s, _ in points}))
+        ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.set_title(dataset)
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    figure.suptitle(title or "Few-shot top-1 (mean over seeds)")
+    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def evenly_spaced(dataset: Dataset, max_samples: int) -> Dataset:
+    if len(dataset) <= max_samples:
+        return dataset
+    return Subset(dataset, np.linspace(0, len(dataset) - 1, max_samples).round().astype(int).tolist())
+
+
+@torch.no_grad()
+def pooled_features(
+    model: torch.nn.Module, dataset: Dataset, batch_size: int = 128, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled features the classifier head sees (timm's ``forward_head(pre_logits=True)``)."""
+    model.eval().to(device)
+    features, labels = [], []
+    for images, targets in DataLoader(dataset, batch_size=batch_size):
+        tokens = model.forward_features(images.to(device))
+        features.append(model.forward_head(tokens, pre_logits=True).float().cpu().numpy())
+        labels.append(np.asarray(targets))
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def plot_features(
+    panels: list[tuple[str, np.ndarray, np.ndarray]],
+    path: str | Path,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+) -> Path:
+    """One t-SNE map per (title, features, labels), side by side, coloured by class."""
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, features, labels) in zip(axes.flat, panels, strict=True):
+        perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+        points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab20", s=6)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    classes = sorted(set(panels[0][2].tolist()))
+    if len(classes) <= 20:
+        handles = scatter.legend_elements()[0]
+        names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes]
+        figure.legend(handles, names, loc="lower center", ncol=min(len(names), 10), frameon=False, fontsize=7)
+    figure.suptitle("t-SNE of pooled features")
+    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

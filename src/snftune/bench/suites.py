@@ -1,0 +1,300 @@
+"""Benchmark suites as plain data: which backbones, methods and tasks, with which settings.
+
+A suite is a YAML file (the paper's suites ship in ``snftune/bench/suites/``)::
+
+    name: vtab1k
+    description: ...
+    model: vit_base_patch16_224          # or models: [{label, model, pretrained, ...}, ...]
+    pretrained: orig_in21k
+    train: {}                            # overrides of the protocol's training settings
+    methods: [linear, snf-shallow, {label: snf-j3, method: snf, options: {planar_steps: 3}}]
+    groups: [Natural, Specialized, Structured]
+    tasks:
+      - {data: vtab1k/cifar, column: Cifar100, group: Natural}
+      - {data: dg/imagenet-v2, column: -V2, train_from: dg/imagenet}   # evaluate another cell's weights
+      - grid: {data: "fewshot/{dataset}/{shots}shot/seed{seed}", column: "{dataset}/{shots}",
+               group: "{dataset}", dataset: [food101, ...], shots: [1, 2], seed: [0, 1, 2]}
+
+A cell is (model, method, task); its run folder is ``<out>/<row>/<task>``. Cells that share
+a column (e.g. three seeds) are averaged in the table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
+
+SUITE_KEYS = {"name", "description", "model", "pretrained", "model_kwargs", "img_size", "models", "train"}
+SUITE_KEYS |= {"methods", "groups", "tasks", "data_options", "table"}
+TASK_KEYS = {"data", "column", "group", "train_from", "meta"}
+
+
+class SuiteError(ValueError):
+    """A suite file that is malformed, or a selection that matches nothing."""
+
+
+@dataclass(frozen=True)
+class SuiteMethod:
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    label: str
+    model: str
+    pretrained: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    img_size: int | None = None
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    data: str
+    column: str
+    group: str | None = None
+    train_from: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: SuiteModel
+    method: SuiteMethod
+    task: SuiteTask
+    row: str
+
+    def folder(self, out: Path) -> Path:
+        return out / slug(self.row) / slug(self.task.data)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    models: list[SuiteModel]
+    methods: list[SuiteMethod]
+    tasks: list[SuiteTask]
+    groups: list[str] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+    table: dict[str, Any] = field(default_factory=dict)
+
+    def row_label(self, model: SuiteModel, method: SuiteMethod) -> str:
+        return method.label if len(self.models) == 1 else f"{method.label} @ {model.label}"
+
+    def cells(self) -> list[Cell]:
+        """Every (model, method, task), trained tasks before the tasks evaluated from them."""
+        ordered = sorted(self.tasks, key=lambda t: t.train_from is not None)
+        return [
+            Cell(model, method, task, self.row_label(model, method))
+            for model, method in itertools.product(self.models, self.methods)
+            for task in ordered
+        ]
+
+    def source_cell(self, cell: Cell) -> Cell:
+        for task in self.tasks:
+            if task.data == cell.task.train_from:
+                return Cell(cell.model, cell.method, task, cell.row)
+        raise SuiteError(f"suite {self.name}: {cell.task.data} trains from {cell.task.train_from}, which is no task")
+
+    def select(
+        self, methods: list[str] | None = None, tasks: list[str] | None = None, models: list[str] | None = None
+    ) -> Suite:
+        """The suite restricted to some methods (labels, or any registered method name), tasks
+        (by spec or column) and models (by label or timm name)."""
+        chosen_methods = self.methods
+        if methods:
+            known = {m.label: m for m in self.methods}
+            chosen_methods = [known.get(name, SuiteMethod(name, name)) for name in methods]
+        chosen_tasks = self.tasks
+        if tasks:
+            chosen_tasks = [t for t in self.tasks if t.data in tasks or t.column in tasks or _short(t.data) in tasks]
+            needed = {t.train_from for t in chosen_tasks if t.train_from}
+            chosen_tasks = [t for t in self.tasks if t in chosen_tasks or t.data in needed]
+            if not chosen_tasks:
+                raise SuiteError(
+                    f"--tasks {' '.join(tasks)} matches no task of suite {self.name}; its tasks: "
+                    + ", ".join(t.data for t in self.tasks)
+                )
+        chosen_models = self.models
+        if models:
+            chosen_models = [m for m in self.models if m.label in models or m.model in models]
+            if not chosen_models:
+                raise SuiteError(
+                    f"--models {' '.join(models)} matches no model of suite {self.name}; its models: "
+                    + ", ".join(m.label for m in self.models)
+                )
+        return Suite(
+            self.name,
+            self.description,
+            chosen_models,
+            chosen_methods,
+            chosen_tasks,
+            self.groups,
+            self.train,
+            self.data_options,
+            self.table,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "models": [vars(m) for m in self.models],
+            "methods": [vars(m) for m in self.methods],
+            "tasks": [vars(t) for t in self.tasks],
+            "groups": self.groups,
+            "train": self.train,
+            "data_options": self.data_options,
+        }
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "_"
+
+
+def _short(spec: str) -> str:
+    return spec.split("/", 1)[-1].split(":", 1)[-1]
+
+
+def suite_names() -> list[str]:
+    """The suites shipped with snftune."""
+    folder = resources.files("snftune.bench") / "suites"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A shipped suite by name (``vtab1k``, ``generated``, ...) or a suite YAML file."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SuiteError(f"suite file {path} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        if name_or_path not in suite_names():
+            raise SuiteError(f"unknown suite '{name_or_path}'; known: {', '.join(suite_names())}, or a YAML file")
+        text = (resources.files("snftune.bench") / "suites" / f"{name_or_path}.yaml").read_text()
+        source = f"suite {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{source} is not valid YAML: {error}") from error
+    return parse_suite(data, source)
+
+
+def parse_suite(data: Any, source: str = "suite") -> Suite:
+    if not isinstance(data, dict):
+        raise SuiteError(f"{source} must be a mapping with 'tasks' and 'methods'")
+    unknown = sorted(set(data) - SUITE_KEYS)
+    if unknown:
+        raise SuiteError(f"{source}: unknown key(s) {unknown}; known: {sorted(SUITE_KEYS)}")
+    if "models" in data:
+        models = [_model(entry, source) for entry in data["models"]]
+    elif "model" in data:
+        models = [
+            SuiteModel(
+                data["model"],
+                data["model"],
+                data.get("pretrained"),
+                data.get("model_kwargs") or {},
+                data.get("img_size"),
+            )
+        ]
+    else:
+        raise SuiteError(f"{source} names no backbone: add 'model:' or 'models:'")
+    methods = [_method(entry, source) for entry in data.get("methods") or []]
+    tasks = [task for entry in data.get("tasks") or [] for task in _tasks(entry, source)]
+    if not tasks:
+        raise SuiteError(f"{source} lists no tasks")
+    for task in tasks:
+        if task.train_from and task.train_from not in {t.data for t in tasks}:
+            raise SuiteError(f"{source}: {task.data} trains from {task.train_from}, which is not one of its tasks")
+    return Suite(
+        name=str(data.get("name", source)),
+        description=str(data.get("description", "")),
+        models=models,
+        methods=methods,
+        tasks=tasks,
+        groups=list(data.get("groups") or []),
+        train=dict(data.get("train") or {}),
+        data_options=dict(data.get("data_options") or {}),
+        table=dict(data.get("table") or {}),
+    )
+
+
+def _model(entry: Any, source: str) -> SuiteModel:
+    if isinstance(entry, str):
+        return SuiteModel(entry, entry)
+    if not isinstance(entry, dict) or "model" not in entry:
+        raise SuiteError(f"{source}: a models entry is a timm name or a mapping with 'model', got {entry!r}")
+    unknown = sorted(set(entry) - {"label", "model", "pretrained", "model_kwargs", "img_size"})
+    if unknown:
+        raise SuiteError(f"{source}: unknown model key(s) {unknown}")
+    return SuiteModel(
+        entry.get("label", entry["model"]),
+        entry["model"],
+        entry.get("pretrained"),
+        entry.get("model_kwargs") or {},
+        entry.get("img_size"),
+    )
+
+
+def _method(entry: Any, source: str) -> SuiteMethod:
+    if isinstance(entry, str):
+        return SuiteMethod(entry, entry)
+    if not isinstance(entry, dict) or "method" not in entry:
+        raise SuiteError(f"{source}: a methods entry is a name or a mapping with 'method', got {entry!r}")
+    unknown = sorted(set(entry) - {"label", "method", "options"})
+    if unknown:
+        raise SuiteError(f"{source}: unknown method key(s) {unknown}")
+    return SuiteMethod(entry.get("label", entry["method"]), entry["method"], entry.get("options") or {})
+
+
+def _tasks(entry: Any, source: str) -> list[SuiteTask]:
+    if isinstance(entry, str):
+        return [SuiteTask(entry, _short(entry))]
+    if not isinstance(entry, dict):
+        raise SuiteError(f"{source}: a tasks entry is a spec or a mapping, got {entry!r}")
+    if "grid" in entry:
+        return _grid(entry["grid"], source)
+    unknown = sorted(set(entry) - TASK_KEYS)
+    if unknown or "data" not in entry:
+        raise SuiteError(f"{source}: a task needs 'data' and takes {sorted(TASK_KEYS)}; got {sorted(entry)}")
+    return [
+        SuiteTask(
+            entry["data"],
+            str(entry.get("column", _short(entry["data"]))),
+            entry.get("group"),
+            entry.get("train_from"),
+            dict(entry.get("meta") or {}),
+        )
+    ]
+
+
+def _grid(grid: dict[str, Any], source: str) -> list[SuiteTask]:
+    """Expands ``{data: "fewshot/{dataset}/{shots}shot/seed{seed}", dataset: [...], ...}``."""
+    templates = {k: grid[k] for k in ("data", "column", "group") if k in grid}
+    axes = {k: v for k, v in grid.items() if k not in templates}
+    if "data" not in templates or not axes or not all(isinstance(v, list) for v in axes.values()):
+        raise SuiteError(f"{source}: a grid needs a 'data' template and lists to expand it over")
+    tasks = []
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values, strict=True))
+        try:
+            filled = {k: str(v).format(**point) for k, v in templates.items()}
+        except KeyError as error:
+            raise SuiteError(f"{source}: grid template uses {error}, which is not one of {list(axes)}") from error
+        tasks.append(
+            SuiteTask(filled["data"], filled.get("column", _short(filled["data"])), filled.get("group"), None, point)
+        )
+    return tasks

@@ -1,0 +1,51 @@
+"""``snftune train``: tune one backbone on one task; writes metrics.json, tuned.safetensors,
+config.yaml, log.jsonl (and checkpoint.pt while running) in the run folder.
+Under ``torchrun --nproc_per_node N -m snftune train ...`` it trains with DDP."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..engine import cleanup_distributed, setup_distributed
+from .common import CLIError, add_train_options, resolve_settings, run_training, values_from_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="tune a backbone on a task (one run folder)",
+        description="Tunes a timm backbone with a method on a task. Defaults come from the task's protocol "
+        "(DATA.md), then a --config YAML file, then the options given here. Under torchrun it uses "
+        "DistributedDataParallel; --batch-size stays the global batch.",
+        epilog="example: snftune train --model vit_base_patch16_224 --pretrained ViT-B_16.npz "
+        "--method snf-deep --data vtab1k/cifar --data-dir /data --out runs/cifar-snf",
+    )
+    add_train_options(parser)
+    parser.add_argument("--out", help="run folder (created)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    values = values_from_args(args)
+    if not values.get("out"):
+        raise CLIError("missing --out (the run folder to write)")
+    settings, task, method_config = resolve_settings(values)
+    if settings.device and settings.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {settings.device}: no CUDA device is available; use --device cpu")
+    dist = setup_distributed(settings.device)
+    try:
+        metrics = run_training(settings, task, method_config, Path(values["out"]), args.resume, dist)
+    finally:
+        cleanup_distributed()
+    if metrics is not None and dist.is_main:
+        headline = "no evaluation split" if metrics["top1"] is None else f"{metrics['top1']:.2f}%"
+        print(
+            f"{task.name} / {settings.method}: top-1 {headline} ({metrics.get('reported_as', metrics['reported'])}); "
+            f"{metrics['tuned_parameters']:,} tuned parameters; {metrics['timing']['train_s']:.1f}s training; "
+            f"results in {values['out']}"
+        )
+    return 0

@@ -1,0 +1,23 @@
+"""Engine: trains and evaluates whatever is trainable (AMP, DDP, schedules, checkpoints, logs)."""
+
+from .checkpoint import CHECKPOINT_NAME
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo, cleanup_distributed, setup_distributed
+from .schedule import WarmupCosine
+from .trainer import LOG_NAME, METRICS_NAME, TUNED_NAME, ResumeError, evaluate, train
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "LOG_NAME",
+    "METRICS_NAME",
+    "TUNED_NAME",
+    "ConfigError",
+    "DistInfo",
+    "ResumeError",
+    "TrainConfig",
+    "WarmupCosine",
+    "cleanup_distributed",
+    "evaluate",
+    "setup_distributed",
+    "train",
+]
