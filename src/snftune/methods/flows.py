@@ -105,18 +105,20 @@ class _FusedFlow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shift, log_scale, u, w, b, channel_dim: int):
         layout = _Layout(x, channel_dim)
-        xf = layout.flat(x)
         scale = log_scale.exp().to(x.dtype)
         shift_, u_, w_, b_ = (p.to(x.dtype) for p in (shift, u, w, b))
-        y = torch.addcmul(layout.per_channel(shift_), layout.per_channel(scale), xf)
+        # The affine step runs on x as it is laid out, so that the flow's output keeps x's strides
+        # (an identity flow then changes nothing downstream, not even reduction order).
+        view = [-1 if d == channel_dim % x.dim() else 1 for d in range(x.dim())]
+        y = torch.addcmul(shift_.reshape(view), scale.reshape(view), x)
+        t = u
         if u.shape[0]:
-            t = _tanh_recurrence(layout, layout.project(y, w_), b_, w_ @ u_.t())
-            y = y.add_(layout.expand(t, u_))
-        else:
-            t = u
+            yf = layout.flat(y)
+            t = _tanh_recurrence(layout, layout.project(yf, w_), b_, w_ @ u_.t())
+            y = layout.unflat(yf.add_(layout.expand(t, u_)))
         ctx.save_for_backward(x, shift, log_scale, u, w, t)
         ctx.channel_dim = channel_dim
-        return layout.unflat(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
