@@ -52,6 +52,8 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     import snftune
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     method, overrides = VARIANTS[variant]
     model = timm.create_model(args.model, num_classes=args.num_classes)
@@ -77,20 +79,18 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    def timed(fn, repeats: int) -> float:
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+    clock = time.perf_counter if device.type == "cuda" or args.clock == "wall" else time.process_time
+
+    def timed(fn) -> float:
+        sync()
+        start = clock()
+        fn()
+        sync()
+        return clock() - start
 
     model.eval()  # dropout/drop-path off: the forward and the step compute the same function
     for _ in range(args.warmup):
         forward()
-    forward_s = timed(forward, args.repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -98,7 +98,12 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
         base = _current_rss_bytes()
     for _ in range(args.warmup):
         train_step()
-    step_s = timed(train_step, args.repeats)
+    # Interleaved, so that a change in machine load touches both sides of the ratio alike.
+    forward_times, step_times = [], []
+    for _ in range(args.repeats):
+        forward_times.append(timed(forward))
+        step_times.append(timed(train_step))
+    forward_s, step_s = statistics.median(forward_times), statistics.median(step_times)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss_bytes()) - base
     summary = snftune.trainable_summary(model)
     return {
@@ -118,6 +123,13 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="on the CPU, time by the process's CPU time (robust to other load) or by wall time",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -142,7 +154,8 @@ def main() -> None:
     shallow = results.get("snf-shallow")
     print(
         f"{args.model}, batch {args.batch_size}, {args.device} ({platform.processor() or platform.machine()}, "
-        f"torch threads default), median of {args.repeats} after {args.warmup} warm-up"
+        f"{args.threads or 'default'} torch thread(s), {args.clock} clock), median of {args.repeats} "
+        f"interleaved forward/step pairs after {args.warmup} warm-up"
     )
     print("| variant | trainable | step / forward | peak memory (MiB) | step vs SNF-shallow | memory vs SNF-shallow |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -251,3 +251,15 @@ def test_params_command_prints_the_paper_counts(capsys):
             "note": "",
         }
     ]
+
+
+def test_a_method_that_does_not_fit_leaves_the_model_as_it_was():
+    from snftune.methods.registry import NotApplicableError
+
+    model, _ = make_tiny("resnet-basic")
+    with pytest.raises(NotApplicableError):
+        snftune.apply(model, "vpt-deep")
+    assert all(p.requires_grad for p in model.parameters())
+    assert getattr(model, "snftune_state", None) is None
+    snftune.apply(model, "snf-shallow")
+    assert snftune.trainable_summary(model).tuned == 2 * sum(s.channels for s in snftune.anatomy(model).sites)

@@ -126,9 +126,16 @@ def apply(model: nn.Module, method: str | MethodConfig, **overrides: Any) -> nn.
     label = method if isinstance(method, str) and not method.endswith((".yaml", ".yml")) else config.method
     spec = method_for(config)
     fingerprint = _backbone_fingerprint(model)
+    trainable_before = {name: p.requires_grad for name, p in model.named_parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    spec.apply(model, config)
+    try:
+        spec.apply(model, config)
+    except Exception:
+        # Methods check that they fit before editing the model; leave the caller's flags as they were.
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(trainable_before.get(name, False))
+        raise
     head = set(head_parameter_names(model))
     for name, parameter in model.named_parameters():
         if name in head:

@@ -11,6 +11,7 @@ import timm
 import torch
 
 from ..backbones import UnsupportedModelError
+from ..methods.peft_bridge import PeftUnavailableError
 from ..methods.registry import NotApplicableError, resolve_config
 from ..tuning import apply, trainable_summary
 
@@ -69,7 +70,7 @@ def parameter_table(
         for label, model_name in backbones.items():
             try:
                 rows.append(ParamCount(method, label, model_name, count_tuned_parameters(model_name, method)))
-            except (NotApplicableError, UnsupportedModelError) as error:
+            except (NotApplicableError, UnsupportedModelError, PeftUnavailableError) as error:
                 rows.append(ParamCount(method, label, model_name, None, str(error)))
     return rows
 
