@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_write
 from .methods.registry import MethodConfig, config_from_dict, method_for, resolve_config
 
 __all__ = [
@@ -209,7 +209,6 @@ def save_tuned(model: nn.Module, path: str | os.PathLike) -> Path:
     """
     state = _require_state(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tuned_tensors(model).items()}
     metadata = {
         "snftune_format": FORMAT_VERSION,
@@ -219,15 +218,7 @@ def save_tuned(model: nn.Module, path: str | os.PathLike) -> Path:
         "architecture": state.architecture,
         "fingerprint": state.fingerprint,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
