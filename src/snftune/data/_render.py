@@ -106,12 +106,8 @@ SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "heart": _heart,
     "crescent": lambda u, v: (u * u + v * v < 1) & ((u - 0.45) ** 2 + v * v > 0.56),
     "semicircle": lambda u, v: (u * u + v * v < 1) & (v > -0.2),
-    "lshape": lambda u, v: (
-        ((u > -0.8) & (u < -0.3) & (np.abs(v) < 0.9)) | ((v > 0.4) & (v < 0.9) & (np.abs(u) < 0.8))
-    ),
-    "tshape": lambda u, v: (
-        ((np.abs(u) < 0.9) & (v > -0.9) & (v < -0.45)) | ((np.abs(u) < 0.25) & (np.abs(v) < 0.9))
-    ),
+    "lshape": lambda u, v: ((u > -0.8) & (u < -0.3) & (np.abs(v) < 0.9)) | ((v > 0.4) & (v < 0.9) & (np.abs(u) < 0.8)),
+    "tshape": lambda u, v: ((np.abs(u) < 0.9) & (v > -0.9) & (v < -0.45)) | ((np.abs(u) < 0.25) & (np.abs(v) < 0.9)),
 }
 
 
@@ -182,9 +178,7 @@ def texture_field(kind: str, rng: np.random.Generator, n: int, res: int) -> np.n
         t = np.maximum(np.sin(freq * u + phase), np.sin(freq * (u * 0.2 + v))) * 0.5 + 0.5
         sharp = sharp * 2
     elif kind == "gridlines":
-        t = (np.minimum(np.abs(np.sin(freq * u / 2 + phase)), np.abs(np.sin(freq * v / 2))) < 0.25).astype(
-            np.float32
-        )
+        t = (np.minimum(np.abs(np.sin(freq * u / 2 + phase)), np.abs(np.sin(freq * v / 2))) < 0.25).astype(np.float32)
     elif kind == "spiral":
         t = 0.5 + 0.5 * np.sin(freq * r + 3 * theta + phase)
     elif kind == "bricks":

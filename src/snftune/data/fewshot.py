@@ -29,9 +29,7 @@ class FewshotDataset:
 FEWSHOT_DATASETS: dict[str, FewshotDataset] = {
     "fgvc_aircraft": FewshotDataset(100, ("fgvc_aircraft", "fgvc-aircraft", "aircraft"), "images"),
     "food101": FewshotDataset(101, ("food-101", "food101", "food_101"), "images"),
-    "oxford_flowers": FewshotDataset(
-        102, ("oxford_flowers", "oxford-flowers102", "oxford_flowers102"), "images"
-    ),
+    "oxford_flowers": FewshotDataset(102, ("oxford_flowers", "oxford-flowers102", "oxford_flowers102"), "images"),
     "oxford_pets": FewshotDataset(37, ("oxford_pets", "oxford-pets", "oxford_iiit_pet"), "images"),
     "stanford_cars": FewshotDataset(196, ("stanford_cars", "standford-cars", "stanford-cars"), ""),
 }

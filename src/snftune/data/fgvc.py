@@ -55,9 +55,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc}). Re-download the VPT split files.") from exc
     if not isinstance(data, dict):
-        raise DataError(
-            f"{path}: expected a JSON object {{image_path: class_id}}, found {type(data).__name__}."
-        )
+        raise DataError(f"{path}: expected a JSON object {{image_path: class_id}}, found {type(data).__name__}.")
     if not data:
         raise DataError(f"{path}: the split is empty. Re-download the VPT split files.")
     return data

@@ -123,7 +123,5 @@ def resolve_list(rest: str, data_dir: Path | None, num_classes: int | None = Non
 
 
 def _list_dataset(lists: dict[str, Path], name: str, num_classes: int, split, transform, on_bad_image):
-    samples = read_list_file(
-        lists[split], lists[split].parent, num_classes, f"{name} has {num_classes} classes"
-    )
+    samples = read_list_file(lists[split], lists[split].parent, num_classes, f"{name} has {num_classes} classes")
     return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)

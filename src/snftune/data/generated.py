@@ -215,9 +215,7 @@ def _render_terrain(rng, labels, res, split):
         elif kind == "farmland":
             f = R.texture_field("gridlines", rng, m, res) * 0.4 + 0.6 * R.smooth_noise(rng, m, res, 3)
         elif kind == "urban":
-            f = R.texture_field("bricks", rng, m, res) * 0.7 + 0.3 * R.smooth_noise(
-                rng, m, res, max(res // 4, 4)
-            )
+            f = R.texture_field("bricks", rng, m, res) * 0.7 + 0.3 * R.smooth_noise(rng, m, res, max(res // 4, 4))
         elif kind == "desert":
             f = 0.5 + 0.25 * R.texture_field("waves", rng, m, res) - 0.125
         else:
@@ -230,9 +228,7 @@ def _render_terrain(rng, labels, res, split):
         angle = rng.uniform(0, np.pi, m)
         u = R.col(np.cos(angle)) * x + R.col(np.sin(angle)) * y
         v = -R.col(np.sin(angle)) * x + R.col(np.cos(angle)) * y
-        bend = R.col(rng.uniform(0.1, 0.35, m)) * np.sin(
-            R.col(rng.uniform(2, 5, m)) * u + R.col(rng.uniform(0, 6, m))
-        )
+        bend = R.col(rng.uniform(0.1, 0.35, m)) * np.sin(R.col(rng.uniform(2, 5, m)) * u + R.col(rng.uniform(0, 6, m)))
         band = (np.abs(v - bend) < R.col(rng.uniform(0.06, 0.15, m))).astype(np.float32)
         img[river] = R.paint(img[river], band, np.tile(np.array([[0.15, 0.3, 0.55]], np.float32), (m, 1)))
     # Colour alone must not give the class away: shift every image towards a random tint.
@@ -313,9 +309,7 @@ def _render_distance(rng, labels, res, split):
 GENERATED_TASKS: dict[str, GeneratedTaskInfo] = {
     "digits": GeneratedTaskInfo("natural", tuple(f"digit:{d}" for d in range(10)), _render_digits),
     "shapes": GeneratedTaskInfo("natural", tuple(f"shape:{s}" for s in DOWNSTREAM_SHAPES), _render_shapes),
-    "textures": GeneratedTaskInfo(
-        "natural", tuple(f"texture:{t}" for t in DOWNSTREAM_TEXTURES), _render_textures
-    ),
+    "textures": GeneratedTaskInfo("natural", tuple(f"texture:{t}" for t in DOWNSTREAM_TEXTURES), _render_textures),
     "cells": GeneratedTaskInfo("specialized", ("cells:normal", "cells:tumour"), _render_cells),
     "terrain": GeneratedTaskInfo("specialized", tuple(f"terrain:{t}" for t in TERRAINS), _render_terrain),
     "count": GeneratedTaskInfo("structured", tuple(f"count:{k}" for k in range(1, 7)), _render_count),
@@ -351,18 +345,13 @@ def _draw(task: str, render: Renderer, num_classes: int, n: int, split: str, see
     labels = rng.permutation(np.arange(n) % num_classes)
     res = 2 * image_size if image_size < _SUPERSAMPLE_BELOW else image_size
     images = np.concatenate(
-        [
-            R.finish(render(rng, labels[i : i + _CHUNK], res, split), rng, image_size)
-            for i in range(0, n, _CHUNK)
-        ]
+        [R.finish(render(rng, labels[i : i + _CHUNK], res, split), rng, image_size) for i in range(0, n, _CHUNK)]
     )
     return images, labels.astype(np.int64)
 
 
 @lru_cache(maxsize=64)
-def _generate(
-    task: str, split: str, seed: int, image_size: int, n_test: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _generate(task: str, split: str, seed: int, image_size: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
     if split == "train800val200":
         parts = [_generate(task, s, seed, image_size, n_test) for s in ("train800", "val200")]
         images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -403,9 +392,7 @@ class ArrayDataset(Dataset):
         class_names: Sequence[str] | None = None,
     ) -> None:
         if len(images) != len(labels) or len(images) == 0:
-            raise DataError(
-                f"ArrayDataset needs as many labels as images (>0); got {len(images)} and {len(labels)}."
-            )
+            raise DataError(f"ArrayDataset needs as many labels as images (>0); got {len(images)} and {len(labels)}.")
         self.images, self.labels, self.transform = images, labels, transform
         self.class_names = tuple(class_names) if class_names else None
 
@@ -498,9 +485,7 @@ def _letter_glyphs(px: int = 16) -> np.ndarray:
         canvas = Image.new("L", (px, px), 0)
         draw = ImageDraw.Draw(canvas)
         left, top, right, bottom = draw.textbbox((0, 0), letter, font=font)
-        draw.text(
-            ((px - (right - left)) / 2 - left, (px - (bottom - top)) / 2 - top), letter, fill=255, font=font
-        )
+        draw.text(((px - (right - left)) / 2 - left, (px - (bottom - top)) / 2 - top), letter, fill=255, font=font)
         glyphs.append(np.asarray(canvas, dtype=np.float32) / 255.0)
     return np.stack(glyphs)
 

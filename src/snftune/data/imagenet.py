@@ -104,9 +104,7 @@ def _tree_samples(folder: Path, name: str, allowed: set[int] | None) -> list[Sam
                 "Expected <root>/<wnid>/<image> or <root>/<index>/<image>, or an annotation list."
             )
         if allowed is not None and label not in allowed:
-            raise DataError(
-                f"{name}: class folder {sub} (index {label}) is not one of the dataset's classes."
-            )
+            raise DataError(f"{name}: class folder {sub} (index {label}) is not one of the dataset's classes.")
         samples.extend(Sample(str(p), label, f"class folder {sub}") for p in image_files(sub))
     if not samples:
         raise DataError(f"{name}: no images found under {folder} (empty split).")

@@ -178,8 +178,7 @@ class ImageListDataset(Dataset):
                 except DataError as exc:
                     self.bad_images.add(self.samples[candidate].path)
                     warnings.warn(
-                        f"{self.name}: substituted an unreadable image "
-                        f"({len(self.bad_images)} so far): {exc}",
+                        f"{self.name}: substituted an unreadable image ({len(self.bad_images)} so far): {exc}",
                         DataWarning,
                         stacklevel=2,
                     )

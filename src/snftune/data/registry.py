@@ -57,9 +57,7 @@ class Task:
     def dataset(self, split: str, transform: Callable | None = None, on_bad_image: str = "error") -> Dataset:
         """A torch Dataset of ``(image, label)``: a PIL RGB image unless ``transform`` maps it."""
         if split not in self.splits:
-            raise DataError(
-                f"{self.name}: no split {split!r}; available splits are {', '.join(self.splits)}."
-            )
+            raise DataError(f"{self.name}: no split {split!r}; available splits are {', '.join(self.splits)}.")
         check_bad_image_mode(on_bad_image)
         assert self.factory is not None
         return self.factory(split, transform, on_bad_image)
@@ -132,6 +130,4 @@ def normalise_name(name: str) -> str:
 def reject_options(spec: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise DataError(
-            f"{spec}: unknown option(s) {unknown}; this reader accepts {list(allowed) or 'no options'}."
-        )
+        raise DataError(f"{spec}: unknown option(s) {unknown}; this reader accepts {list(allowed) or 'no options'}.")

@@ -99,7 +99,5 @@ def build_transform(
                 std=tuple(std),
                 re_prob=settings.random_erase,
             )
-        return T.Compose(
-            [T.Resize(resize, interpolation=mode), T.CenterCrop((height, width)), *_tail(mean, std)]
-        )
+        return T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop((height, width)), *_tail(mean, std)])
     raise DataError(f"unknown protocol {protocol!r}; known: vtab, fgvc, fewshot, dg, folder")

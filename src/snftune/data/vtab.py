@@ -122,7 +122,5 @@ def resolve_vtab(rest: str, data_dir: Path | None, num_classes: int | None = Non
 
 
 def _dataset(folder: Path, name: str, num_classes: int, split: str, transform, on_bad_image: str):
-    samples = read_list_file(
-        folder / f"{split}.txt", folder, num_classes, f"{name} has {num_classes} classes"
-    )
+    samples = read_list_file(folder / f"{split}.txt", folder, num_classes, f"{name} has {num_classes} classes")
     return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)
