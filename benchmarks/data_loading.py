@@ -51,12 +51,8 @@ def measure(root: Path, spec: str, split: str, input_size: int, workers: int, ba
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root", type=Path, help="data_dir holding vtab-1k/ (default: write a generated task)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="data_dir holding vtab-1k/ (default: write a generated task)")
     parser.add_argument("--task", default=None, help="task spec (default vtab1k/<generated task>)")
     parser.add_argument("--generated-task", default="shapes")
     parser.add_argument("--image-size", type=int, default=64, help="size of the generated JPEGs (16..64)")
