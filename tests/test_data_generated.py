@@ -53,9 +53,7 @@ def test_splits_sizes_and_concatenation():
     both, yboth = generate_split("position", "train800val200", image_size=16)
     test, _ = generate_split("position", "test", image_size=16, n_test=37)
     assert (len(train), len(val), len(test)) == (800, 200, 37)
-    assert np.array_equal(both, np.concatenate([train, val])) and np.array_equal(
-        yboth, np.concatenate([ytrain, yval])
-    )
+    assert np.array_equal(both, np.concatenate([train, val])) and np.array_equal(yboth, np.concatenate([ytrain, yval]))
     assert not np.array_equal(train[:200], val)
 
 

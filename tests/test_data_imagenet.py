@@ -98,9 +98,7 @@ def test_target_list_with_1k_indices_and_label_outside_subset(tmp_path):
     (target / "annotations").mkdir()
     (target / "annotations/test_meta.list").write_text(f"{WNIDS[label]}/ok.jpg {label}\n")
     assert resolve_task("dg/imagenet-a", tmp_path).dataset("test").labels == [label]
-    (target / "annotations/test_meta.list").write_text(
-        f"{WNIDS[label]}/ok.jpg {label}\n{WNIDS[0]}/ok.jpg 0\n"
-    )
+    (target / "annotations/test_meta.list").write_text(f"{WNIDS[label]}/ok.jpg {label}\n{WNIDS[0]}/ok.jpg 0\n")
     with pytest.raises(DataError, match=r"test_meta.list line 2: label 0 is not one of the 200 classes"):
         resolve_task("dg/imagenet-a", tmp_path).dataset("test")
 

@@ -139,9 +139,7 @@ def test_corrupt_jpeg_raises_at_read_naming_file_and_line(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(good)
     good.write_bytes(good.read_bytes()[:40])  # truncated JPEG
     (task_dir / "images/test/000002.png").write_bytes(b"not an image at all")
-    (task_dir / "test.txt").write_text(
-        "images/test/000000.png 0\nimages/test/000001.jpg 1\nimages/test/000002.png 2\n"
-    )
+    (task_dir / "test.txt").write_text("images/test/000000.png 0\nimages/test/000001.jpg 1\nimages/test/000002.png 2\n")
     ds = resolve_task("vtab1k/cifar", tmp_path).dataset("test")  # construction only stats files
     assert ds[0][1] == 0
     for index, name, line in ((1, "000001.jpg", 2), (2, "000002.png", 3)):

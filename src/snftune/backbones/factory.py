@@ -55,7 +55,14 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
             hub tag (``"hub"`` for timm's default tag, or e.g. ``"orig_in21k"``), which needs
             network access.
         **kwargs: passed to ``timm.create_model`` (``num_classes``, ``img_size``, ...).
+
+    An embedded backbone's name (``snftune-vit-tiny``, see :mod:`snftune.backbones.embedded`)
+    loads the weights shipped in the package (``pretrained=None``), or ``pretrained="random"``.
     """
+    from .embedded import create_embedded, is_embedded
+
+    if is_embedded(name):
+        return create_embedded(name, pretrained, **kwargs)
     if pretrained is None:
         return timm.create_model(name, pretrained=False, **kwargs)
     if _looks_like_path(pretrained):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, params, plot, train
+from . import bench, demo, params, plot, pretrain, train
 from . import eval as eval_command
 
-COMMANDS = [params, train, eval_command, bench, plot]
+COMMANDS = [demo, params, train, eval_command, bench, plot, pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:
