@@ -67,7 +67,7 @@ def _select(args: argparse.Namespace) -> Suite:
     return suite
 
 
-def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
+def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
     """Settings of one cell: the suite's, then --config and the command line."""
     values: dict[str, Any] = {
         "model": cell.model.model,
@@ -120,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
         if cell.task.train_from:
             plan.append((cell, None))
             continue
-        values = _cell_values(suite, cell, overrides)
+        values = cell_values(suite, cell, overrides)
         values["pretrained"] = _pretrained_for(cell, pretrained_list)
         plan.append((cell, resolve_settings(values)))
     if args.dry_run:
         for cell, _ in plan:
-            print(f"{_state(cell.folder(out)):9s} {cell.row:24s} {cell.task.data}")
+            print(f"{cell_state(cell.folder(out)):9s} {cell.row:24s} {cell.task.data}")
         return 0
 
     device = overrides.get("device")
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for index, (cell, resolved) in enumerate(plan, 1):
             folder = cell.folder(out)
-            state = broadcast_object(_state(folder))
+            state = broadcast_object(cell_state(folder))
             label = f"[{index}/{len(plan)}] {cell.row} / {cell.task.data}"
             if state == "done":
                 if dist.is_main:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state(folder: Path) -> str:
+def cell_state(folder: Path) -> str:
     if (folder / METRICS_NAME).is_file():
         return "done"
     if (folder / CHECKPOINT_NAME).is_file():

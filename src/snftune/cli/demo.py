@@ -17,7 +17,7 @@ import torch
 from ..bench.suites import Suite, SuiteError, SuiteTask, load_suite
 from ..bench.tables import build_table, collect_results, format_table, write_tables
 from ..engine import METRICS_NAME, cleanup_distributed, setup_distributed
-from .bench import _cell_values, _state
+from .bench import cell_state, cell_values
 from .common import CLIError, resolve_settings, run_training
 
 QUICK_METHODS = ["linear", "snf-shallow"]
@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace, start: float) -> int:
     overrides = _overrides(args, suite)
     plan = []
     for cell in suite.cells():
-        values = _cell_values(suite, cell, overrides)
+        values = cell_values(suite, cell, overrides)
         plan.append((cell, resolve_settings(values)))
     methods = list(dict.fromkeys(cell.method.label for cell, _ in plan))
     tasks = list(dict.fromkeys(cell.task.data for cell, _ in plan))
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace, start: float) -> int:
         for index, (cell, (settings, task, method_config)) in enumerate(plan, 1):
             folder = cell.folder(out)
             label = f"[{index}/{len(plan)}] {cell.row:12s} {cell.task.data:22s}"
-            if _state(folder) != "done":
+            if cell_state(folder) != "done":
                 run_training(settings, task, method_config, folder, True, dist)
             metrics = json.loads((folder / METRICS_NAME).read_text())
             runs.append(
