@@ -10,6 +10,7 @@ optional: applying without it raises :class:`PeftUnavailableError` naming the in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -78,10 +79,9 @@ class PeftBridgeConfig(MethodConfig):
             raise ValueError(f"options must be a mapping of PEFT config fields, got {type(self.options).__name__}")
         self.tuner = self.tuner.lower()
         self.options = {key: _jsonable(value) for key, value in self.options.items()}
-        try:
+        # Without PEFT the config stays readable (e.g. from a tuned file); applying it names the install line.
+        with contextlib.suppress(PeftUnavailableError):
             _check_tuner(self.tuner)
-        except PeftUnavailableError:
-            pass  # the config stays readable without PEFT; applying it names the install line
 
     def peft_options(self) -> dict[str, Any]:
         defaults = DEFAULT_OPTIONS.get(self.tuner, {"target_modules": ["qkv"]})
