@@ -263,3 +263,18 @@ def test_a_method_that_does_not_fit_leaves_the_model_as_it_was():
     assert getattr(model, "snftune_state", None) is None
     snftune.apply(model, "snf-shallow")
     assert snftune.trainable_summary(model).tuned == 2 * sum(s.channels for s in snftune.anatomy(model).sites)
+
+
+def test_a_tuned_model_pickles_whole():
+    import io
+
+    model, size = _trained("resnet-bottleneck", "snf-deep")
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    copy_ = torch.load(buffer, weights_only=False).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(copy_(x), model(x))
+    copy_.train()
+    assert not copy_.bn1.training

@@ -73,7 +73,10 @@ def _freeze_norm_statistics(model: nn.Module) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, FrozenStatsBatchNorm):
             cls = type(module)
             if cls not in _FROZEN_STATS_CLASSES:
-                _FROZEN_STATS_CLASSES[cls] = type(f"FrozenStats{cls.__name__}", (FrozenStatsBatchNorm, cls), {})
+                name = f"FrozenStats{cls.__name__}"
+                # Module-level and named, so that pickling a whole tuned model finds the class.
+                frozen = type(name, (FrozenStatsBatchNorm, cls), {"__module__": __name__, "__qualname__": name})
+                globals()[name] = _FROZEN_STATS_CLASSES[cls] = frozen
             module.__class__ = _FROZEN_STATS_CLASSES[cls]
             module.train(False)
 
