@@ -65,11 +65,7 @@ def plot_fewshot(results: dict[str, Any], path: str | Path, title: str | None = 
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
     figure.suptitle(title or "Few-shot top-1 (mean over seeds)")
     figure.tight_layout(rect=(0, 0.08, 1, 0.95))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def evenly_spaced(dataset: Dataset, max_samples: int) -> Dataset:
@@ -117,8 +113,13 @@ def plot_features(
         figure.legend(handles, names, loc="lower center", ncol=min(len(names), 10), frameon=False, fontsize=7)
     figure.suptitle("t-SNE of pooled features")
     figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return _save(figure, path)
+
+
+def _save(figure, path: str | Path) -> Path:
+    """Writes the figure as PNG (creating the folder) and frees it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
