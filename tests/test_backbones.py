@@ -6,6 +6,7 @@ import torch
 
 from snftune.backbones import UnsupportedModelError, anatomy, create_model, factory, install_sites
 from snftune.backbones.factory import WeightsUnavailableError
+from snftune.backbones.sites import SlotTakenError
 
 from conftest import make_tiny
 
@@ -14,7 +15,7 @@ def test_empty_sites_reproduce_timm_exactly(tiny_kind):
     model, size = make_tiny(tiny_kind)
     reference = copy.deepcopy(model).eval()
     x = torch.randn(3, 3, size, size)
-    anatomy(model)
+    install_sites(model)
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
@@ -24,7 +25,7 @@ def test_empty_sites_reproduce_timm_exactly(tiny_kind):
 def test_empty_sites_reproduce_timm_gradients(tiny_kind):
     model, size = make_tiny(tiny_kind)
     reference = copy.deepcopy(model).eval()
-    anatomy(model)
+    install_sites(model)
     model.eval()
     x = torch.randn(2, 3, size, size)
     model(x).square().sum().backward()
@@ -44,7 +45,7 @@ def test_empty_sites_reproduce_timm_gradients(tiny_kind):
 )
 def test_anatomy_lists_every_residual(kind, family, sites_per_block, blocks):
     model, _ = make_tiny(kind)
-    found = anatomy(model)
+    found = install_sites(model)
     assert found.family == family
     assert len(found.blocks) == blocks
     assert all(len(s) == sites_per_block for s in found.block_sites)
@@ -62,24 +63,38 @@ def test_anatomy_lists_every_residual(kind, family, sites_per_block, blocks):
 def test_site_channels_of_full_size_backbones(name, kwargs, expected):
     with torch.device("meta"):
         model = timm.create_model(name, **kwargs)
-    assert [site.channels for site in anatomy(model).sites] == expected
+    assert [site.channels for site in install_sites(model).sites] == expected
 
 
 def test_resnet_sites_work_on_channel_dim_1():
     model, _ = make_tiny("resnet-bottleneck")
-    assert {site.channel_dim for site in anatomy(model).sites} == {1}
+    assert {site.channel_dim for site in install_sites(model).sites} == {1}
 
 
-def test_installing_twice_is_a_no_op():
+def test_installing_twice_is_a_no_op_and_anatomy_only_reads():
     model, _ = make_tiny("vit")
-    first = anatomy(model)
-    second = anatomy(model)
-    assert [id(s) for s in first.sites] == [id(s) for s in second.sites]
+    with pytest.raises(ValueError, match="install_sites"):
+        anatomy(model)
+    first = install_sites(model)
+    second = install_sites(model)
+    assert [id(s) for s in first.sites] == [id(s) for s in second.sites] == [id(s) for s in anatomy(model).sites]
+
+
+def test_a_filled_slot_is_refused_instead_of_replaced():
+    model, _ = make_tiny("vit")
+    site = install_sites(model).sites[0]
+    flow = torch.nn.Linear(2, 2)
+    site.fill("shortcut", flow)
+    with pytest.raises(SlotTakenError, match="already taken by Linear"):
+        site.fill("shortcut", torch.nn.Linear(2, 2))
+    assert site.shortcut is flow
+    with pytest.raises(ValueError, match="'shortcut' and 'branch'"):
+        site.fill("middle", flow)
 
 
 def test_vit_token_slots_see_the_sequence_and_copies_stay_wired():
     model, size = make_tiny("vit")
-    found = anatomy(model)
+    found = install_sites(model)
     seen = []
 
     class Record(torch.nn.Module):

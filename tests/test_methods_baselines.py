@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import timm
@@ -29,6 +29,7 @@ from snftune.methods import (
     AdapterConfig,
     LoRAConfig,
     LoRALinear,
+    MethodConfig,
     NotApplicableError,
     SideTuneConfig,
     VPTConfig,
@@ -256,6 +257,22 @@ def test_every_baseline_is_registered() -> None:
     assert expected <= names
     assert resolve_config("vpt-deep") == VPTConfig(length=10, deep=True)
     assert resolve_config("lora") == LoRAConfig(rank=8, alpha=8.0, targets=("q", "v"))
+
+
+def test_a_taken_method_or_preset_name_is_refused() -> None:
+    from snftune.methods import register_method
+
+    with pytest.raises(ValueError, match="'lora' is already registered"):
+        register_method(LoRAConfig, lambda model, config: None, "a second lora")
+
+    @dataclass
+    class NewConfig(MethodConfig):
+        method: ClassVar[str] = "a-new-method"
+
+    with pytest.raises(ValueError, match="'snf-deep' is already registered"):
+        register_method(NewConfig, lambda model, config: None, "x", presets={"snf-deep": ({}, "x")})
+    assert resolve_config("lora") == LoRAConfig()
+    assert "a-new-method" not in method_names()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import timm
 from torch import nn
 
 from . import resnet, swin, vit  # noqa: F401  (registers the families)
-from .sites import Anatomy, ResidualSite, UnsupportedModelError, families
+from .sites import Anatomy, Family, ResidualSite, UnsupportedModelError, families
 
 SUPPORTED_TIMM = ((1, 0, 15), (1, 1, 0))
 """The timm versions whose block forwards the site blocks reproduce: [low, high)."""
@@ -36,12 +36,21 @@ def _block_type_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def install_sites(model: nn.Module) -> str:
-    """Converts every supported timm block of ``model`` in place; returns the family name.
+def _installed_family(model: nn.Module) -> Family | None:
+    """The family whose site blocks ``model`` already holds, or None."""
+    for family in families().values():
+        site_types = tuple(family.block_types.values())
+        if any(isinstance(module, site_types) for module in model.modules()):
+            return family
+    return None
+
+
+def install_sites(model: nn.Module) -> Anatomy:
+    """Converts every supported timm block of ``model`` in place and returns its anatomy.
 
     Converting swaps each block's class for a subclass whose forward routes the residual
     additions through empty :class:`ResidualSite` slots, so parameters, state-dict keys and
-    outputs stay exactly those of the timm model. Calling it again is a no-op.
+    outputs stay exactly those of the timm model. Calling it again changes nothing.
     """
     found: dict[str, int] = {}
     for family in families().values():
@@ -63,16 +72,21 @@ def install_sites(model: nn.Module) -> str:
     if len(found) > 1:
         raise UnsupportedModelError(f"{type(model).__name__} mixes block families {sorted(found)}.")
     _check_timm_version()
-    name = next(iter(found))
-    prepare = families()[name].prepare_model
-    if prepare is not None:
-        prepare(model)
-    return name
+    family = families()[next(iter(found))]
+    if family.prepare_model is not None:
+        family.prepare_model(model)
+    return anatomy(model)
 
 
 def anatomy(model: nn.Module) -> Anatomy:
-    """The model's residual sites, attention modules and token facts (installing sites first)."""
-    family = families()[install_sites(model)]
+    """The residual sites, attention modules and token facts of a model whose sites are
+    installed (by :func:`install_sites` or ``snftune.apply``). Reads only: the model is not changed."""
+    family = _installed_family(model)
+    if family is None:
+        raise ValueError(
+            f"{type(model).__name__} has no residual sites yet; call snftune.backbones.install_sites(model) "
+            "(or snftune.apply) first"
+        )
     site_types = tuple(family.block_types.values())
     blocks, block_sites, sites, site_names = [], [], [], []
     for name, module in model.named_modules():

@@ -14,11 +14,36 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["ResidualSite", "Anatomy", "UnsupportedModelError", "Family", "register_family", "families"]
+__all__ = [
+    "ResidualSite",
+    "Anatomy",
+    "UnsupportedModelError",
+    "SlotTakenError",
+    "Family",
+    "fill_slot",
+    "register_family",
+    "families",
+]
 
 
 class UnsupportedModelError(TypeError):
     """The model has no block type that snftune knows how to expose."""
+
+
+class SlotTakenError(ValueError):
+    """A method tried to fill a slot that another method already holds."""
+
+
+def fill_slot(owner: nn.Module, slot: str, module: nn.Module) -> None:
+    """Puts ``module`` in ``owner.<slot>``, refusing a slot that is not an empty identity:
+    two methods on one slot would silently replace each other."""
+    current = getattr(owner, slot)
+    if not isinstance(current, nn.Identity):
+        raise SlotTakenError(
+            f"the {slot} slot of {type(owner).__name__} is already taken by {type(current).__name__}; "
+            "apply one method per model (build a fresh model for another)"
+        )
+    setattr(owner, slot, module)
 
 
 class ResidualSite(nn.Module):
@@ -40,6 +65,12 @@ class ResidualSite(nn.Module):
         self.branch_first = branch_first
         self.shortcut: nn.Module = nn.Identity()
         self.branch: nn.Module = nn.Identity()
+
+    def fill(self, slot: str, module: nn.Module) -> None:
+        """Puts ``module`` in the ``"shortcut"`` or ``"branch"`` slot, which must be empty."""
+        if slot not in ("shortcut", "branch"):
+            raise ValueError(f"a residual site has the slots 'shortcut' and 'branch', not {slot!r}")
+        fill_slot(self, slot, module)
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if self.branch_first:

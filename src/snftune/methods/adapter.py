@@ -20,10 +20,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..backbones import anatomy
+from ..backbones import install_sites
 from ..backbones.sites import Anatomy, ResidualSite
+from .common import Size, factory_kwargs, normalise_size, per_block
 from .registry import MethodConfig, NotApplicableError, register_method
-from .sizes import Size, normalise_size, per_block
 
 POSITIONS = ("mlp", "attn", "both")
 FORMS = ("sequential", "parallel")
@@ -63,7 +63,10 @@ class AdapterConfig(MethodConfig):
 
 
 class Adapter(nn.Module):
-    """``x + scale * up(act(down(x)))`` on the channel vector at ``channel_dim``; ``up`` zero-initialised."""
+    """``x + scale * up(act(down(x)))`` on the channel vector at ``channel_dim``; ``up`` zero-initialised.
+
+    ``bias=False`` gives SNF's bottleneck ablation (Table 7), which has no biases.
+    """
 
     def __init__(
         self,
@@ -72,17 +75,19 @@ class Adapter(nn.Module):
         channel_dim: int = -1,
         activation: str = "gelu",
         scale: float = 1.0,
+        bias: bool = True,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         self.channel_dim = channel_dim
         self.scale = scale
-        self.down = nn.Linear(channels, width, device=device, dtype=dtype)
+        self.down = nn.Linear(channels, width, bias=bias, device=device, dtype=dtype)
         self.act = ACTIVATIONS[activation]()
-        self.up = nn.Linear(width, channels, device=device, dtype=dtype)
+        self.up = nn.Linear(width, channels, bias=bias, device=device, dtype=dtype)
         nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if bias:
+            nn.init.zeros_(self.up.bias)
 
     @property
     def width(self) -> int:
@@ -107,26 +112,15 @@ def _chosen_sites(anat: Anatomy, position: str) -> list[list[ResidualSite]]:
 
 def apply_adapter(model: nn.Module, config: AdapterConfig) -> None:
     """Puts an adapter in the branch (sequential) or shortcut (parallel) slot of the chosen sites."""
-    anat = anatomy(model)
-    reference = next(model.parameters())
+    anat = install_sites(model)
+    placement = factory_kwargs(model)
     slot = "branch" if config.form == "sequential" else "shortcut"
     widths = per_block(config.width, len(anat.blocks), "width")
     for sites, width in zip(_chosen_sites(anat, config.position), widths, strict=True):
         for site in sites if width else ():
-            if not isinstance(getattr(site, slot), nn.Identity):
-                raise ValueError(
-                    f"the {slot} slot of a residual site is already taken by {type(getattr(site, slot)).__name__}"
-                )
-            adapter = Adapter(
-                site.channels,
-                width,
-                site.channel_dim,
-                config.activation,
-                config.scale,
-                device=reference.device,
-                dtype=reference.dtype,
+            site.fill(
+                slot, Adapter(site.channels, width, site.channel_dim, config.activation, config.scale, **placement)
             )
-            setattr(site, slot, adapter)
 
 
 register_method(

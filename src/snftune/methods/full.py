@@ -15,7 +15,6 @@ class FullConfig(MethodConfig):
     """Full fine-tuning has no settings (learning rates belong to the engine)."""
 
     method: ClassVar[str] = "full"
-    trains_backbone: ClassVar[bool] = True
     updates_norm_statistics: ClassVar[bool] = True
 
 

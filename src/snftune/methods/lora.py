@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import anatomy
+from ..backbones import install_sites
+from .common import Size, normalise_size, per_block
 from .registry import MethodConfig, NotApplicableError, register_method
-from .sizes import Size, normalise_size, per_block
 
 QKV_PARTS = ("q", "k", "v")
 TARGETS = (*QKV_PARTS, "qkv", "proj", "fc1", "fc2")
@@ -168,7 +168,7 @@ def _wrap(owner: nn.Module, name: str, rank: int, config: LoRAConfig, chunks: in
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> None:
     """Wraps the target linear layers of every block whose rank is not 0."""
-    anat = anatomy(model)
+    anat = install_sites(model)
     if not anat.attentions:
         raise NotApplicableError(
             f"LoRA targets the attention and MLP linear layers of transformer blocks; a {anat.family} backbone "

@@ -45,13 +45,11 @@ class MethodConfig:
 
     Class attributes (not fields):
         method: the registry name stored in checkpoints.
-        trains_backbone: True when ``apply`` leaves the whole backbone trainable.
         updates_norm_statistics: True when BatchNorm running statistics may keep updating
             in train mode (otherwise they are frozen, as the backbone is).
     """
 
     method: ClassVar[str] = ""
-    trains_backbone: ClassVar[bool] = False
     updates_norm_statistics: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,20 +77,28 @@ def register_method(
     description: str,
     presets: dict[str, tuple[dict[str, Any], str]] | None = None,
 ) -> Method:
-    """Registers ``config_cls.method`` and its presets ({name: (overrides, description)})."""
-    method = Method(config_cls.method, config_cls, apply, description)
-    _METHODS[method.name] = method
-    for preset, (overrides, preset_description) in (presets or {}).items():
-        _PRESETS[preset] = (method.name, overrides, preset_description)
+    """Registers ``config_cls.method`` and its presets ({name: (overrides, description)}).
+
+    A name already taken by a method or a preset is refused, as HF PEFT refuses a duplicate
+    adapter name: silently replacing a method would change what a saved config means.
+    """
+    name = config_cls.method
+    if not name:
+        raise ValueError(f"{config_cls.__name__} has no 'method' name (set method: ClassVar[str] = 'my-method')")
+    presets = presets or {}
+    for new in (name, *presets):
+        if new in _METHODS or new in _PRESETS:
+            raise ValueError(f"the method name '{new}' is already registered; choose another name")
+    if name in presets:
+        raise ValueError(f"preset '{name}' has the name of its own method")
+    method = Method(name, config_cls, apply, description)
+    _METHODS[name] = method
+    for preset, (overrides, preset_description) in presets.items():
+        _PRESETS[preset] = (name, overrides, preset_description)
     return method
 
 
-def _ensure_builtin_methods() -> None:
-    from . import builtin  # noqa: F401  (importing registers the built-in methods)
-
-
 def method_for(config: MethodConfig) -> Method:
-    _ensure_builtin_methods()
     for method in _METHODS.values():
         if type(config) is method.config_cls:
             return method
@@ -101,19 +107,16 @@ def method_for(config: MethodConfig) -> Method:
 
 def method_names() -> list[str]:
     """Every name ``resolve_config`` accepts: methods and presets."""
-    _ensure_builtin_methods()
     return sorted(set(_METHODS) | set(_PRESETS))
 
 
 def preset_names() -> dict[str, str]:
     """Preset name -> description."""
-    _ensure_builtin_methods()
     return {name: description for name, (_, _, description) in sorted(_PRESETS.items())}
 
 
 def config_from_dict(method: str, values: dict[str, Any]) -> MethodConfig:
     """Builds a registered method's config, naming any field it does not have."""
-    _ensure_builtin_methods()
     if method not in _METHODS:
         raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")
     config_cls = _METHODS[method].config_cls
@@ -144,7 +147,6 @@ def resolve_config(method: str | MethodConfig, **overrides: Any) -> MethodConfig
     ``overrides`` replace fields of the resolved config; a field the method does not have
     raises :class:`UnknownMethodError` naming it.
     """
-    _ensure_builtin_methods()
     if isinstance(method, MethodConfig):
         method_for(method)
         return dataclasses.replace(method, **overrides) if overrides else method

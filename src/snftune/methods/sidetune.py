@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .common import factory_kwargs
 from .registry import MethodConfig, NotApplicableError, register_method
 
 
@@ -61,8 +62,7 @@ class SideTune(nn.Module):
     def __init__(self, side: nn.Module, alpha_init: float = 1.0) -> None:
         super().__init__()
         self.side = side
-        reference = next(side.parameters())
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init), device=reference.device, dtype=reference.dtype))
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init), **factory_kwargs(side)))
         self._features: torch.Tensor | None = None
 
     def run_side(self, model: nn.Module, args: tuple) -> None:
@@ -96,8 +96,7 @@ def apply_sidetune(model: nn.Module, config: SideTuneConfig) -> None:
         raise NotApplicableError(
             f"side-tuning blends features before a timm classifier; {type(model).__name__} has no get_classifier()"
         )
-    reference = next(model.parameters())
-    side = side_network(_input_channels(model), config.channels, features, reference.device, reference.dtype)
+    side = side_network(_input_channels(model), config.channels, features, **factory_kwargs(model))
     model.sidetune = SideTune(side, config.alpha_init)
     model.register_forward_pre_hook(model.sidetune.run_side)
     get_classifier().register_forward_pre_hook(model.sidetune.blend)

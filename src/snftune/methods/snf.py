@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import nn
 
-from ..backbones import anatomy
+from ..backbones import install_sites
 from ..backbones.sites import ResidualSite
+from .adapter import Adapter
+from .common import factory_kwargs
 from .flows import ShortcutFlow
 from .registry import MethodConfig, register_method
 
@@ -60,46 +61,26 @@ class SNFConfig(MethodConfig):
             raise ValueError(f"bottleneck_width must be >= 1, got {self.bottleneck_width}")
 
 
-class BottleneckShortcut(nn.Module):
-    """``x + up(gelu(down(x)))`` on the channel vector, ``up`` zero-initialised (Table 7)."""
-
-    def __init__(self, channels: int, width: int, channel_dim: int, device=None, dtype=None) -> None:
-        super().__init__()
-        self.channel_dim = channel_dim
-        self.down = nn.Linear(channels, width, bias=False, device=device, dtype=dtype)
-        self.up = nn.Linear(width, channels, bias=False, device=device, dtype=dtype)
-        self.act = nn.GELU()
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.movedim(self.channel_dim, -1)
-        return x + self.up(self.act(self.down(z))).movedim(-1, self.channel_dim)
-
-
-def _build_module(site: ResidualSite, config: SNFConfig, device, dtype) -> nn.Module:
+def _build_module(site: ResidualSite, config: SNFConfig, placement: dict) -> nn.Module:
     if config.module == "bottleneck":
-        return BottleneckShortcut(site.channels, config.bottleneck_width, site.channel_dim, device, dtype)
+        # Table 7's bottleneck: the adapter's MLP without biases, on the shortcut.
+        return Adapter(site.channels, config.bottleneck_width, site.channel_dim, bias=False, **placement)
     return ShortcutFlow(
         site.channels,
         config.planar_steps,
         channel_dim=site.channel_dim,
         init_range=config.init_range,
         memory_efficient=config.memory_efficient,
-        device=device,
-        dtype=dtype,
+        **placement,
     )
 
 
 def apply_snf(model: nn.Module, config: SNFConfig) -> None:
     """Puts a flow (or the configured module) in a slot of every residual site."""
-    reference = next(model.parameters())
+    placement = factory_kwargs(model)
     slot = "shortcut" if config.placement == "shortcut" else "branch"
-    for site in anatomy(model).sites:
-        if not isinstance(getattr(site, slot), nn.Identity):
-            raise ValueError(
-                f"the {slot} slot of a residual site is already taken by {type(getattr(site, slot)).__name__}"
-            )
-        setattr(site, slot, _build_module(site, config, reference.device, reference.dtype))
+    for site in install_sites(model).sites:
+        site.fill(slot, _build_module(site, config, placement))
 
 
 register_method(

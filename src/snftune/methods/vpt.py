@@ -20,9 +20,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..backbones import anatomy
+from ..backbones import install_sites
+from ..backbones.sites import fill_slot
+from .common import Size, factory_kwargs, normalise_size, per_block
 from .registry import MethodConfig, NotApplicableError, register_method
-from .sizes import Size, normalise_size, per_block
 
 
 @dataclass
@@ -113,30 +114,25 @@ def _lengths(config: VPTConfig, num_blocks: int) -> list[int]:
 
 def apply_vpt(model: nn.Module, config: VPTConfig) -> None:
     """Fills the token slots of the blocks that get prompts, and the token exit."""
-    anat = anatomy(model)
+    anat = install_sites(model)
     if anat.family != "vit":
         raise NotApplicableError(
             f"VPT inserts prompt tokens into a ViT token sequence; this is a {anat.family} backbone. "
             "Use a ViT/DeiT model, or a method that works on any backbone (snf, adapter, bitfit)."
         )
-    reference = next(model.parameters())
-    kw = {"device": reference.device, "dtype": reference.dtype}
+    kw = factory_kwargs(model)
     patch_h, patch_w = anat.patch_size
     init_range = config.init_range or math.sqrt(6.0 / (3 * patch_h * patch_w + anat.embed_dim))
-    occupied = [
-        m for m in (model.token_exit.slot, *(b.token_slot for b in anat.blocks)) if not isinstance(m, nn.Identity)
-    ]
-    if occupied:
-        raise ValueError(f"the model's token slots are already taken by {type(occupied[0]).__name__}")
     carried = 0
     for block, length in zip(anat.blocks, _lengths(config, len(anat.blocks)), strict=True):
         if length:
-            block.token_slot = PromptTokens(
+            prompts = PromptTokens(
                 length, anat.embed_dim, anat.num_prefix_tokens, carried, init_range, config.dropout, **kw
             )
+            fill_slot(block, "token_slot", prompts)
             carried = length
     if carried:
-        model.token_exit.slot = StripPrompts(anat.num_prefix_tokens, carried)
+        fill_slot(model.token_exit, "slot", StripPrompts(anat.num_prefix_tokens, carried))
 
 
 register_method(

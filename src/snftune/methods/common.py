@@ -1,17 +1,28 @@
-"""Per-block sizes: one int for every block, or one entry per block.
+"""What several methods share: where new parameters go, and per-block sizes.
 
-NOAH searches a size (prompt length, adapter width, LoRA rank) per block, and a depth
-(the first ``depth`` blocks get the module): so layers keep their own size, and a config
-size may be a tuple with 0 for "no module in this block".
+Per-block sizes: one int for every block, or one entry per block. NOAH searches a size
+(prompt length, adapter width, LoRA rank) per block, and a depth (the first ``depth`` blocks
+get the module): so layers keep their own size, and a config size may be a tuple with 0 for
+"no module in this block".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
 
 from .registry import NotApplicableError
 
 Size = int | tuple[int, ...]
+
+
+def factory_kwargs(model: nn.Module) -> dict[str, Any]:
+    """``device`` and ``dtype`` of the model's parameters, for the modules a method adds
+    (so a method applied on the meta device, a GPU or in float64 builds its modules there)."""
+    reference = next(model.parameters())
+    return {"device": reference.device, "dtype": reference.dtype}
 
 
 def normalise_size(value: int | Sequence[int], name: str) -> Size:
