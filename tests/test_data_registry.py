@@ -44,22 +44,18 @@ def test_protocol_settings_round_trip(protocol):
     assert ProtocolSettings.from_dict(data) == settings
 
 
-def test_protocol_numbers_from_data_md():
-    vtab = protocol_settings("vtab")
-    assert (vtab.lr, vtab.weight_decay, vtab.batch_size, vtab.epochs, vtab.warmup_epochs) == (
-        1e-3,
-        1e-4,
-        64,
-        100,
-        10,
-    )
-    assert (vtab.warmup_lr, vtab.min_lr, vtab.drop_path) == (1e-6, 1e-5, 0.1)
-    assert (vtab.mixup, vtab.cutmix, vtab.label_smoothing, vtab.auto_augment) == (0, 0, 0, None)
+def test_protocol_training_numbers_are_the_published_recipes():
+    from snftune.engine import TrainConfig
+
+    vtab = TrainConfig.from_dict(protocol_settings("vtab").train)
+    assert (vtab.lr, vtab.weight_decay, vtab.batch_size, vtab.epochs, vtab.warmup_epochs) == (1e-3, 1e-4, 64, 100, 10)
+    assert (vtab.warmup_lr, vtab.min_lr, protocol_settings("vtab").drop_path) == (1e-6, 1e-5, 0.1)
+    assert (vtab.mixup, vtab.cutmix, vtab.label_smoothing, protocol_settings("vtab").auto_augment) == (0, 0, 0, None)
     for protocol in ("fewshot", "dg"):
-        noah = protocol_settings(protocol)
+        noah = TrainConfig.from_dict(protocol_settings(protocol).train)
         assert (noah.lr, noah.mixup, noah.cutmix, noah.label_smoothing) == (5e-3, 0.8, 1.0, 0.1)
-        assert noah.auto_augment.startswith("rand-")
-    assert protocol_settings("vtab", lr=0.5).lr == 0.5
+        assert protocol_settings(protocol).auto_augment.startswith("rand-")
+    assert protocol_settings("vtab", train={"lr": 0.5}).train == {"lr": 0.5}
     with pytest.raises(DataError, match="unknown protocol setting"):
         protocol_settings("vtab", learning_rate=0.5)
     with pytest.raises(DataError, match="unknown protocol"):

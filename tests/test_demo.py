@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from snftune.backbones import create_model
-from snftune.backbones.embedded import create_embedded, pretrain, read_record, sha256_of, weights_dir
-from snftune.backbones.factory import WeightsUnavailableError
+from snftune.backbones.embedded import create_embedded, read_record, sha256_of, weights_dir
+from snftune.backbones.errors import WeightsUnavailableError
 from snftune.cli import main
 from snftune.data.generated import GENERATED_TASKS, UPSTREAM_CLASSES
+from snftune.pretraining import pretrain, recipe_with
 
 NAME = "snftune-vit-tiny"
 
@@ -59,8 +60,8 @@ def test_damaged_shipped_weights_are_refused(tmp_path, monkeypatch):
 
 
 def test_pretrain_writes_weights_and_a_record_that_load_back(tmp_path):
-    overrides = {"samples": 128, "val_samples": 64, "epochs": 1, "batch_size": 32}
-    record = pretrain(NAME, tmp_path / "w", tmp_path / "run", overrides=overrides, progress=False)
+    recipe = recipe_with(NAME, samples=128, val_samples=64, train={"epochs": 1, "batch_size": 32})
+    record = pretrain(NAME, tmp_path / "w", tmp_path / "run", recipe=recipe, progress=False)
     path = tmp_path / "w" / f"{NAME}.safetensors"
     assert record["sha256"] == sha256_of(path)
     assert json.loads((tmp_path / "w" / f"{NAME}.json").read_text())["recipe"]["upstream"]["samples"] == 128

@@ -12,14 +12,15 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
+from .embedded import create_embedded, is_embedded
+from .errors import WeightsUnavailableError
+
+__all__ = ["WeightsUnavailableError", "create_model", "looks_like_path"]
+
 WEIGHT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (missing file, or a hub download failed)."""
-
-
-def _looks_like_path(pretrained: str) -> bool:
+def looks_like_path(pretrained: str) -> bool:
     return pretrained.endswith(WEIGHT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
 
 
@@ -59,13 +60,11 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
     An embedded backbone's name (``snftune-vit-tiny``, see :mod:`snftune.backbones.embedded`)
     loads the weights shipped in the package (``pretrained=None``), or ``pretrained="random"``.
     """
-    from .embedded import create_embedded, is_embedded
-
     if is_embedded(name):
         return create_embedded(name, pretrained, **kwargs)
     if pretrained is None:
         return timm.create_model(name, pretrained=False, **kwargs)
-    if _looks_like_path(pretrained):
+    if looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(

@@ -12,7 +12,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["plot_fewshot", "pooled_features", "plot_features", "fewshot_curves"]
+from ..atomic import atomic_write
+from ..data import build_transform, resolve_task
+from ..engine import TUNED_NAME
+from ..runs import SettingsError, build_backbone, input_config, read_run_config, settings_from_record
+from ..tuning import load_tuned
+
+__all__ = ["plot_fewshot", "pooled_features", "plot_features", "plot_run_features", "fewshot_curves"]
 
 
 def _pyplot():
@@ -116,10 +122,54 @@ def plot_features(
     return _save(figure, path)
 
 
+def plot_run_features(
+    runs: list[str | Path],
+    path: str | Path,
+    *,
+    labels: list[str] | None = None,
+    split: str | None = None,
+    max_samples: int = 500,
+    include_backbone: bool = True,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """t-SNE of the pooled features of finished runs on one task, side by side, with the
+    untouched backbone (the first run's) as the first panel unless ``include_backbone`` is False.
+
+    Returns what was drawn: ``{"path", "images", "task", "split"}``.
+    """
+    if labels and len(labels) != len(runs):
+        raise SettingsError(f"{len(labels)} labels for {len(runs)} runs: give one label per run")
+    records = []
+    for run in map(Path, runs):
+        if not (run / TUNED_NAME).is_file():
+            raise SettingsError(f"{run} is not a finished run folder ({TUNED_NAME} is missing)")
+        records.append(settings_from_record(read_run_config(run)))
+    first = records[0]
+    task = resolve_task(first.data, first.data_dir, **(first.data_options or {}))
+    split = split or first.eval_split or task.eval_split
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = build_backbone(first, drop_path=0.0)
+    transform = build_transform(task.protocol, input_config(backbone, first), train=False)
+    dataset = evenly_spaced(task.dataset(split, transform=transform), max_samples)
+    panels = []
+    if include_backbone:
+        panels.append(("untouched backbone", *pooled_features(backbone, dataset, device=device)))
+    for index, (run, settings) in enumerate(zip(runs, records, strict=True)):
+        if settings.data != first.data:
+            raise SettingsError(
+                f"{run} was trained on {settings.data}, the first run on {first.data}: compare one task"
+            )
+        model = build_backbone(settings, drop_path=0.0)
+        load_tuned(model, Path(run) / TUNED_NAME)
+        title = labels[index] if labels else model.snftune_state.label
+        panels.append((title, *pooled_features(model, dataset, device=device)))
+    written = plot_features(panels, path, seed=seed, class_names=list(task.class_names or []) or None)
+    return {"path": written, "images": len(dataset), "task": task.name, "split": split}
+
+
 def _save(figure, path: str | Path) -> Path:
-    """Writes the figure as PNG (creating the folder) and frees it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    """Writes the figure as PNG (creating the folder, atomically) and frees it."""
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     _pyplot().close(figure)
-    return path
+    return written

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
+from ..engine import METRICS_NAME
 from .suites import Suite
 
 __all__ = ["CellResult", "collect_results", "build_table", "format_table", "write_tables"]
-
-METRICS_NAME = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,5 @@ def write_tables(suite: Suite, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for fmt, suffix in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
-        path = out / f"results.{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(format_table(table, fmt))
-        tmp.replace(path)
-        paths[fmt] = path
+        paths[fmt] = atomic_write_text(out / f"results.{suffix}", format_table(table, fmt))
     return paths

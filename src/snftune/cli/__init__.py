@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..runs import RunFailedError
 from . import bench, demo, params, plot, pretrain, train
 from . import eval as eval_command
+from .common import USER_ERRORS
 
 COMMANDS = [demo, params, train, eval_command, bench, plot, pretrain]
 
@@ -22,14 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .common import user_error_types
-
     try:
         return args.run(args) or 0
-    except user_error_types() as error:
+    except USER_ERRORS as error:
         # Bad input, not a bug: one line saying what is wrong and what to do, no traceback.
         print(f"snftune {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunFailedError as error:
+        print(f"snftune {args.command}: failed: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from ..engine import TUNED_NAME, TrainConfig, evaluate
-from ..engine.trainer import amp_dtype
-from .common import (
-    CLIError,
-    RunSettings,
-    build_backbone,
-    input_config,
-    parse_key_values,
-    read_config,
-    settings_from_record,
-)
+from ..engine import TUNED_NAME, TrainConfig
+from ..runs import RunSettings, evaluate_tuned, read_run_config, settings_from_record
+from .common import CLIError, parse_key_values, write_json_result
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
     source = Path(args.source)
     if source.is_dir():
-        settings = settings_from_record(read_config(source))
+        settings = settings_from_record(read_run_config(source))
         tuned = source / TUNED_NAME
         if not tuned.is_file():
             raise CLIError(
@@ -77,57 +65,11 @@ def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
     return settings, tuned
 
 
-def evaluate_tuned(
-    settings: RunSettings,
-    tuned: Path,
-    split: str | None = None,
-    batch_size: int = 256,
-    workers: int = 2,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """Top-1 of the tuned weights on ``split`` of the settings' task (default: its eval split)."""
-    from ..data import build_transform, resolve_task
-    from ..tuning import load_tuned
-
-    task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
-    if settings.num_classes is not None and settings.num_classes != task.num_classes:
-        raise CLIError(
-            f"the run was tuned for {settings.num_classes} classes, {task.name} has {task.num_classes}; "
-            "evaluate on a task with the same classes"
-        )
-    settings.num_classes = task.num_classes
-    split = split or settings.eval_split or task.eval_split
-    if split not in task.splits:
-        raise CLIError(f"--split {split}: {task.name} has the splits {', '.join(task.splits)}")
-    model = build_backbone(settings, drop_path=0.0)
-    load_tuned(model, tuned)
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(chosen)
-    dataset = task.dataset(split, transform=build_transform(task.protocol, input_config(model, settings), train=False))
-    result = evaluate(
-        model,
-        dataset,
-        batch_size=batch_size,
-        device=chosen,
-        workers=workers,
-        class_subset=task.class_subset,
-        dtype=amp_dtype(settings.train, chosen),
-    )
-    return {
-        **result,
-        "data": task.name,
-        "split": split,
-        "class_subset": len(task.class_subset) if task.class_subset else None,
-        "tuned": str(tuned),
-        "model": settings.model,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     settings, tuned = _settings_for(args)
     result = evaluate_tuned(settings, tuned, args.split, args.batch_size, args.workers, args.device)
     subset = f", over {result['class_subset']} classes" if result["class_subset"] else ""
     print(f"top-1 {result['top1']:.2f}% on {result['data']}:{result['split']} ({result['count']} images{subset})")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_result(args.json, result)
     return 0

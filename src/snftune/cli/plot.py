@@ -6,10 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from ..engine import TUNED_NAME
-from .common import CLIError, build_backbone, input_config, read_config, settings_from_record
+from ..bench.plots import plot_fewshot, plot_run_features
+from .common import CLIError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,14 +40,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     features.set_defaults(run=run_features)
 
 
-def run_fewshot(args: argparse.Namespace) -> int:
-    from ..bench.plots import plot_fewshot
-
-    path = Path(args.results)
+def _read_results(path: Path) -> dict:
     if not path.is_file():
-        raise CLIError(f"{path} does not exist; pass the results.json of a fewshot bench")
+        raise CLIError(f"{path} does not exist; pass the results.json written by snftune bench")
     try:
-        written = plot_fewshot(json.loads(path.read_text()), args.out)
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CLIError(f"{path} is not JSON ({error}); pass the results.json written by snftune bench") from error
+
+
+def run_fewshot(args: argparse.Namespace) -> int:
+    path = Path(args.results)
+    try:
+        written = plot_fewshot(_read_results(path), args.out)
     except ValueError as error:
         raise CLIError(f"{path}: {error}") from error
     print(f"wrote {written}")
@@ -57,34 +60,15 @@ def run_fewshot(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from ..bench.plots import evenly_spaced, plot_features, pooled_features
-    from ..data import build_transform, resolve_task
-    from ..tuning import load_tuned
-
-    if args.labels and len(args.labels) != len(args.runs):
-        raise CLIError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
-    records = []
-    for run in map(Path, args.runs):
-        if not (run / TUNED_NAME).is_file():
-            raise CLIError(f"{run} is not a finished run folder ({TUNED_NAME} is missing)")
-        records.append(settings_from_record(read_config(run)))
-    first = records[0]
-    task = resolve_task(first.data, first.data_dir, **(first.data_options or {}))
-    split = args.split or first.eval_split or task.eval_split
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = build_backbone(first, drop_path=0.0)
-    transform = build_transform(task.protocol, input_config(backbone, first), train=False)
-    dataset = evenly_spaced(task.dataset(split, transform=transform), args.max_samples)
-    panels = []
-    if not args.no_backbone:
-        panels.append(("untouched backbone", *pooled_features(backbone, dataset, device=device)))
-    for index, (run, settings) in enumerate(zip(args.runs, records, strict=True)):
-        if settings.data != first.data:
-            raise CLIError(f"{run} was trained on {settings.data}, the first run on {first.data}: compare one task")
-        model = build_backbone(settings, drop_path=0.0)
-        load_tuned(model, Path(run) / TUNED_NAME)
-        title = args.labels[index] if args.labels else model.snftune_state.label
-        panels.append((title, *pooled_features(model, dataset, device=device)))
-    written = plot_features(panels, args.out, seed=args.seed, class_names=list(task.class_names or []) or None)
-    print(f"wrote {written} ({len(dataset)} images of {task.name}:{split})")
+    drawn = plot_run_features(
+        args.runs,
+        args.out,
+        labels=args.labels,
+        split=args.split,
+        max_samples=args.max_samples,
+        include_backbone=not args.no_backbone,
+        device=args.device,
+        seed=args.seed,
+    )
+    print(f"wrote {drawn['path']} ({drawn['images']} images of {drawn['task']}:{drawn['split']})")
     return 0

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from ..engine import cleanup_distributed, setup_distributed
-from .common import CLIError, add_train_options, resolve_settings, run_training, values_from_args
+from ..runs import resolve_settings, train_run
+from .common import CLIError, add_train_options, values_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="tune a backbone on a task (one run folder)",
         description="Tunes a timm backbone with a method on a task. Defaults come from the task's protocol "
-        "(DATA.md), then a --config YAML file, then the options given here. Under torchrun it uses "
+        "(docs/protocols.md), then a --config YAML file, then the options given here. Under torchrun it uses "
         "DistributedDataParallel; --batch-size stays the global batch.",
         epilog="example: snftune train --model vit_base_patch16_224 --pretrained ViT-B_16.npz "
         "--method snf-deep --data vtab1k/cifar --data-dir /data --out runs/cifar-snf",
@@ -33,19 +34,23 @@ def run(args: argparse.Namespace) -> int:
     values = values_from_args(args)
     if not values.get("out"):
         raise CLIError("missing --out (the run folder to write)")
-    settings, task, method_config = resolve_settings(values)
-    if settings.device and settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {settings.device}: no CUDA device is available; use --device cpu")
-    dist = setup_distributed(settings.device)
+    resolved = resolve_settings(values)
+    device = resolved.settings.device
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device is available; use --device cpu")
+    dist = setup_distributed(device)
     try:
-        metrics = run_training(settings, task, method_config, Path(values["out"]), args.resume, dist)
+        metrics = train_run(resolved, Path(values["out"]), args.resume, dist)
     finally:
         cleanup_distributed()
-    if metrics is not None and dist.is_main:
+    if metrics is None:
+        if dist.is_main:
+            print(f"{values['out']} already finished; nothing to do")
+    elif dist.is_main:
         headline = "no evaluation split" if metrics["top1"] is None else f"{metrics['top1']:.2f}%"
         print(
-            f"{task.name} / {settings.method}: top-1 {headline} ({metrics.get('reported_as', metrics['reported'])}); "
-            f"{metrics['tuned_parameters']:,} tuned parameters; {metrics['timing']['train_s']:.1f}s training; "
-            f"results in {values['out']}"
+            f"{resolved.task.name} / {resolved.settings.method}: top-1 {headline} "
+            f"({metrics.get('reported_as', metrics['reported'])}); {metrics['tuned_parameters']:,} tuned "
+            f"parameters; {metrics['timing']['train_s']:.1f}s training; results in {values['out']}"
         )
     return 0

@@ -1,8 +1,10 @@
-"""Training settings of each protocol as plain data, for the engine to read and result tables to cite."""
+"""Each protocol's settings as plain data: how images are prepared, and how its training
+differs from the engine's defaults (which are the VTAB-1k recipe), for the run to apply and
+result tables to cite. See docs/protocols.md."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import DataError
@@ -10,26 +12,18 @@ from .errors import DataError
 
 @dataclass(frozen=True)
 class ProtocolSettings:
-    """Optimiser, schedule and augmentation numbers of one protocol.
+    """How one protocol prepares images and trains.
 
-    The data layer uses ``auto_augment``, ``random_erase``, ``interpolation`` and ``test_resize_ratio``
-    in :func:`build_transform`; the rest (mixup, cutmix, label smoothing, drop path, schedule) is
-    for the engine. ``source`` says where the numbers come from.
+    ``train`` holds the training settings (names of :class:`snftune.engine.TrainConfig`) in
+    which the protocol differs from the engine's defaults, the VTAB-1k recipe (AdamW, lr 1e-3,
+    weight decay 1e-4, batch 64, 100 epochs, 10 warm-up epochs from 1e-6, cosine to 1e-5).
+    :func:`build_transform` reads ``auto_augment``, ``random_erase``, ``interpolation`` and
+    ``test_resize_ratio``; ``drop_path`` is a model setting. ``source`` says where the numbers
+    come from.
     """
 
     protocol: str
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    epochs: int = 100
-    warmup_epochs: int = 10
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    scheduler: str = "cosine"
-    batch_size: int = 64
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
+    train: dict[str, Any] = field(default_factory=dict)
     drop_path: float = 0.1
     auto_augment: str | None = None
     random_erase: float = 0.0
@@ -51,23 +45,20 @@ class ProtocolSettings:
 
 _VTAB = ProtocolSettings(
     protocol="vtab",
-    source="VTAB-1k recipe for ViT-B/16 (DATA.md): AdamW, cosine, direct bicubic resize, no augmentation.",
+    source="VTAB-1k recipe for ViT-B/16 (VPT, NOAH, SSF): AdamW, cosine, direct bicubic resize, no augmentation.",
 )
 _NOAH = replace(
     _VTAB,
-    lr=5e-3,
-    mixup=0.8,
-    cutmix=1.0,
-    label_smoothing=0.1,
+    train={"lr": 5e-3, "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1},
     auto_augment="rand-m9-mstd0.5-inc1",
-    source="NOAH (DATA.md): lr, RandAugment, mixup, cutmix, label smoothing, test resize 256/crop 224; "
-    "the other numbers follow the VTAB recipe.",
+    source="NOAH's few-shot and domain-generalisation recipe: lr, RandAugment, mixup, cutmix, label smoothing, "
+    "test resize 256/crop 224; the other numbers follow the VTAB recipe.",
 )
 _FGVC = replace(
     _VTAB,
     protocol="fgvc",
     interpolation="bilinear",
-    source="VPT transforms (DATA.md): resize 256, random crop 224 + flip / centre crop 224; optimiser "
+    source="VPT's FGVC transforms: resize 256, random crop 224 + flip / centre crop 224; optimiser "
     "numbers follow the VTAB recipe, tune them on train -> val.",
 )
 _SETTINGS = {
@@ -82,7 +73,7 @@ _SETTINGS = {
 def protocol_settings(protocol: str, **overrides: Any) -> ProtocolSettings:
     """The settings of ``protocol`` (``vtab``, ``fgvc``, ``fewshot``, ``dg``, ``folder``).
 
-    Keyword arguments override fields, e.g. ``protocol_settings("vtab", lr=5e-4)``.
+    Keyword arguments override fields, e.g. ``protocol_settings("vtab", train={"lr": 5e-4})``.
     """
     if protocol not in _SETTINGS:
         raise DataError(f"unknown protocol {protocol!r}; known: {', '.join(_SETTINGS)}")

@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Everything the training loop reads. Defaults are the VTAB-1k protocol (DATA.md).
+    """Everything the training loop reads. Defaults are the VTAB-1k recipe (docs/protocols.md);
+    each protocol's differences are in :func:`snftune.data.protocol_settings` (``.train``).
 
     ``batch_size`` is the global batch of one optimiser step: it is split over processes
     (DDP) and accumulation steps, so the arithmetic does not change with the hardware.

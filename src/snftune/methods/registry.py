@@ -21,6 +21,7 @@ __all__ = [
     "MethodConfig",
     "Method",
     "UnknownMethodError",
+    "MethodSettingsError",
     "NotApplicableError",
     "register_method",
     "method_for",
@@ -33,6 +34,10 @@ __all__ = [
 
 class UnknownMethodError(ValueError):
     """A method name, preset or config field that snftune does not know."""
+
+
+class MethodSettingsError(UnknownMethodError):
+    """A method setting with a value the method rejects (e.g. ``planar_steps=-1``)."""
 
 
 class NotApplicableError(ValueError):
@@ -127,7 +132,15 @@ def config_from_dict(method: str, values: dict[str, Any]) -> MethodConfig:
             f"method '{method}' has no setting {', '.join(map(repr, unknown))}. "
             f"Its settings: {', '.join(sorted(fields)) or 'none'}"
         )
-    return config_cls(**values)
+    return _build(config_cls, values)
+
+
+def _build(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConfig:
+    """``config_cls(**values)``, with a value that the config rejects reported as a method setting error."""
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as error:
+        raise MethodSettingsError(f"method '{config_cls.method}': {error}") from error
 
 
 def _load_config_file(path: Path) -> tuple[str, dict[str, Any]]:
@@ -149,7 +162,7 @@ def resolve_config(method: str | MethodConfig, **overrides: Any) -> MethodConfig
     """
     if isinstance(method, MethodConfig):
         method_for(method)
-        return dataclasses.replace(method, **overrides) if overrides else method
+        return config_from_dict(method.method, {**method.to_dict(), **overrides}) if overrides else method
     if not isinstance(method, str):
         raise UnknownMethodError(f"a method is a name or a MethodConfig, not {type(method).__name__}")
     if method.endswith((".yaml", ".yml")):

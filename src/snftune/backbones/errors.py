@@ -1,0 +1,10 @@
+"""Errors of the backbone layer."""
+
+from __future__ import annotations
+
+__all__ = ["WeightsUnavailableError"]
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be loaded (missing file, a file that does not fit, or a
+    hub download that failed)."""

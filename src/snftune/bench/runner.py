@@ -1,0 +1,186 @@
+"""Runs a suite's grid: every cell's settings are resolved and checked before any training,
+then each cell is trained (or evaluated with the weights of the cell it names in
+``train_from``) in its own run folder. Finished cells are skipped, interrupted ones resumed,
+and the tables are rewritten after every cell, so a partial table is always on disk.
+
+``snftune bench`` and ``snftune demo`` both run suites through :func:`run_suite`.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..engine import METRICS_NAME, TUNED_NAME, DistInfo
+from ..engine.distributed import broadcast_object
+from ..runs import (
+    ResolvedRun,
+    SettingsError,
+    evaluate_tuned,
+    known_keys,
+    read_run_config,
+    resolve_settings,
+    run_state,
+    settings_from_record,
+    train_run,
+)
+from .suites import Cell, Suite
+from .tables import write_tables
+
+__all__ = ["PlannedCell", "CellFailure", "cell_values", "plan_suite", "run_suite", "ERROR_LOG_NAME"]
+
+ERROR_LOG_NAME = "error.log"
+MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with its resolved settings (None for a cell evaluated from another cell's weights)."""
+
+    cell: Cell
+    resolved: ResolvedRun | None
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    label: str
+    error: BaseException
+    log: Path
+
+
+def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Settings of one cell: the suite's, then the overrides (a settings file and the command line)."""
+    values: dict[str, Any] = {
+        "model": cell.model.model,
+        "pretrained": cell.model.pretrained,
+        "model_kwargs": dict(cell.model.model_kwargs),
+        "img_size": cell.model.img_size,
+        "method": cell.method.method,
+        "method_options": dict(cell.method.options),
+        "data": cell.task.data,
+        "data_options": dict(suite.data_options),
+        **suite.train,
+    }
+    for key, value in overrides.items():
+        values[key] = {**values[key], **value} if key in MERGED_KEYS else value
+    return values
+
+
+def _pretrained_for(cell: Cell, pretrained: list[str] | None) -> str | None:
+    """One weights file for every backbone, or ``LABEL=FILE`` pairs for multi-backbone suites."""
+    if not pretrained:
+        return cell.model.pretrained
+    pairs = dict(item.split("=", 1) for item in pretrained if "=" in item)
+    if pairs:
+        return pairs.get(cell.model.label, pairs.get(cell.model.model, cell.model.pretrained))
+    return pretrained[0]
+
+
+def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | None = None) -> list[PlannedCell]:
+    """Every cell with its resolved settings: unknown methods, tasks or settings fail here,
+    before any cell trains."""
+    unknown = sorted(set(suite.train) - set(known_keys()))
+    if unknown:
+        raise SettingsError(
+            f"suite {suite.name}: unknown setting(s) {unknown} under 'train'; known: {', '.join(known_keys())}"
+        )
+    if not suite.methods:
+        raise SettingsError(f"suite {suite.name} lists no methods; pass --methods")
+    plan = []
+    for cell in suite.cells():
+        if cell.task.train_from:
+            plan.append(PlannedCell(cell, None))
+            continue
+        values = cell_values(suite, cell, overrides)
+        values["pretrained"] = _pretrained_for(cell, pretrained)
+        plan.append(PlannedCell(cell, resolve_settings(values)))
+    return plan
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    top1 = "–" if metrics.get("top1") is None else f"{metrics['top1']:6.2f}%"
+    text = f"top-1 {top1}  {metrics.get('tuned_parameters') or 0:>9,} tuned"
+    timing = metrics.get("timing")
+    return text + (f"  {timing['train_s']:5.1f}s" if timing else "")
+
+
+def run_suite(
+    suite: Suite,
+    plan: list[PlannedCell],
+    out: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    dist: DistInfo | None = None,
+    log: Callable[[str], None] = print,
+) -> list[CellFailure]:
+    """Runs the planned cells in ``out`` and returns the cells that failed.
+
+    A failing cell does not stop the others (its traceback goes to ``<cell folder>/error.log``),
+    except under DDP, where every rank must stay in step.
+    """
+    dist = dist or DistInfo()
+    overrides = overrides or {}
+    failures: list[CellFailure] = []
+    for index, planned in enumerate(plan, 1):
+        cell = planned.cell
+        folder = cell.folder(out)
+        state = broadcast_object(run_state(folder))
+        label = f"[{index}/{len(plan)}] {cell.row} / {cell.task.data}"
+        if state == "done":
+            if dist.is_main:
+                log(f"{label}: finished, skipped")
+            continue
+        if dist.is_main:
+            log(f"{label}: {'resuming' if state == 'resume' else 'training'}")
+        try:
+            if planned.resolved is None:
+                if dist.is_main:
+                    _evaluate_from_source(suite, cell, out, overrides)
+            else:
+                train_run(planned.resolved, folder, True, dist)
+        except Exception as error:  # one failing cell must not lose the others
+            if dist.enabled:
+                raise
+            error_log = folder / ERROR_LOG_NAME
+            atomic_write_text(error_log, traceback.format_exc())
+            failures.append(CellFailure(label, error, error_log))
+            log(f"{label}: FAILED: {type(error).__name__}: {error} (traceback in {error_log})")
+            continue
+        if dist.is_main:
+            log(f"{label}: {_summary(json.loads((folder / METRICS_NAME).read_text()))}")
+            write_tables(suite, out)
+    if dist.is_main:
+        write_tables(suite, out)
+    return failures
+
+
+def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[str, Any]) -> None:
+    """A task evaluated with the weights tuned on another task (domain generalisation)."""
+    source = suite.source_cell(cell).folder(out)
+    if not (source / TUNED_NAME).is_file():
+        raise SettingsError(f"{cell.task.data} is evaluated with the weights of {source}, which has not finished")
+    source_metrics = json.loads((source / METRICS_NAME).read_text())
+    settings = settings_from_record(read_run_config(source))
+    settings.data, settings.eval_split = cell.task.data, None
+    settings.data_options = {**suite.data_options, **overrides.get("data_options", {})}
+    if overrides.get("data_dir"):
+        settings.data_dir = overrides["data_dir"]
+    device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
+    metrics = {
+        "top1": result["top1"],
+        "reported": source_metrics.get("reported", "final"),
+        "reported_as": f"top-1 on {result['data']}:{result['split']} of the weights tuned in {source}",
+        "eval_split": result["split"],
+        "evaluation": result,
+        "tuned_parameters": source_metrics.get("tuned_parameters"),
+        "trained_in": str(source),
+    }
+    atomic_write_json(cell.folder(out) / METRICS_NAME, metrics)

@@ -1,0 +1,387 @@
+"""A training run as a library call: its settings, its folder, its model and data.
+
+Settings are resolved from three sources, lowest precedence first: the task's protocol, a
+settings file (YAML), and the values given explicitly (the command line). Everything is
+checked before any training starts; the resolved settings are written as ``config.yaml`` in
+the run folder, so a run can be rebuilt, resumed or evaluated from its folder alone.
+
+``snftune train`` is :func:`resolve_settings` followed by :func:`train_run`; ``snftune eval``
+is :func:`evaluate_tuned`; ``snftune bench`` calls both for every cell of a suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .atomic import atomic_write_text
+from .backbones.factory import create_model, looks_like_path
+from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
+from .engine import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    DistInfo,
+    TrainConfig,
+    evaluate,
+    train,
+)
+from .engine.trainer import amp_dtype
+from .methods.registry import MethodConfig, resolve_config
+from .tuning import apply, load_tuned
+
+__all__ = [
+    "CONFIG_NAME",
+    "RUN_KEYS",
+    "ResolvedRun",
+    "RunFailedError",
+    "RunSettings",
+    "SettingsError",
+    "build_backbone",
+    "build_datasets",
+    "build_model",
+    "evaluate_tuned",
+    "input_config",
+    "known_keys",
+    "load_settings_file",
+    "read_run_config",
+    "resolve_settings",
+    "run_state",
+    "settings_from_record",
+    "train_run",
+    "write_run_config",
+]
+
+CONFIG_NAME = "config.yaml"
+
+# Keys of a run besides the training-loop settings (TrainConfig's fields).
+RUN_KEYS = (
+    "model",
+    "pretrained",
+    "model_kwargs",
+    "method",
+    "method_options",
+    "data",
+    "data_dir",
+    "data_options",
+    "train_split",
+    "eval_split",
+    "num_classes",
+    "img_size",
+    "drop_path",
+    "device",
+    "out",
+)
+
+
+class SettingsError(ValueError):
+    """A run setting that is missing, unknown or inconsistent with the task or the folder."""
+
+
+class RunFailedError(RuntimeError):
+    """A run that started and failed (not bad input): the message says where the details are."""
+
+
+def known_keys() -> list[str]:
+    """Every setting a run takes: the run keys and the training loop's."""
+    return [*RUN_KEYS, *TrainConfig.field_names()]
+
+
+def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file of run settings (the command-line options' names, with underscores), every
+    key checked. A run folder's ``config.yaml`` is accepted too, as defaults for a new run."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"settings file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"settings file {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must be a mapping of settings, e.g. 'lr: 0.001'")
+    if "train" in data and isinstance(data["train"], dict):
+        data = {**{k: v for k, v in data.items() if k in RUN_KEYS}, **data["train"]}
+    unknown = sorted(set(data) - set(known_keys()))
+    if unknown:
+        raise SettingsError(
+            f"settings file {path}: unknown setting(s) {', '.join(map(repr, unknown))}. "
+            f"Known settings: {', '.join(known_keys())}"
+        )
+    return data
+
+
+@dataclass
+class RunSettings:
+    """Everything needed to rebuild a run: written as ``config.yaml`` in the run folder."""
+
+    model: str
+    method: str
+    data: str
+    train: TrainConfig
+    pretrained: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    train_split: str | None = None
+    eval_split: str | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    drop_path: float = 0.0
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        return {**values, "train": self.train.to_dict()}
+
+
+@dataclass
+class ResolvedRun:
+    """A run's settings with the task and method config they name, checked."""
+
+    settings: RunSettings
+    task: Task
+    method_config: MethodConfig
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path is not None else None
+
+
+def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
+    """Settings from merged values, with the protocol's defaults filled in.
+
+    Raises a user error (:class:`SettingsError`, ``DataError``, ``UnknownMethodError``, ...)
+    when anything is missing, unknown or inconsistent.
+    """
+    for key in ("model", "method", "data"):
+        if not values.get(key):
+            raise SettingsError(f"missing {key} (--{key} on the command line, or '{key}:' in a settings file)")
+    method_config = resolve_config(values["method"], **(values.get("method_options") or {}))
+    task = resolve_task(values["data"], values.get("data_dir"), **(values.get("data_options") or {}))
+    if values.get("num_classes") is not None and int(values["num_classes"]) != task.num_classes:
+        raise SettingsError(
+            f"--num-classes {values['num_classes']} does not match {task.name}, which has {task.num_classes} "
+            "classes; drop --num-classes (it is read from the task) or pick the task you meant"
+        )
+    protocol = protocol_settings(task.protocol)
+    given = {k: values[k] for k in TrainConfig.field_names() if values.get(k) is not None}
+    train_config = TrainConfig.from_dict({**protocol.train, **given})
+    train_split = values.get("train_split") or task.train_split
+    eval_split = values.get("eval_split") or task.eval_split
+    for flag, split in (("--split", train_split), ("--eval-split", eval_split)):
+        if split is not None and split not in task.splits:
+            raise SettingsError(f"{flag} {split}: {task.name} has the splits {', '.join(task.splits)}")
+    pretrained = values.get("pretrained")
+    method = str(values["method"])
+    settings = RunSettings(
+        model=values["model"],
+        method=_absolute(method) if method.endswith((".yaml", ".yml")) else method,
+        data=values["data"],
+        train=train_config,
+        pretrained=_absolute(pretrained) if pretrained is not None and looks_like_path(pretrained) else pretrained,
+        model_kwargs=dict(values.get("model_kwargs") or {}),
+        method_options=dict(values.get("method_options") or {}),
+        data_dir=_absolute(values.get("data_dir")),
+        data_options=dict(values.get("data_options") or {}),
+        train_split=train_split,
+        eval_split=eval_split,
+        num_classes=task.num_classes,
+        img_size=values.get("img_size"),
+        drop_path=float(values["drop_path"] if values.get("drop_path") is not None else protocol.drop_path),
+        device=values.get("device"),
+    )
+    return ResolvedRun(settings, task, method_config)
+
+
+def build_backbone(settings: RunSettings, drop_path: float | None = None) -> torch.nn.Module:
+    """The timm backbone of the settings, untuned (seeded, so the head's initialisation is
+    the same in every process and every rerun)."""
+    kwargs = dict(settings.model_kwargs or {})
+    if settings.img_size is not None:
+        kwargs["img_size"] = settings.img_size
+    rate = settings.drop_path if drop_path is None else drop_path
+    if rate:
+        kwargs["drop_path_rate"] = rate
+    torch.manual_seed(settings.train.seed)
+    try:
+        return create_model(settings.model, settings.pretrained, num_classes=settings.num_classes, **kwargs)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise SettingsError(
+                f"timm has no model '{settings.model}'; list names with python -c \"import timm; "
+                f"print(timm.list_models('*{settings.model.split('_')[0]}*'))\""
+            ) from error
+        raise
+    except TypeError as error:
+        raise SettingsError(f"timm model '{settings.model}' rejected its settings {kwargs}: {error}") from error
+
+
+def build_model(settings: RunSettings) -> torch.nn.Module:
+    """The backbone with the settings' method applied."""
+    model = build_backbone(settings)
+    apply(model, settings.method, **(settings.method_options or {}))
+    return model
+
+
+def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any]:
+    """timm's data config for the model, at the size the model was built for."""
+    size = settings.img_size
+    if size is None:
+        size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(size, (tuple, list)):
+        size = tuple(int(s) for s in size)
+    return model_data_config(model, input_size=size) if size is not None else model_data_config(model)
+
+
+def build_datasets(model: torch.nn.Module, settings: RunSettings, task: Task):
+    """(train set, eval set or None) with the protocol's transforms."""
+    data_config = input_config(model, settings)
+    train_set = task.dataset(settings.train_split, transform=build_transform(task.protocol, data_config, train=True))
+    eval_set = None
+    if settings.eval_split is not None:
+        eval_set = task.dataset(settings.eval_split, transform=build_transform(task.protocol, data_config, train=False))
+    return train_set, eval_set
+
+
+def run_state(folder: Path) -> str:
+    """``"done"`` (metrics written), ``"resume"`` (a checkpoint waits) or ``"todo"``."""
+    if (folder / METRICS_NAME).is_file():
+        return "done"
+    if (folder / CHECKPOINT_NAME).is_file():
+        return "resume"
+    return "todo"
+
+
+def write_run_config(out: Path, resolved: ResolvedRun) -> None:
+    """``config.yaml``: the resolved settings, the method config and the task, as plain data."""
+    from . import __version__
+
+    task = resolved.task
+    record = {
+        **resolved.settings.to_dict(),
+        "method_config": {"method": resolved.method_config.method, **resolved.method_config.to_dict()},
+        "task": {
+            "name": task.name,
+            "num_classes": task.num_classes,
+            "protocol": task.protocol,
+            "group": task.group,
+            "class_subset": list(task.class_subset) if task.class_subset else None,
+        },
+        "snftune_version": __version__,
+    }
+    atomic_write_text(out / CONFIG_NAME, yaml.safe_dump(record, sort_keys=False))
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config.yaml`` of a run folder."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise SettingsError(f"{run_dir} is not a run folder: {CONFIG_NAME} is missing")
+    try:
+        record = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path} is not valid YAML ({error}); the run folder is damaged") from error
+    if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
+        raise SettingsError(f"{path} is not a run's config.yaml (no 'train' settings); the run folder is damaged")
+    return record
+
+
+def settings_from_record(record: dict[str, Any]) -> RunSettings:
+    """The :class:`RunSettings` of a ``config.yaml`` record."""
+    names = {f.name for f in dataclasses.fields(RunSettings)} - {"train"}
+    return RunSettings(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
+
+
+def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | None = None) -> dict[str, Any] | None:
+    """Builds the model and data, writes ``config.yaml`` and trains in ``out``.
+
+    Returns the metrics, or None when ``out`` holds a finished run and ``resume`` is set.
+    A folder with a finished or unfinished run is refused unless ``resume`` is set.
+    """
+    dist = dist or DistInfo()
+    out = Path(out)
+    state = run_state(out)
+    if state == "done":
+        if resume:
+            return None
+        raise SettingsError(f"{out} already holds a finished run ({METRICS_NAME}); choose another --out")
+    if state == "resume" and not resume:
+        raise SettingsError(f"{out} holds an unfinished run ({CHECKPOINT_NAME}); pass --resume to continue it")
+    settings, task, method_config = resolved.settings, resolved.task, resolved.method_config
+    model = build_model(settings)
+    train_set, eval_set = build_datasets(model, settings, task)
+    if dist.is_main:
+        write_run_config(out, resolved)
+    record = {
+        "model": settings.model,
+        "pretrained": settings.pretrained,
+        "method": settings.method,
+        "method_config": {"method": method_config.method, **method_config.to_dict()},
+        "data": task.name,
+        "train_split": settings.train_split,
+        "protocol": task.protocol,
+        "class_subset": "restricted to the task's classes" if task.class_subset else None,
+        "drop_path": settings.drop_path,
+    }
+    return train(
+        model,
+        train_set,
+        settings.train,
+        out,
+        eval_set=eval_set,
+        eval_split=settings.eval_split or "none",
+        class_subset=task.class_subset,
+        num_classes=task.num_classes,
+        dist=dist,
+        resume=state == "resume",
+        record=record,
+    )
+
+
+def evaluate_tuned(
+    settings: RunSettings,
+    tuned: Path,
+    split: str | None = None,
+    batch_size: int = 256,
+    workers: int = 2,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Top-1 of a tuned-weights file on ``split`` of the settings' task (default: its eval split)."""
+    task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
+    if settings.num_classes is not None and settings.num_classes != task.num_classes:
+        raise SettingsError(
+            f"the run was tuned for {settings.num_classes} classes, {task.name} has {task.num_classes}; "
+            "evaluate on a task with the same classes"
+        )
+    settings.num_classes = task.num_classes
+    split = split or settings.eval_split or task.eval_split
+    if split not in task.splits:
+        raise SettingsError(f"--split {split}: {task.name} has the splits {', '.join(task.splits)}")
+    model = build_backbone(settings, drop_path=0.0)
+    load_tuned(model, tuned)
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(chosen)
+    dataset = task.dataset(split, transform=build_transform(task.protocol, input_config(model, settings), train=False))
+    result = evaluate(
+        model,
+        dataset,
+        batch_size=batch_size,
+        device=chosen,
+        workers=workers,
+        class_subset=task.class_subset,
+        dtype=amp_dtype(settings.train, chosen),
+    )
+    return {
+        **result,
+        "data": task.name,
+        "split": split,
+        "class_subset": len(task.class_subset) if task.class_subset else None,
+        "tuned": str(tuned),
+        "model": settings.model,
+    }
