@@ -15,7 +15,7 @@ from ..backbones.errors import WeightsUnavailableError
 from ..backbones.sites import SlotTakenError
 from ..bench.suites import SuiteError
 from ..data import DataError
-from ..engine import ConfigError, ResumeError
+from ..engine import CheckpointError, ConfigError, ResumeError
 from ..methods.registry import NotApplicableError, UnknownMethodError
 from ..runs import SettingsError, known_keys, load_settings_file
 from ..tuning import TunedFileError
@@ -26,6 +26,7 @@ class CLIError(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
     CLIError,
     ConfigError,
     DataError,

@@ -1,6 +1,6 @@
 """Engine: trains and evaluates whatever is trainable (AMP, DDP, schedules, checkpoints, logs)."""
 
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .schedule import WarmupCosine
@@ -8,6 +8,7 @@ from .trainer import LOG_NAME, METRICS_NAME, TUNED_NAME, ResumeError, evaluate, 
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "CheckpointError",
     "LOG_NAME",
     "METRICS_NAME",
     "TUNED_NAME",

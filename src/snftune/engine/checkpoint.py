@@ -1,5 +1,9 @@
 """Resumable checkpoints: tuned tensors, optimiser, schedule, RNG states and the position
-in the data, written atomically so a kill at any moment leaves the previous file intact."""
+in the data, written atomically so a kill at any moment leaves the previous file intact.
+
+A checkpoint holds only tensors and plain data (numbers, strings, lists, tuples, dicts), so it
+loads with ``torch.load(weights_only=True)``: a run folder is often shared or downloaded, and
+loading one must never run code. A file that needs pickle is refused."""
 
 from __future__ import annotations
 
@@ -13,7 +17,14 @@ import torch
 
 from ..atomic import atomic_write
 
-__all__ = ["CHECKPOINT_NAME", "atomic_torch_save", "load_checkpoint", "rng_states", "restore_rng_states"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "atomic_torch_save",
+    "load_checkpoint",
+    "rng_states",
+    "restore_rng_states",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -23,24 +34,56 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely (damaged, or not written by snftune)."""
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    # weights_only=False: the file holds RNG states (numpy tuples) and plain-data settings.
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """The checkpoint's contents, loaded without unpickling code (``weights_only=True``)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise CheckpointError(
+            f"{path} cannot be loaded safely ({type(error).__name__}: {str(error).splitlines()[0][:200]}); it is "
+            "damaged, was written by an older snftune, or holds objects that need pickle. Delete it to start the "
+            "run again, or use another --out"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an snftune checkpoint (a {type(state).__name__}, not a dict)")
+    return state
 
 
 def rng_states() -> dict[str, Any]:
-    """Every global random generator's state: python, numpy, torch CPU and CUDA."""
+    """Every global random generator's state as tensors and plain data: python, numpy, torch CPU and CUDA."""
+    key, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "key": key,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["key"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

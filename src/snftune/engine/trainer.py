@@ -42,7 +42,7 @@ __all__ = ["train", "evaluate", "build_optimizer", "amp_dtype", "ResumeError", "
 METRICS_NAME = "metrics.json"
 TUNED_NAME = "tuned.safetensors"
 LOG_NAME = "log.jsonl"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: tensors and plain data only (loads with weights_only=True)
 # Settings that may change between a run and its resumption without changing its numbers.
 RESUMABLE_CHANGES = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
 
