@@ -142,6 +142,12 @@ CASES = [
     Case("resnet-adapter", resnet, "adapter", expected=adapter_size(RESNET_CS)),
     Case("resnet-adapter-parallel", resnet, "adapter-parallel", expected=adapter_size(RESNET_CS)),
     Case("resnet-sidetune", resnet, "sidetune", expected=SIDE_CONVS + 128 * 128 + 128 + 1),
+    # SSF: a scale and a shift per output channel of every linear, conv and norm layer but the head
+    Case("vit-ssf", vit, "ssf", expected=2 * (11 * L + 2) * C, unchanged=False),
+    Case("vit-ssf-identity", vit, "ssf", {"init_std": 0.0}, expected=2 * (11 * L + 2) * C),
+    Case("vit-ssf-linear", vit, "ssf", {"targets": ["linear"], "init_std": 0.0}, expected=2 * 9 * L * C),
+    # stem conv + bn (2 x 64), two convs + two bns per BasicBlock, downsample conv + bn per stage
+    Case("resnet-ssf", resnet, "ssf", {"init_std": 0.0}, expected=2 * (2 * 64 + 4 * sum(RESNET_CS) + 2 * 240)),
 ]
 
 
@@ -318,6 +324,7 @@ VIT_B16 = {  # ViT-B/16: width 768, 12 blocks, MLP 3072
     "vpt-shallow": 10 * 768,
     "vpt-deep": 12 * 10 * 768,
     "full": 85_798_656,  # 86,567,656 with the 1000-class head (768 x 1000 + 1000)
+    "ssf": 2 * (11 * 12 + 2) * 768,  # 205,824: SSF's 0.24M includes the classifier head
 }
 
 
@@ -477,8 +484,8 @@ def test_lora_on_q_and_v_updates_only_those_chunks_of_the_fused_qkv() -> None:
         assert torch.allclose(delta[:, 2], 2.0 * x @ a_v.T @ b_v.T, atol=1e-5)
 
 
-@pytest.mark.parametrize(("factory", "method"), [(vit, "lora"), (vit, "lora-all"), (swin, "lora-qkv")])
-def test_lora_merge_keeps_outputs_and_unmerge_restores_the_exact_weights(factory, method) -> None:
+@pytest.mark.parametrize(("factory", "method"), [(vit, "lora"), (vit, "lora-all"), (swin, "lora-qkv"), (vit, "ssf")])
+def test_merge_keeps_outputs_and_unmerge_restores_the_exact_weights(factory, method) -> None:
     model = snftune.apply(factory(), method).eval()
     randomise_lora(model)
     originals = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("base_layer.weight")}

@@ -10,7 +10,7 @@ from torch import nn
 from . import resnet, swin, vit  # noqa: F401  (registers the families)
 from .sites import Anatomy, Family, ResidualSite, UnsupportedModelError, families
 
-SUPPORTED_TIMM = ((1, 0, 15), (1, 1, 0))
+SUPPORTED_TIMM = ((1, 0, 26), (1, 1, 0))
 """The timm versions whose block forwards the site blocks reproduce: [low, high)."""
 
 

@@ -2,10 +2,11 @@
 
 from .adapter import Adapter, AdapterConfig
 from .bitfit import BitFitConfig
+from .common import merge, unmerge
 from .flows import ShortcutFlow
 from .full import FullConfig
 from .linear import LinearConfig
-from .lora import LoRAConfig, LoRALinear, merge, unmerge
+from .lora import LoRAConfig, LoRALinear
 from .peft_bridge import PeftBridgeConfig, PeftUnavailableError
 from .registry import (
     MethodConfig,
@@ -20,6 +21,7 @@ from .registry import (
 )
 from .sidetune import SideTuneConfig
 from .snf import SNFConfig
+from .ssf import ScaleShift, SSFConfig
 from .vpt import VPTConfig
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "PeftBridgeConfig",
     "PeftUnavailableError",
     "SNFConfig",
+    "SSFConfig",
+    "ScaleShift",
     "ShortcutFlow",
     "SideTuneConfig",
     "UnknownMethodError",

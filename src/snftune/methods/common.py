@@ -1,4 +1,5 @@
-"""What several methods share: where new parameters go, and per-block sizes.
+"""What several methods share: where new parameters go, merging updates into frozen layers,
+and per-block sizes.
 
 Per-block sizes: one int for every block, or one entry per block. NOAH searches a size
 (prompt length, adapter width, LoRA rank) per block, and a depth (the first ``depth`` blocks
@@ -23,6 +24,35 @@ def factory_kwargs(model: nn.Module) -> dict[str, Any]:
     (so a method applied on the meta device, a GPU or in float64 builds its modules there)."""
     reference = next(model.parameters())
     return {"device": reference.device, "dtype": reference.dtype}
+
+
+def _mergeable_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers that wrap a frozen ``base_layer`` with an update they can fold into it (LoRA, SSF):
+    they define ``merge()`` and ``unmerge()``, and ``mergeable`` when it depends on the base layer."""
+    return [
+        m
+        for m in model.modules()
+        if callable(getattr(m, "merge", None))
+        and callable(getattr(m, "unmerge", None))
+        and getattr(m, "mergeable", True)
+    ]
+
+
+def merge(model: nn.Module) -> int:
+    """Folds every mergeable update of ``model`` into its frozen layer; returns the layers merged.
+    The outputs stay the same (to rounding) and inference costs what the backbone's does."""
+    layers = _mergeable_layers(model)
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
+def unmerge(model: nn.Module) -> int:
+    """Undoes :func:`merge` exactly (the original weights were kept); returns the layers unmerged."""
+    layers = _mergeable_layers(model)
+    for layer in layers:
+        layer.unmerge()
+    return len(layers)
 
 
 def normalise_size(value: int | Sequence[int], name: str) -> Size:

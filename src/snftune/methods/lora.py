@@ -139,22 +139,6 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, scaling={self.scaling:g}, chunks={self.chunks}, updated={self.updated}"
 
 
-def merge(model: nn.Module) -> int:
-    """Folds every LoRA update of ``model`` into its frozen weight; returns the layers merged."""
-    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    for layer in layers:
-        layer.merge()
-    return len(layers)
-
-
-def unmerge(model: nn.Module) -> int:
-    """Undoes :func:`merge` exactly; returns the layers unmerged."""
-    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    for layer in layers:
-        layer.unmerge()
-    return len(layers)
-
-
 def _wrap(owner: nn.Module, name: str, rank: int, config: LoRAConfig, chunks: int = 1, updated=(0,)) -> None:
     layer = getattr(owner, name, None)
     if isinstance(layer, LoRALinear):

@@ -1,0 +1,152 @@
+"""SSF (Lian et al., NeurIPS 2022): scale and shift the features after every operation.
+
+Each linear layer, convolution and normalisation layer of the frozen backbone is followed by
+a per-channel affine map ``y = gamma * f(x) + beta`` (:class:`ScaleShift` wraps the layer as
+``base_layer``), the classifier head excepted. Because the map is linear and follows a linear
+operation, it folds into that operation's weight and bias after training
+(:func:`snftune.merge`): the tuned model then costs exactly the backbone's inference.
+
+SSF initialises ``gamma ~ N(1, 0.02)`` and ``beta ~ N(0, 0.02)``; ``init_std=0`` starts
+from the exact identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from .registry import MethodConfig, NotApplicableError, register_method
+
+KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "linear": (nn.Linear,),
+    "conv": (nn.Conv2d,),
+    "norm": (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm),
+}
+CHANNELS_FIRST = (nn.Conv2d, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, LayerNorm2d)
+
+
+@dataclass
+class SSFConfig(MethodConfig):
+    """Settings of SSF.
+
+    Attributes:
+        targets: which layers get a scale and shift: ``"linear"``, ``"conv"``, ``"norm"``
+            (default all three, as in the paper).
+        init_std: standard deviation of the initial scale (around 1) and shift (around 0).
+    """
+
+    method: ClassVar[str] = "ssf"
+
+    targets: tuple[str, ...] = ("linear", "conv", "norm")
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        unknown = sorted(set(self.targets) - set(KINDS))
+        if not self.targets or unknown:
+            raise ValueError(f"targets must be a non-empty subset of {tuple(KINDS)}, got {list(self.targets)}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+
+
+def _out_channels(layer: nn.Module) -> int:
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    if isinstance(layer, nn.Conv2d):
+        return layer.out_channels
+    if isinstance(layer, nn.GroupNorm):
+        return layer.num_channels
+    if isinstance(layer, nn.LayerNorm):
+        return layer.normalized_shape[-1]
+    return layer.num_features
+
+
+class ScaleShift(nn.Module):
+    """``scale * base_layer(x) + shift`` per output channel of a frozen layer."""
+
+    def __init__(self, base_layer: nn.Module, init_std: float = 0.02) -> None:
+        super().__init__()
+        channels = _out_channels(base_layer)
+        reference = next(base_layer.parameters(), None)
+        kw = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+        self.base_layer = base_layer
+        self.channel_dim = 1 if isinstance(base_layer, CHANNELS_FIRST) else -1
+        self.scale = nn.Parameter(torch.ones(channels, **kw))
+        self.shift = nn.Parameter(torch.zeros(channels, **kw))
+        if init_std:
+            nn.init.normal_(self.scale, mean=1.0, std=init_std)
+            nn.init.normal_(self.shift, std=init_std)
+        self.merged = False
+        self._original: dict[str, torch.Tensor | None] | None = None
+
+    def _broadcast(self, tensor: torch.Tensor, ndim: int) -> torch.Tensor:
+        if self.channel_dim == -1:
+            return tensor
+        return tensor.view(-1, *([1] * (ndim - 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.merged:
+            return out
+        return out * self._broadcast(self.scale, out.ndim) + self._broadcast(self.shift, out.ndim)
+
+    @property
+    def mergeable(self) -> bool:
+        """The base layer has the per-channel weight and the bias the scale and shift fold into."""
+        return (
+            getattr(self.base_layer, "weight", None) is not None and getattr(self.base_layer, "bias", None) is not None
+        )
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Folds the scale and shift into ``base_layer``'s weight and bias (no-op when not mergeable)."""
+        if self.merged or not self.mergeable:
+            return
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        self._original = {"weight": weight.clone(), "bias": bias.clone()}  # for an exact unmerge
+        weight.mul_(self.scale.view(-1, *([1] * (weight.ndim - 1))).to(weight.dtype))
+        bias.mul_(self.scale.to(bias.dtype)).add_(self.shift.to(bias.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restores the exact original weight and bias."""
+        if not self.merged:
+            return
+        self.base_layer.weight.copy_(self._original["weight"])
+        self.base_layer.bias.copy_(self._original["bias"])
+        self._original = None
+        self.merged = False
+
+
+def _head_modules(model: nn.Module) -> set[int]:
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if get_classifier is not None else None
+    return {id(m) for m in head.modules()} if isinstance(head, nn.Module) else set()
+
+
+def apply_ssf(model: nn.Module, config: SSFConfig) -> None:
+    """Wraps every targeted layer of the backbone (not the head) in a :class:`ScaleShift`."""
+    kinds = tuple(t for target in config.targets for t in KINDS[target])
+    skip = _head_modules(model)
+    targets = [
+        (owner, name, child)
+        for owner in model.modules()
+        for name, child in owner.named_children()
+        if isinstance(child, kinds) and id(child) not in skip and not isinstance(owner, ScaleShift)
+    ]
+    if not targets:
+        raise NotApplicableError(f"{type(model).__name__} has no {' / '.join(config.targets)} layer outside its head")
+    for owner, name, child in targets:
+        setattr(owner, name, ScaleShift(child, config.init_std))
+
+
+register_method(
+    SSFConfig,
+    apply_ssf,
+    "SSF: a per-channel scale and shift after every linear, convolution and norm layer (mergeable)",
+)
