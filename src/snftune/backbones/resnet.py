@@ -13,33 +13,28 @@ from torch import nn
 from .sites import Family, ResidualSite, register_family
 
 
+def _residual(block: nn.Module, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The tail both timm blocks share: squeeze-excite and drop-path on the branch, the
+    downsample on the shortcut, and their sum through the site (before the last activation)."""
+    if block.se is not None:
+        branch = block.se(branch)
+    if block.drop_path is not None:
+        branch = block.drop_path(branch)
+    shortcut = block.downsample(x) if block.downsample is not None else x
+    return block.site(shortcut, branch)
+
+
 class BottleneckSiteBlock(Bottleneck):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
-        x = self.bn3(self.conv3(x))
-        if self.se is not None:
-            x = self.se(x)
-        if self.drop_path is not None:
-            x = self.drop_path(x)
-        if self.downsample is not None:
-            shortcut = self.downsample(shortcut)
-        return self.act3(self.site(shortcut, x))
+        branch = self.act1(self.bn1(self.conv1(x)))
+        branch = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(branch)))))
+        return self.act3(_residual(self, self.bn3(self.conv3(branch)), x))
 
 
 class BasicSiteBlock(BasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
-        x = self.bn2(self.conv2(x))
-        if self.se is not None:
-            x = self.se(x)
-        if self.drop_path is not None:
-            x = self.drop_path(x)
-        if self.downsample is not None:
-            shortcut = self.downsample(shortcut)
-        return self.act2(self.site(shortcut, x))
+        branch = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+        return self.act2(_residual(self, self.bn2(self.conv2(branch)), x))
 
 
 def _add_sites(block: nn.Module) -> None:
