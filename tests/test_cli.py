@@ -114,7 +114,8 @@ def test_an_existing_run_is_not_overwritten(run_dir, capsys):
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
-    common = ("--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--checkpoint-every", "3", "--drop-path", "0.1")
+    common = ("--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "16", "--lr", "0.01")
+    common = (*common, "--checkpoint-every", "3", "--drop-path", "0.1")
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env["OMP_NUM_THREADS"] = "1"
@@ -160,7 +161,13 @@ def test_bench_skips_finished_cells_and_writes_the_table(tmp_path, capsys):
                 "model": "vit_tiny_patch16_224",
                 "model_kwargs": {"depth": 2, "patch_size": 8},
                 "img_size": 32,
-                "train": {"epochs": 1, "batch_size": 64, "train_split": "train800", "eval_split": "val200"},
+                "train": {
+                    "epochs": 1,
+                    "warmup_epochs": 0.2,
+                    "batch_size": 64,
+                    "train_split": "train800",
+                    "eval_split": "val200",
+                },
                 "methods": ["snf-shallow"],
                 "groups": ["Natural", "Specialized"],
                 "tasks": [

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "ConfigError"]
+__all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 REPORTS = ("final", "best")
@@ -14,6 +16,38 @@ REPORTS = ("final", "best")
 
 class ConfigError(ValueError):
     """A training setting that is unknown or out of range."""
+
+
+class LongWarmupWarning(UserWarning):
+    """The warm-up takes more than half of the run."""
+
+
+def _checked(name: str, value: Any, annotation: str) -> Any:
+    """``value`` as the field's type: an int for ``int`` fields (8.0 is accepted, 8.7 is not), a
+    finite float for ``float`` fields, a bool for ``bool``; ``None`` only where the field allows it."""
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must be set, got null")
+    kind = annotation.replace("| None", "").strip()
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if kind == "int":
+        if value != int(value):
+            raise ConfigError(f"{name} must be a whole number, got {value}")
+        return int(value)
+    return float(value)
 
 
 @dataclass
@@ -52,12 +86,22 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            setattr(self, spec.name, _checked(spec.name, getattr(self, spec.name), spec.type))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}
         for name, value in positive.items():
-            if int(value) < 1:
+            if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(
+                f"grad_clip must be > 0 (the largest gradient norm), got {self.grad_clip}; "
+                "leave it unset for no clipping"
+            )
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         non_negative = {
-            "lr": self.lr,
             "weight_decay": self.weight_decay,
             "warmup_epochs": self.warmup_epochs,
             "warmup_lr": self.warmup_lr,
@@ -67,6 +111,7 @@ class TrainConfig:
             "eval_every": self.eval_every,
             "workers": self.workers,
             "checkpoint_every": self.checkpoint_every,
+            "log_every": self.log_every,
         }
         for name, value in non_negative.items():
             if value < 0:
@@ -81,6 +126,18 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}; "
                 "the batch size is the global batch of one optimiser step"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs {self.warmup_epochs:g} is not shorter than the run ({self.epochs} epochs): "
+                "the learning rate would never reach lr; lower --warmup-epochs"
+            )
+        if self.warmup_epochs > self.epochs / 2:
+            warnings.warn(
+                f"warmup_epochs {self.warmup_epochs:g} is more than half of the run ({self.epochs} epochs); the "
+                "protocol's warm-up was set for its own length (--warmup-epochs changes it)",
+                LongWarmupWarning,
+                stacklevel=3,
             )
 
     @property
