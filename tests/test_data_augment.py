@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS, NAME_TO_OP, AugmentOp, rand_augment_transform
+from timm.data.auto_augment import NAME_TO_OP, AugmentOp, rand_augment_transform
 
 from snftune.data import DataError, build_transform, protocol_settings
 from snftune.data.augment import ARG_LIMITS, bound_operation, bounded_rand_augment
 
 CONFIG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3, "interpolation": "bicubic"}
 SIZES = [(1, 1), (2, 3), (3, 2), (17, 5), (5, 17), (40, 48), (64, 64)]  # (width, height)
-MODES = ["RGB", "L", "RGBA", "P", "CMYK", "I;16"]
+MODES = ["RGB", "L", "LA", "1", "RGBA", "P", "CMYK", "YCbCr"]
 HPARAMS = {"translate_const": 100, "img_mean": (124, 116, 104)}
 POLICIES = [
     protocol_settings("fewshot").auto_augment,  # rand-m9-mstd0.5-inc1
@@ -43,8 +43,8 @@ def _seed(seed: int) -> None:
 
 @pytest.mark.parametrize("protocol,calls", [("fewshot", 6000), ("dg", 6000), ("fgvc", 600), ("folder", 600)])
 def test_training_transform_never_fails_on_any_image(protocol, calls):
-    """Before the clamp, about 1.7 in 1,000 few-shot/DG calls raised in posterize; L, RGBA, CMYK
-    and 16-bit images failed every protocol in normalisation or in Pillow's operations."""
+    """Before the clamp, about 1.7 in 1,000 few-shot/DG calls raised in posterize; L, LA, 1, RGBA
+    and CMYK images failed every protocol in normalisation or in Pillow's operations."""
     transform = build_transform(protocol, CONFIG, train=True)
     images = _images(0)
     _seed(0)
@@ -78,9 +78,9 @@ def test_every_operation_at_every_magnitude_gets_a_valid_argument(policy):
                 assert op(image).size == image.size
 
 
-def test_bounded_policy_draws_exactly_as_timm_where_timm_succeeds():
-    """The clamp only changes arguments Pillow would reject: same seed, same image, same output;
-    where timm's own policy raises, the bounded one returns an image."""
+def test_bounded_policy_draws_as_timm_except_where_timm_leaves_pillow_s_range():
+    """The clamp only changes arguments Pillow rejects (13 and later raise; earlier versions
+    blacked the image out): same seed, same image, same output, but for those rare draws."""
     config = protocol_settings("dg").auto_augment
     ours, theirs = bounded_rand_augment(config, HPARAMS), rand_augment_transform(config, dict(HPARAMS))
     image = _images(3)[4 * len(MODES)]  # 5 x 17 RGB
@@ -93,16 +93,14 @@ def test_bounded_policy_draws_exactly_as_timm_where_timm_succeeds():
             expected = None
         _seed(seed)
         got = np.asarray(ours(image))
-        if expected is None:
-            differ += 1
-        else:
-            assert np.array_equal(got, expected), seed
-    assert differ < 15  # the rare draws that asked for 0 bits
+        assert got.shape == (17, 5, 3)
+        differ += expected is None or not np.array_equal(got, expected)
+    assert differ <= 10  # posterize at magnitude 10: about 1 in 300 calls
 
 
 def test_every_timm_operation_has_a_range_and_unknown_ones_are_refused():
     assert set(NAME_TO_OP) <= set(ARG_LIMITS)
-    op = AugmentOp(_RAND_INCREASING_TRANSFORMS[0])
+    op = AugmentOp("Rotate")
     op.name = "Swirl"
     with pytest.raises(DataError, match="'Swirl' has no known argument range"):
         bound_operation(op)
