@@ -1,15 +1,16 @@
 """The CLI on NOAH's and CoOp's layouts (noah_layouts.py): few-shot training with the protocol's
-RandAugment for as many augmented images as crashed it before, and the DG suite over the three
-seeds, each target scored with its own seed's weights."""
+RandAugment for as many augmented images as crashed it before, one short run per dataset, and the
+DG suite over the three seeds, each target scored with its own seed's weights."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 
-from noah_layouts import make_layout
+from noah_layouts import FEWSHOT, make_layout
 from snftune.backbones.embedded import weights_dir
 from snftune.bench.suites import load_suite
 from snftune.cli import main
@@ -44,8 +45,26 @@ def test_fewshot_training_with_randaugment_runs_to_the_end(tmp_path):
     assert steps[-1] == 8 * 3  # 74 lines (the repeats kept) in batches of 32: 3 steps per epoch
 
 
-def test_dg_suite_runs_three_seeds_and_scores_each_target_with_its_seed(tmp_path, capsys):
-    data = make_layout(tmp_path / "data", "coop+noah-lists")
+@pytest.fixture(scope="module")
+def coop(tmp_path_factory):
+    return make_layout(tmp_path_factory.mktemp("coop"), "coop")
+
+
+@pytest.mark.parametrize("dataset", list(FEWSHOT))
+def test_fewshot_training_on_coop_layout_every_dataset(tmp_path, coop, dataset):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--method", "snf-shallow", "--data", f"fewshot/{dataset}/16shot/seed1"]
+    args += ["--data-dir", str(coop), "--epochs", "1", "--batch-size", "4", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the repeated lines of Oxford-Pets
+        assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_split"] == "test" and metrics["settings"]["data"] == f"fewshot/{dataset}/16shot/seed1"
+
+
+@pytest.mark.parametrize("layout", ["noah", "coop"])
+def test_dg_suite_runs_three_seeds_and_scores_each_target_with_its_seed(tmp_path, capsys, layout):
+    data = make_layout(tmp_path / "data", layout)
     out = tmp_path / "bench"
     weights = str(weights_dir() / "snftune-vit-tiny.safetensors")
     args = ["bench", "--suite", "dg", *TINY, "--pretrained", weights, "--methods", "linear", "--data-dir", str(data)]
