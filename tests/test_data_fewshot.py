@@ -93,4 +93,5 @@ def test_missing_val_list_drops_the_split(tmp_path):
 
 def test_names_cover_datasets_shots_seeds():
     names = list_tasks("fewshot")
-    assert len(names) == 5 * 5 * 3 and "fewshot/food101/16shot/seed2" in names
+    assert len(names) == 6 * 5 * 3 and "fewshot/food101/16shot/seed2" in names
+    assert "fewshot/imagenet/4shot/seed1" in names

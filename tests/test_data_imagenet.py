@@ -130,10 +130,6 @@ def test_missing_source_list(tmp_path):
 
 
 def test_names():
-    assert list_tasks("dg") == [
-        "dg/imagenet",
-        "dg/imagenet-v2",
-        "dg/imagenet-sketch",
-        "dg/imagenet-a",
-        "dg/imagenet-r",
-    ]
+    targets = ["imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"]
+    seeded = [f"dg/{t}/seed{s}" for t in targets for s in (0, 1, 2)]
+    assert list_tasks("dg") == [f"dg/{t}" for t in targets] + seeded

@@ -20,7 +20,7 @@ def test_unknown_prefix_lists_known():
 
 def test_list_tasks_all_families():
     names = list_tasks()
-    assert len(names) == 19 + 5 + 75 + 5 + 9
+    assert len(names) == 19 + 5 + 6 * 15 + 5 * 4 + 9  # vtab, fgvc, fewshot, dg, generated
     assert len(set(names)) == len(names) and "generated/digits" in names
 
 

@@ -41,15 +41,17 @@ def test_overrides_and_input_size_scaling():
 
 
 def _names(tf):
-    return [type(t).__name__ for t in tf.transforms]
+    """The steps after the leading RGB conversion every pipeline starts with."""
+    assert type(tf.transforms[0]).__name__ == "ToRGB"
+    return [type(t).__name__ for t in tf.transforms[1:]]
 
 
 def test_fgvc_train_and_test_pipelines_scale_with_input_size():
     train = build_transform("fgvc", {**CONFIG, "input_size": (3, 112, 112)}, train=True)
     assert _names(train)[:3] == ["Resize", "RandomCrop", "RandomHorizontalFlip"]
-    assert train.transforms[0].size == 128 and train.transforms[1].size == (112, 112)  # 256/224 * 112
+    assert train.transforms[1].size == 128 and train.transforms[2].size == (112, 112)  # 256/224 * 112
     test = build_transform("fgvc", CONFIG, train=False)
-    assert _names(test)[:2] == ["Resize", "CenterCrop"] and test.transforms[0].size == 256
+    assert _names(test)[:2] == ["Resize", "CenterCrop"] and test.transforms[1].size == 256
     assert test(_image()).shape == (3, 224, 224)
     a = [train(_image()) for _ in range(3)]
     assert not all(torch.equal(a[0], x) for x in a[1:])  # random crop / flip
@@ -60,7 +62,7 @@ def test_noah_train_uses_randaugment_and_test_resize_crop(protocol):
     train = build_transform(protocol, CONFIG, train=True)
     assert "RandAugment" in _names(train) and train(_image()).shape == (3, 224, 224)
     test = build_transform(protocol, CONFIG, train=False)
-    assert _names(test)[:2] == ["Resize", "CenterCrop"] and test.transforms[0].size == 256
+    assert _names(test)[:2] == ["Resize", "CenterCrop"] and test.transforms[1].size == 256
 
 
 def test_model_data_config_from_timm_pretrained_cfg():

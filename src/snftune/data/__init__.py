@@ -4,8 +4,10 @@ Task specs, resolved against ``data_dir``::
 
     vtab1k/<task>                      VTAB-1k (19 tasks; aliases such as cifar100, oxford_pet)
     fgvc/<dataset>                     FGVC with VPT json splits (cub, nabirds, oxford_flowers, …)
-    fewshot/<dataset>/<k>shot/seed<s>  NOAH few-shot lists
-    dg/imagenet, dg/<target>[/all1000] ImageNet 16-shot -> ImageNet-V2/-Sketch/-A/-R
+    fewshot/<dataset>/<k>shot/seed<s>  NOAH few-shot lists (the five FGVC datasets and imagenet)
+    dg/<target>[/all1000][/seed<s>]    ImageNet 16-shot (seed s, default 0) -> imagenet, -v2/-sketch/-a/-r
+
+NOAH's and CoOp's layouts are both read as they lie (see ``layout.py``).
     folder:<path>, list:<path>         users' ImageFolder trees and <path> <label> lists
     generated/<task>                   the generated suite, in memory (no data_dir)
 """

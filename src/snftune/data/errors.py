@@ -1,4 +1,4 @@
-"""The one exception type of the data layer, and the warning used by ``on_bad_image="skip"``."""
+"""The one exception type of the data layer, and its one warning type."""
 
 
 class DataError(ValueError):
@@ -9,4 +9,5 @@ class DataError(ValueError):
 
 
 class DataWarning(UserWarning):
-    """Something was skipped on request (``on_bad_image="skip"``); the message carries the count."""
+    """Data that loads but deserves a word: images skipped on request (``on_bad_image="skip"``) or a
+    list that names an image more than once. The message carries the counts."""

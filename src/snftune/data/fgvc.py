@@ -7,45 +7,30 @@ split; a per-split mapping (as in the VPT code) silently mislabels a split that 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .layout import DatasetInfo, canonical_name
 from .lists import ImageListDataset, Sample, find_first
-from .registry import Task, normalise_name, register_reader, reject_options, require_data_dir
+from .registry import Task, register_reader, reject_options, require_data_dir
 
 JSON_SPLITS = ("train", "val", "test")
 ROOT_NAMES = ("fgvc", "FGVC")
 
 
-@dataclass(frozen=True)
-class FgvcDataset:
-    num_classes: int
-    folders: tuple[str, ...]
-    image_dir: str  # relative to the dataset folder; "" = the folder itself
-
-
-FGVC_DATASETS: dict[str, FgvcDataset] = {
-    "cub": FgvcDataset(200, ("CUB_200_2011", "cub", "CUB", "cub200"), "images"),
-    "nabirds": FgvcDataset(555, ("nabirds", "NABirds"), "images"),
-    "oxford_flowers": FgvcDataset(102, ("OxfordFlower", "OxfordFlowers", "oxford_flowers", "flowers"), ""),
-    "stanford_dogs": FgvcDataset(120, ("StanfordDogs", "Stanford-dogs", "stanford_dogs", "dogs"), "Images"),
-    "stanford_cars": FgvcDataset(196, ("StanfordCars", "Stanford-cars", "stanford_cars", "cars"), ""),
+FGVC_DATASETS: dict[str, DatasetInfo] = {
+    "cub": DatasetInfo(200, ("CUB_200_2011", "cub", "CUB", "cub200"), ("images",)),
+    "nabirds": DatasetInfo(555, ("nabirds", "NABirds"), ("images",)),
+    "oxford_flowers": DatasetInfo(102, ("OxfordFlower", "OxfordFlowers", "oxford_flowers", "flowers")),
+    "stanford_dogs": DatasetInfo(120, ("StanfordDogs", "Stanford-dogs", "stanford_dogs", "dogs"), ("Images",)),
+    "stanford_cars": DatasetInfo(196, ("StanfordCars", "Stanford-cars", "stanford_cars", "cars")),
 }
 
 
 def fgvc_task_names() -> list[str]:
     return [f"fgvc/{name}" for name in FGVC_DATASETS]
-
-
-def _canonical(name: str) -> str:
-    key = normalise_name(name)
-    for canonical, info in FGVC_DATASETS.items():
-        if key in {normalise_name(n) for n in (canonical, *info.folders)}:
-            return canonical
-    raise DataError(f"fgvc/{name}: unknown FGVC dataset; known: {', '.join(FGVC_DATASETS)}.")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -78,7 +63,7 @@ def build_label_map(train: dict[str, Any], train_file: Path, name: str, num_clas
 
 @register_reader("fgvc", fgvc_task_names)
 def resolve_fgvc(rest: str, data_dir: Path | None, **options: Any) -> Task:
-    canonical = _canonical(rest)
+    canonical = canonical_name(rest, FGVC_DATASETS, f"fgvc/{rest}", "FGVC dataset")
     spec = f"fgvc/{canonical}"
     reject_options(spec, options)
     data_dir = require_data_dir(data_dir, spec)
@@ -98,7 +83,7 @@ def resolve_fgvc(rest: str, data_dir: Path | None, **options: Any) -> Task:
         )
     train_file = folder / "train.json"
     label_map = build_label_map(_read_json(train_file), train_file, spec, info.num_classes)
-    image_root = folder / info.image_dir if info.image_dir else folder
+    image_root = folder / info.image_dirs[0]  # the VPT json keys are relative to it
     return Task(
         name=spec,
         num_classes=info.num_classes,

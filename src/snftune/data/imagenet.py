@@ -1,10 +1,22 @@
-"""ImageNet-1k 16-shot (NOAH) as the source, and ImageNet-V2/-Sketch/-A/-R as domain-generalisation targets.
+"""ImageNet-1k k-shot (NOAH's lists) as the source, and ImageNet-V2/-Sketch/-A/-R as domain-generalisation targets.
 
 Every target is labelled with ImageNet-1k indices (sorted-wnid order), so one 1000-way head serves
 all of them. ImageNet-A and -R hold 200 of the 1000 classes: ``Task.class_subset`` lists those
 indices and the default evaluation restricts the logits to them (``logits[:, class_subset]``, then
 map the arg-max back through ``class_subset``), as SSF and most robustness papers do. The spec
 suffix ``/all1000`` (e.g. ``dg/imagenet-r/all1000``) keeps all 1000 logits instead, as NOAH does.
+
+Where things lie (every combination is tried, see :mod:`snftune.data.layout`):
+
+- the k-shot lists ``annotations/train_meta.list.num_shot_<k>.seed_<s>`` in an ImageNet folder:
+  ``few-shot/imagenet/`` (NOAH's repository) or ``imagenet/`` (NOAH's scripts, or copied into
+  CoOp's ``imagenet/``); their paths are relative to ``train/`` (NOAH) or ``images/train/`` (CoOp),
+  in that folder or in another ImageNet folder under ``data_dir``;
+- the test split: ``annotations/val_meta.list`` relative to ``val/`` or ``images/val/``, or else
+  the ILSVRC2012 val images sorted into ``<wnid>/`` folders there;
+- the targets: NOAH's ``domain-generalization/<target>/annotations/val_meta.list`` (paths relative
+  to the target folder, as CoOp's layout has them), or CoOp's class folders
+  (``imagenet-adversarial/imagenet-a/<wnid>/``, ``imagenet-sketch/images/<wnid>/``, …).
 """
 
 from __future__ import annotations
@@ -17,21 +29,45 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .lists import ImageListDataset, Sample, check_label, find_first, image_files, read_list_file
+from .layout import (
+    DG_ROOTS,
+    FEWSHOT_ROOTS,
+    DatasetInfo,
+    candidate_folders,
+    existing_folders,
+    first_with,
+    image_candidates,
+    locate_images,
+    looked_in,
+    require_folders,
+)
+from .lists import ImageListDataset, Sample, check_label, image_files, read_list_file
 from .registry import Task, register_reader, reject_options, require_data_dir
 
 NUM_CLASSES = 1000
-ROOT_NAMES = ("dg", "domain-generalization", "domain_generalization")
-SOURCE_FOLDERS = ("imagenet", "ImageNet", "imagenet-1k", "imagenet1k", "ILSVRC2012")
-TRAIN_LIST = "annotations/train_meta.list.num_shot_16.seed_0"
+DG_SHOTS = 16
+SEEDS = (0, 1, 2)  # NOAH's list seeds
+SOURCE = DatasetInfo(
+    NUM_CLASSES, ("imagenet", "ImageNet", "imagenet-1k", "imagenet1k", "ILSVRC2012"), ("train", "images/train", "")
+)
+VAL_DIRS = ("val", "images/val")
+VAL_LIST = "annotations/val_meta.list"
 TARGET_LISTS = ("annotations/test_meta.list", "test_meta.list", "annotations/val_meta.list", "val_meta.list")
 CONVENTIONS = {"mask200": "top-1 over the 200 present classes", "all1000": "top-1 over all 1000 classes"}
+WHAT = "ImageNet-1k index"
+SOURCE_FIX = (
+    "Point data_dir at NOAH's data/ folder (lists in few-shot/imagenet/annotations/, images in train/ and val/ "
+    "next to them), or at the folder holding imagenet/ (NOAH's scripts; CoOp's imagenet/images/ plus NOAH's "
+    "annotations/)."
+)
+_SEED = re.compile(r"^seed_?(\d+)$")
 
 
 @dataclass(frozen=True)
 class Target:
     folders: tuple[str, ...]
     wnid_file: str | None = None  # the 200-class subset shipped as package data
+    class_dirs: tuple[str, ...] = ()  # sub-folders holding <wnid>/ or <index>/ folders (CoOp's layout)
 
 
 TARGETS: dict[str, Target] = {
@@ -42,11 +78,18 @@ TARGETS: dict[str, Target] = {
             "imagenet_v2",
             "imagenetv2-matched-frequency-format-val",
             "imagenetv2-matched-frequency",
-        )
+        ),
+        class_dirs=("imagenetv2-matched-frequency-format-val",),
     ),
-    "imagenet-sketch": Target(("imagenet-sketch", "imagenet_sketch", "ImageNet-Sketch", "sketch")),
-    "imagenet-a": Target(("imagenet-a", "imagenet_a", "imagenet-adversarial"), "imagenet_a_wnids.txt"),
-    "imagenet-r": Target(("imagenet-r", "imagenet_r", "imagenet-rendition"), "imagenet_r_wnids.txt"),
+    "imagenet-sketch": Target(
+        ("imagenet-sketch", "imagenet_sketch", "ImageNet-Sketch", "sketch"), class_dirs=("images", "sketch")
+    ),
+    "imagenet-a": Target(
+        ("imagenet-a", "imagenet_a", "imagenet-adversarial"), "imagenet_a_wnids.txt", class_dirs=("imagenet-a",)
+    ),
+    "imagenet-r": Target(
+        ("imagenet-r", "imagenet_r", "imagenet-rendition"), "imagenet_r_wnids.txt", class_dirs=("imagenet-r",)
+    ),
 }
 
 
@@ -72,20 +115,55 @@ def subset_indices(target: str) -> tuple[int, ...]:
 
 
 def dg_task_names() -> list[str]:
-    return ["dg/imagenet"] + [f"dg/{t}" for t in TARGETS]
+    """``dg/<target>`` (seed 0) and ``dg/<target>/seed<s>`` for NOAH's seeds."""
+    targets = ["imagenet", *TARGETS]
+    return [f"dg/{t}" for t in targets] + [f"dg/{t}/seed{s}" for t in targets for s in SEEDS]
 
 
-def _folders(data_dir: Path, names: tuple[str, ...]) -> list[Path]:
-    return [root / n for root in [data_dir] + [data_dir / r for r in ROOT_NAMES] for n in names]
+def train_list_name(shots: int, seed: int) -> str:
+    return f"annotations/train_meta.list.num_shot_{shots}.seed_{seed}"
 
 
-def _probe_root(list_file: Path, candidates: list[Path]) -> Path:
-    """Lists in the wild are relative to either the split folder or the dataset folder: take the
-    candidate under which the first listed image exists (the first candidate if none does)."""
-    with open(list_file, encoding="utf-8") as handle:
-        first = next((line.strip() for line in handle if line.strip()), "")
-    relpath = first.rsplit(None, 1)[0] if first else ""
-    return next((c for c in candidates if (c / relpath).is_file()), candidates[0])
+@dataclass(frozen=True)
+class Source:
+    """The ImageNet folders under ``data_dir``: the one holding the k-shot list first, then the
+    others, which may hold the images (NOAH's lists next to CoOp's ``imagenet/images``)."""
+
+    folders: tuple[Path, ...]
+    train_list: Path
+
+
+def find_source(data_dir: Path, shots: int, seed: int, spec: str) -> Source:
+    """The ImageNet folders, ordered with the one holding ``shots``-shot list ``seed`` first."""
+    candidates = candidate_folders(data_dir, (*FEWSHOT_ROOTS, *DG_ROOTS), SOURCE.folders)
+    folders = require_folders(candidates, "ImageNet folder", spec, SOURCE_FIX)
+    relpath = train_list_name(shots, seed)
+    with_list = first_with(folders, relpath)
+    if with_list is None:
+        found = sorted({p.name for f in folders for p in (f / "annotations").glob("train_meta.list*")})
+        raise DataError(
+            f"{spec}: NOAH's ImageNet {shots}-shot list for seed {seed} is in none of the ImageNet folders; "
+            f"looked for:{looked_in(f / relpath for f in folders)}\nFound: {', '.join(found) or 'no lists'}. "
+            f"{SOURCE_FIX}"
+        )
+    ordered = (with_list, *(f for f in folders if f != with_list))
+    return Source(ordered, with_list / relpath)
+
+
+def source_task(data_dir: Path, shots: int, seed: int, name: str, protocol: str) -> Task:
+    """ImageNet-1k trained on NOAH's ``shots``-shot list ``seed``, tested on the ILSVRC2012 val set."""
+    source = find_source(data_dir, shots, seed, name)
+    return Task(
+        name=name,
+        num_classes=NUM_CLASSES,
+        protocol=protocol,
+        splits=("train", "test"),
+        train_split="train",
+        eval_split="test",
+        root=source.folders[0],
+        options={"shots": shots, "seed": seed},
+        factory=partial(_source_dataset, source, name),
+    )
 
 
 def _tree_samples(folder: Path, name: str, allowed: set[int] | None) -> list[Sample]:
@@ -97,7 +175,7 @@ def _tree_samples(folder: Path, name: str, allowed: set[int] | None) -> list[Sam
             label = index[sub.name]
         elif re.fullmatch(r"\d+", sub.name):
             label = int(sub.name)
-            check_label(label, NUM_CLASSES, f"{name}: folder {sub}", "ImageNet-1k index")
+            check_label(label, NUM_CLASSES, f"{name}: folder {sub}", WHAT)
         else:
             raise DataError(
                 f"{name}: class folder {sub} is neither an ImageNet wnid nor a class index. "
@@ -111,8 +189,8 @@ def _tree_samples(folder: Path, name: str, allowed: set[int] | None) -> list[Sam
     return samples
 
 
-def _list_samples(list_file: Path, roots: list[Path], name: str, allowed: set[int] | None) -> list[Sample]:
-    samples = read_list_file(list_file, _probe_root(list_file, roots), NUM_CLASSES, "ImageNet-1k index")
+def _list_samples(list_file: Path, image_roots: list[Path], name: str, allowed: set[int] | None) -> list[Sample]:
+    samples = read_list_file(list_file, locate_images(list_file, image_roots, name), NUM_CLASSES, WHAT)
     if allowed is not None:
         for s in samples:
             if s.label not in allowed:
@@ -123,76 +201,80 @@ def _list_samples(list_file: Path, roots: list[Path], name: str, allowed: set[in
     return samples
 
 
-def _source_split(imagenet: Path, split: str, name: str) -> list[Sample]:
+def source_samples(source: Source, split: str, name: str) -> list[Sample]:
+    """The ``train`` (k-shot list) or ``test`` (ILSVRC2012 val) samples of ``source``."""
     if split == "train":
-        return _list_samples(imagenet / TRAIN_LIST, [imagenet / "train", imagenet], name, None)
-    val_list = imagenet / "annotations" / "val_meta.list"
-    if val_list.is_file():
-        return _list_samples(val_list, [imagenet / "val", imagenet], name, None)
-    if (imagenet / "val").is_dir():
-        return _tree_samples(imagenet / "val", name, None)
+        return _list_samples(source.train_list, image_candidates(source.folders, SOURCE.image_dirs), name, None)
+    with_val_list = first_with(source.folders, VAL_LIST)
+    if with_val_list is not None:
+        val_roots = image_candidates(source.folders, (*VAL_DIRS, ""))
+        return _list_samples(with_val_list / VAL_LIST, val_roots, name, None)
+    trees = existing_folders(image_candidates(source.folders, VAL_DIRS))
+    if trees:
+        return _tree_samples(trees[0], name, None)
+    looked = [f / VAL_LIST for f in source.folders] + image_candidates(source.folders, VAL_DIRS)
     raise DataError(
-        f"{name}: no ImageNet validation data: looked for {val_list} and {imagenet / 'val'}/<wnid>/. "
-        "Add the ILSVRC2012 val images sorted into wnid folders, or the NOAH val_meta.list."
+        f"{name}: no ImageNet validation data; looked for:{looked_in(looked)}\nAdd the ILSVRC2012 val "
+        "images sorted into <wnid>/ folders (val/ or CoOp's images/val/), or a val_meta.list of them."
     )
 
 
-def _find_source(data_dir: Path, spec: str) -> Path:
-    imagenet = find_first(
-        _folders(data_dir, SOURCE_FOLDERS),
-        "ImageNet folder",
-        spec,
-        "Point data_dir at the folder that holds imagenet/ (with annotations/ and train/).",
-    )
-    if not (imagenet / TRAIN_LIST).is_file():
-        raise DataError(
-            f"{spec}: {imagenet / TRAIN_LIST} does not exist; the domain-generalisation protocol trains "
-            "on the NOAH ImageNet 16-shot list. Place it under imagenet/annotations/."
-        )
-    return imagenet
+def _parse(spec: str) -> tuple[str, str, int | None]:
+    """``dg/<target>[/all1000][/seed<s>]`` -> (target, convention or "", seed or None)."""
+    target, *parts = spec.split("/")
+    target = target.lower().replace("_", "-")
+    if target not in ("imagenet", *TARGETS):
+        raise DataError(f"dg/{spec}: unknown target; known: imagenet, {', '.join(TARGETS)}.")
+    convention, seed = "", None
+    for part in parts:
+        match = _SEED.match(part)
+        if match and seed is None:
+            seed = int(match[1])
+        elif part in CONVENTIONS and not convention and target in ("imagenet-a", "imagenet-r"):
+            convention = part
+        else:
+            raise DataError(
+                f"dg/{spec}: expected dg/<target>[/all1000][/seed<s>], e.g. dg/imagenet-r/all1000/seed1; "
+                f"{part!r} is not a seed, and a convention suffix is only for imagenet-a / imagenet-r "
+                f"({', '.join(CONVENTIONS)}; default mask200)."
+            )
+    return target, convention, seed
+
+
+def _task_name(target: str, convention: str, seed: int | None) -> str:
+    """The spec, normalised; the seed only when the spec names one, so ``dg/imagenet`` keeps its name."""
+    parts = ["dg", target]
+    if convention == "all1000":
+        parts.append(convention)
+    if seed is not None:
+        parts.append(f"seed{seed}")
+    return "/".join(parts)
 
 
 @register_reader("dg", dg_task_names)
 def resolve_dg(rest: str, data_dir: Path | None, **options: Any) -> Task:
-    """``dg/imagenet`` (train: 16-shot, test: ILSVRC2012 val) or ``dg/<target>[/all1000]``
-    (train: the same 16-shot list, test: the target)."""
-    target, _, convention = rest.partition("/")
-    target = target.lower().replace("_", "-")
-    if target not in ("imagenet", *TARGETS):
-        raise DataError(f"dg/{rest}: unknown target; known: {', '.join(dg_task_names())}.")
-    if convention and (convention not in CONVENTIONS or target not in ("imagenet-a", "imagenet-r")):
-        raise DataError(
-            f"dg/{rest}: the suffix {convention!r} is only for imagenet-a / imagenet-r, one of "
-            f"{', '.join(CONVENTIONS)} (default mask200)."
-        )
+    """``dg/imagenet[/seed<s>]`` (train: NOAH's 16-shot list ``s``, default 0; test: ILSVRC val) or
+    ``dg/<target>[/all1000][/seed<s>]`` (train: the same list, test: the target)."""
+    target, convention, seed = _parse(rest)
     spec = f"dg/{rest}"
+    if "seed" in options:
+        raise DataError(f"{spec}: the seed of NOAH's 16-shot list is part of the spec, e.g. dg/{target}/seed1.")
     reject_options(spec, options)
     data_dir = require_data_dir(data_dir, spec)
-    imagenet = _find_source(data_dir, spec)
-    name = f"dg/{target}" + (f"/{convention}" if convention == "all1000" else "")
+    name = _task_name(target, convention, seed)
+    seed = seed or 0
     if target == "imagenet":
-        factory = partial(_source_dataset, imagenet, name)
-        return Task(
-            name=name,
-            num_classes=NUM_CLASSES,
-            protocol="dg",
-            splits=("train", "test"),
-            train_split="train",
-            eval_split="test",
-            root=imagenet,
-            factory=factory,
-        )
-
+        return source_task(data_dir, DG_SHOTS, seed, name, "dg")
+    source = find_source(data_dir, DG_SHOTS, seed, spec)
     info = TARGETS[target]
-    folder = find_first(
-        _folders(data_dir, info.folders),
+    folders = require_folders(
+        candidate_folders(data_dir, DG_ROOTS, info.folders),
         "target folder",
         spec,
-        "Point data_dir at the folder that holds the ImageNet variants.",
+        "Point data_dir at NOAH's data/ folder (holding domain-generalization/) or at the folder holding "
+        "the ImageNet variants (NOAH's scripts, CoOp).",
     )
     subset = subset_indices(target) if info.wnid_file else None
-    allowed = set(subset) if subset else None
-    list_file = next((folder / c for c in TARGET_LISTS if (folder / c).is_file()), None)
     convention = convention or "mask200"
     return Task(
         name=name,
@@ -202,22 +284,31 @@ def resolve_dg(rest: str, data_dir: Path | None, **options: Any) -> Task:
         train_split="train",
         eval_split="test",
         class_subset=subset if convention == "mask200" else None,
-        root=folder,
-        options={"convention": CONVENTIONS[convention]} if subset else {},
-        factory=partial(_target_dataset, imagenet, folder, list_file, allowed, name),
+        root=folders[0],
+        options={"seed": seed, **({"convention": CONVENTIONS[convention]} if subset else {})},
+        factory=partial(_target_dataset, source, folders, info, set(subset) if subset else None, name),
     )
 
 
-def _source_dataset(imagenet, name, split, transform, on_bad_image):
-    samples = _source_split(imagenet, split, name)
+def _target_samples(folders: list[Path], info: Target, allowed: set[int] | None, name: str) -> list[Sample]:
+    """The target's own list (NOAH), else its class folders (CoOp, or the dataset as downloaded)."""
+    for relpath in TARGET_LISTS:
+        with_list = first_with(folders, relpath)
+        if with_list is not None:
+            ordered = [with_list, *(f for f in folders if f != with_list)]
+            return _list_samples(with_list / relpath, image_candidates(ordered, ("", "images")), name, allowed)
+    trees = existing_folders(image_candidates(folders, (*info.class_dirs, "")))
+    return _tree_samples(trees[0], name, allowed)
+
+
+def _source_dataset(source, name, split, transform, on_bad_image):
+    samples = source_samples(source, split, name)
     return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, NUM_CLASSES)
 
 
-def _target_dataset(imagenet, folder, list_file, allowed, name, split, transform, on_bad_image):
+def _target_dataset(source, folders, info, allowed, name, split, transform, on_bad_image):
     if split == "train":
-        samples = _source_split(imagenet, "train", name)
-    elif list_file is not None:
-        samples = _list_samples(list_file, [folder, folder / "images"], name, allowed)
+        samples = source_samples(source, "train", name)
     else:
-        samples = _tree_samples(folder, name, allowed)
+        samples = _target_samples(folders, info, allowed, name)
     return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, NUM_CLASSES)

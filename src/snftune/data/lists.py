@@ -86,7 +86,37 @@ def read_list_file(
             samples.append(Sample(os.path.join(image_root, parts[0]), label, origin))
     if not samples:
         raise DataError(f"list file {list_file} has no samples (empty split). Regenerate or re-download it.")
+    report_repeats(samples, list_file)
     return samples
+
+
+def report_repeats(samples: Sequence[Sample], list_file: Path) -> None:
+    """One :class:`DataWarning` when a list names an image more than once.
+
+    Every line is kept: NOAH's 1-shot Oxford-Pets lists hold each image twice on purpose, so the
+    image is drawn twice per epoch, as in NOAH's runs. The count says what the split really holds.
+    """
+    distinct = len({s.path for s in samples})
+    if distinct < len(samples):
+        warnings.warn(
+            f"{list_file}: {len(samples)} lines, {distinct} distinct images; every line is kept, so an "
+            "image listed n times is drawn n times per epoch",
+            DataWarning,
+            stacklevel=3,
+        )
+
+
+def list_relpaths(list_file: str | os.PathLike, limit: int) -> list[str]:
+    """The image paths of the first ``limit`` non-empty lines of a ``<path> <label>`` list."""
+    relpaths: list[str] = []
+    with open(list_file, encoding="utf-8") as handle:
+        for raw in handle:
+            parts = raw.strip().rsplit(None, 1)
+            if len(parts) == 2:
+                relpaths.append(parts[0])
+            if len(relpaths) >= limit:
+                break
+    return relpaths
 
 
 def check_files_exist(samples: Sequence[Sample], on_bad_image: str, name: str) -> list[Sample]:

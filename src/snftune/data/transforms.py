@@ -6,10 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from .augment import bound_rand_augments
 from .errors import DataError
 from .protocols import ProtocolSettings, protocol_settings
 
@@ -53,6 +55,16 @@ def _tail(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:
     return [T.ToTensor(), T.Normalize(mean=tuple(mean), std=tuple(std))]
 
 
+class ToRGB:
+    """Any PIL mode (L, P, RGBA, CMYK, …) to RGB, so every step after it sees three 8-bit channels."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
 def build_transform(
     protocol: str,
     data_config: dict[str, Any] | None = None,
@@ -67,31 +79,36 @@ def build_transform(
     ``input_size``, ``interpolation``). Sizes scale with ``input_size``: the FGVC/NOAH 256->224
     resize-and-crop becomes ``round(H * 256/224)`` -> ``H``. The interpolation is the protocol's
     (bicubic; bilinear for FGVC) unless overridden.
+
+    Every pipeline starts by converting the image to RGB, whatever its mode. The few-shot/DG
+    training pipeline is timm's ``create_transform`` (as NOAH's), with its RandAugment bounded by
+    :mod:`snftune.data.augment` so that no magnitude draw can hand Pillow an invalid argument.
     """
     settings = settings or protocol_settings(protocol)
     config = _override(dict(data_config or DEFAULT_DATA_CONFIG), overrides)
-    _, height, width = config["input_size"]
-    mean, std = config["mean"], config["std"]
     interpolation = overrides.get("interpolation") or settings.interpolation
+    return T.Compose([ToRGB(), *_protocol_steps(protocol, settings, config, interpolation, train)])
+
+
+def _protocol_steps(
+    protocol: str, settings: ProtocolSettings, config: dict[str, Any], interpolation: str, train: bool
+) -> list[Callable]:
+    _, height, width = config["input_size"]
+    size, mean, std = (height, width), config["mean"], config["std"]
     mode = _interp(interpolation)
     resize = round(height * settings.test_resize_ratio)
-
     if protocol == "vtab":
-        return T.Compose([T.Resize((height, width), interpolation=mode), *_tail(mean, std)])
+        return [T.Resize(size, interpolation=mode), *_tail(mean, std)]
     if protocol in ("fgvc", "folder"):
         if train:
-            crop = [
-                T.Resize(resize, interpolation=mode),
-                T.RandomCrop((height, width)),
-                T.RandomHorizontalFlip(),
-            ]
+            crop = [T.Resize(resize, interpolation=mode), T.RandomCrop(size), T.RandomHorizontalFlip()]
         else:
-            crop = [T.Resize(resize, interpolation=mode), T.CenterCrop((height, width))]
-        return T.Compose([*crop, *_tail(mean, std)])
+            crop = [T.Resize(resize, interpolation=mode), T.CenterCrop(size)]
+        return [*crop, *_tail(mean, std)]
     if protocol in ("fewshot", "dg"):
         if train:
-            return create_transform(
-                input_size=(3, height, width),
+            timm_pipeline = create_transform(
+                input_size=(3, *size),
                 is_training=True,
                 auto_augment=settings.auto_augment,
                 interpolation=interpolation,
@@ -99,5 +116,6 @@ def build_transform(
                 std=tuple(std),
                 re_prob=settings.random_erase,
             )
-        return T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop((height, width)), *_tail(mean, std)])
+            return bound_rand_augments(list(timm_pipeline.transforms))
+        return [T.Resize(resize, interpolation=mode), T.CenterCrop(size), *_tail(mean, std)]
     raise DataError(f"unknown protocol {protocol!r}; known: vtab, fgvc, fewshot, dg, folder")
