@@ -34,7 +34,20 @@ def test_fewshot_training_with_randaugment_runs_to_the_end(tmp_path):
     data = make_layout(tmp_path / "data", "noah")
     out = tmp_path / "run"
     args = ["train", *TINY, "--method", "snf-shallow", "--data", "fewshot/oxford_pets/1shot/seed0"]
-    args += ["--data-dir", str(data), "--epochs", "8", "--batch-size", "32", "--seed", "0", "--out", str(out)]
+    args += [
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "8",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
     with pytest.warns(DataWarning, match="74 lines, 37 distinct images"):
         assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -54,7 +67,7 @@ def coop(tmp_path_factory):
 def test_fewshot_training_on_coop_layout_every_dataset(tmp_path, coop, dataset):
     out = tmp_path / "run"
     args = ["train", *TINY, "--method", "snf-shallow", "--data", f"fewshot/{dataset}/16shot/seed1"]
-    args += ["--data-dir", str(coop), "--epochs", "1", "--batch-size", "4", "--out", str(out)]
+    args += ["--data-dir", str(coop), "--epochs", "1", "--warmup-epochs", "0.2", "--batch-size", "4", "--out", str(out)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # the repeated lines of Oxford-Pets
         assert main(args) == 0
@@ -68,7 +81,7 @@ def test_dg_suite_runs_three_seeds_and_scores_each_target_with_its_seed(tmp_path
     out = tmp_path / "bench"
     weights = str(weights_dir() / "snftune-vit-tiny.safetensors")
     args = ["bench", "--suite", "dg", *TINY, "--pretrained", weights, "--methods", "linear", "--data-dir", str(data)]
-    args += ["--epochs", "1", "--batch-size", "4", "--out", str(out)]
+    args += ["--epochs", "1", "--warmup-epochs", "0.2", "--batch-size", "4", "--out", str(out)]
     assert main(args) == 0
     suite = load_suite("dg")
     for cell in suite.select(["linear"]).cells():
