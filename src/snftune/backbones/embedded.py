@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from safetensors.torch import load_file
 from torch import nn
 
 from .errors import WeightsUnavailableError
+from .weights import load_weights, read_state_dict
 
 __all__ = [
     "EMBEDDED",
@@ -143,15 +143,7 @@ def create_embedded(name: str, pretrained: str | None = None, **kwargs: Any) -> 
                 f"{path} has sha256 {found}, but {name}.json records {record['sha256']}: the shipped weights are "
                 "damaged or were replaced; reinstall snftune or rebuild them with snftune pretrain"
             )
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    head = {k for k in state if k.startswith("head.")}
-    own = model.state_dict()
-    if any(own[k].shape != state[k].shape for k in head if k in own):
-        state = {k: v for k, v in state.items() if k not in head}  # a fresh head for another class count
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
-        raise WeightsUnavailableError(f"{path} does not fit {name}: missing {missing}, unexpected {unexpected}")
+    load_weights(model, {k: v.float() for k, v in read_state_dict(path).items()}, str(path))
     return model
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from .embedded import create_embedded, is_embedded
 from .errors import WeightsUnavailableError
+from .weights import load_weights, read_state_dict
 
 __all__ = ["WeightsUnavailableError", "create_model", "looks_like_path"]
 
@@ -70,13 +71,15 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
             raise WeightsUnavailableError(
                 f"weights file {path} does not exist. Pass the path of a local .npz/.pth/.safetensors file."
             )
-        overlay = {"file": str(path)}
-        if path.suffix == ".npz":
-            overlay["custom_load"] = True
-        try:
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise WeightsUnavailableError(f"could not load {path} into {name}: {error}") from error
+        if path.suffix == ".npz":  # the original ViT release: timm's own reader (numpy, no pickle)
+            overlay = {"file": str(path), "custom_load": True}
+            try:
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            except (RuntimeError, KeyError, ValueError, OSError) as error:
+                raise WeightsUnavailableError(f"could not load {path} into {name}: {error}") from error
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        load_weights(model, read_state_dict(path), str(path))
+        return model
     full_name = name if pretrained == "hub" else f"{name}.{pretrained}"
     offline = contextlib.nullcontext() if _hub_reachable() else _hub_offline_mode()
     try:
