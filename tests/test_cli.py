@@ -143,7 +143,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_numbers_of_an_uninterrupted_run
     saved = load_checkpoint(killed / "checkpoint.pt")["position"]
     assert saved["step"] > 0 or saved["epoch"] > 0  # the file survived the kill and points past the start
 
-    assert main(train_args(killed, *common, "--resume")) == 0
+    assert main(["train", "--resume", "--out", str(killed), "--no-progress"]) == 0  # settings from the folder
     assert main(train_args(tmp_path / "whole", *common)) == 0
     resumed = json.loads((killed / "metrics.json").read_text())
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())

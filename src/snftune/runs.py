@@ -11,6 +11,7 @@ is :func:`evaluate_tuned`; ``snftune bench`` calls both for every cell of a suit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .engine import (
     DistInfo,
     TrainConfig,
     evaluate,
+    run_lock,
     train,
 )
 from .engine.trainer import amp_dtype
@@ -45,6 +47,9 @@ __all__ = [
     "build_backbone",
     "build_datasets",
     "build_model",
+    "check_device",
+    "recorded_values",
+    "settings_differences",
     "evaluate_tuned",
     "input_config",
     "known_keys",
@@ -177,6 +182,7 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
     for flag, split in (("--split", train_split), ("--eval-split", eval_split)):
         if split is not None and split not in task.splits:
             raise SettingsError(f"{flag} {split}: {task.name} has the splits {', '.join(task.splits)}")
+    check_device(values.get("device"))
     pretrained = values.get("pretrained")
     method = str(values["method"])
     settings = RunSettings(
@@ -298,50 +304,132 @@ def settings_from_record(record: dict[str, Any]) -> RunSettings:
     return RunSettings(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
 
 
-def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | None = None) -> dict[str, Any] | None:
-    """Builds the model and data, writes ``config.yaml`` and trains in ``out``.
+RESUMABLE_RUN_KEYS = {"device", "data_dir", "out"}
+"""Run settings that may change between a run and its resumption without changing its numbers
+(the data may move to another mount; the engine still checks the training set's size)."""
+RESUMABLE_TRAIN_KEYS = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
 
-    Returns the metrics, or None when ``out`` holds a finished run and ``resume`` is set.
-    A folder with a finished or unfinished run is refused unless ``resume`` is set.
+
+def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> list[str]:
+    """The defining settings in which ``settings`` differ from a run folder's ``config.yaml``,
+    as ``"key: recorded -> new"`` lines."""
+    new = settings.to_dict()
+    differences = []
+    for key in sorted(set(new) | set(recorded)):
+        if key in RESUMABLE_RUN_KEYS or key == "train" or key not in new:
+            continue
+        if recorded.get(key) != new[key]:
+            differences.append(f"{key}: {recorded.get(key)!r} -> {new[key]!r}")
+    old_train, new_train = recorded.get("train") or {}, new["train"]
+    for key in sorted(new_train):
+        if key not in RESUMABLE_TRAIN_KEYS and old_train.get(key) != new_train[key]:
+            differences.append(f"{key}: {old_train.get(key)!r} -> {new_train[key]!r}")
+    return differences
+
+
+def recorded_values(out: Path) -> dict[str, Any]:
+    """A run folder's settings as values for :func:`resolve_settings`, so that ``--resume --out
+    DIR`` alone continues the run as it was started (given values still override them)."""
+    values = load_settings_file(Path(out) / CONFIG_NAME)
+    values.pop("num_classes", None)  # derived from the task, and checked against it again
+    return values
+
+
+def check_device(device: str | None) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` (when CUDA is there), ``mps`` (when available); None = automatic."""
+    if device is None or device == "cpu":
+        return
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise SettingsError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return
+    if device == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SettingsError("--device mps: Apple's MPS is not available here; use --device cpu")
+        return
+    raise SettingsError(f"--device {device!r} is not a device snftune runs on; use cpu, cuda, cuda:N or mps")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files that a killed writer left behind (atomic writes name them ``.<name>.*.tmp``)."""
+    for leftover in out.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | None = None) -> dict[str, Any] | None:
+    """Builds the model and data, writes ``config.yaml`` and trains in ``out``, holding the
+    folder's lock.
+
+    ``resume``: continue the run whose checkpoint is in ``out``; refused (before anything is
+    touched) when no checkpoint is there or when a defining setting differs from the folder's
+    ``config.yaml``. Returns the metrics, or None when ``out`` holds that run finished.
+    Without ``resume``, a folder with a finished or unfinished run is refused. Nothing is
+    written before the model and the data have been built.
     """
     dist = dist or DistInfo()
     out = Path(out)
-    state = run_state(out)
-    if state == "done":
-        if resume:
-            return None
-        raise SettingsError(f"{out} already holds a finished run ({METRICS_NAME}); choose another --out")
-    if state == "resume" and not resume:
-        raise SettingsError(f"{out} holds an unfinished run ({CHECKPOINT_NAME}); pass --resume to continue it")
+    if out.exists() and not out.is_dir():
+        raise SettingsError(f"--out {out} is a file, not a folder; choose a folder for the run")
+    check_device(resolved.settings.device)
+    if _check_folder(resolved, out, resume) == "done":
+        return None
     settings, task, method_config = resolved.settings, resolved.task, resolved.method_config
     model = build_model(settings)
     train_set, eval_set = build_datasets(model, settings, task)
-    if dist.is_main:
-        write_run_config(out, resolved)
-    record = {
-        "model": settings.model,
-        "pretrained": settings.pretrained,
-        "method": settings.method,
-        "method_config": {"method": method_config.method, **method_config.to_dict()},
-        "data": task.name,
-        "train_split": settings.train_split,
-        "protocol": task.protocol,
-        "class_subset": "restricted to the task's classes" if task.class_subset else None,
-        "drop_path": settings.drop_path,
-    }
-    return train(
-        model,
-        train_set,
-        settings.train,
-        out,
-        eval_set=eval_set,
-        eval_split=settings.eval_split or "none",
-        class_subset=task.class_subset,
-        num_classes=task.num_classes,
-        dist=dist,
-        resume=state == "resume",
-        record=record,
-    )
+    with run_lock(out) if dist.is_main else contextlib.nullcontext():
+        state = _check_folder(resolved, out, resume)  # again: another writer may have finished meanwhile
+        if state == "done":
+            return None
+        if dist.is_main:
+            _remove_stale_temporaries(out)
+            write_run_config(out, resolved)
+        record = {
+            "model": settings.model,
+            "pretrained": settings.pretrained,
+            "method": settings.method,
+            "method_config": {"method": method_config.method, **method_config.to_dict()},
+            "data": task.name,
+            "train_split": settings.train_split,
+            "protocol": task.protocol,
+            "class_subset": "restricted to the task's classes" if task.class_subset else None,
+            "drop_path": settings.drop_path,
+        }
+        return train(
+            model,
+            train_set,
+            settings.train,
+            out,
+            eval_set=eval_set,
+            eval_split=settings.eval_split or "none",
+            class_subset=task.class_subset,
+            num_classes=task.num_classes,
+            dist=dist,
+            resume=state == "resume",
+            record=record,
+        )
+
+
+def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
+    """The folder's :func:`run_state`, after refusing what the request cannot do with it."""
+    state = run_state(out)
+    if not resume and state != "todo":
+        found = METRICS_NAME if state == "done" else CHECKPOINT_NAME
+        what = "a finished" if state == "done" else "an unfinished"
+        hint = "choose another --out" if state == "done" else "pass --resume to continue it"
+        raise SettingsError(f"{out} already holds {what} run ({found}); {hint}")
+    if resume:
+        if state == "todo":
+            raise SettingsError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start the run")
+        if (out / CONFIG_NAME).is_file():
+            differences = settings_differences(read_run_config(out), resolved.settings)
+            if differences:
+                raise SettingsError(
+                    f"--resume: {out} was run with other settings ({'; '.join(differences)}); resume with the "
+                    "folder's settings (snftune train --resume --out DIR alone), or use another --out"
+                )
+    return state
 
 
 def evaluate_tuned(
@@ -353,6 +441,9 @@ def evaluate_tuned(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Top-1 of a tuned-weights file on ``split`` of the settings' task (default: its eval split)."""
+    check_device(device)
+    if batch_size < 1:
+        raise SettingsError(f"--batch-size must be >= 1, got {batch_size}")
     task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
     if settings.num_classes is not None and settings.num_classes != task.num_classes:
         raise SettingsError(

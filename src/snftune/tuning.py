@@ -8,6 +8,7 @@ tensors (kilobytes per task) with the method config in the file's metadata, so
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -247,6 +248,29 @@ def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
     return metadata
 
 
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises several types for damaged files
+        raise TunedFileError(f"{path} is damaged or truncated ({error}); it cannot be loaded") from None
+
+
+def _check_fits(model: nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The model's tuned tensors, after checking that ``loaded`` has exactly their names and shapes."""
+    expected = tuned_tensors(model)
+    missing, unexpected = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
+    if missing or unexpected:
+        raise TunedFileError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in loaded.items():
+        if tensor.shape != expected[name].shape:
+            hint = " (is num_classes the same?)" if name in head_parameter_names(model) else ""
+            raise TunedFileError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(expected[name].shape)}{hint}"
+            )
+    return expected
+
+
 def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Restores tuned weights into ``model`` exactly, applying the file's method first if needed.
 
@@ -270,25 +294,18 @@ def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{path} was made for backbone '{metadata['architecture']}' (fingerprint {metadata['fingerprint']}); "
             f"this model has {detail} (fingerprint {fingerprint}). Build the backbone the file was tuned on."
         )
+    loaded = _read_tensors(path)
     if state is None:
+        # Check the file against a copy first: a file that does not fit must leave the model as it
+        # was (untuned), so that loading the right file next still works.
+        _check_fits(apply(copy.deepcopy(model), config), loaded, path)
         apply(model, config)
         model.snftune_state.label = metadata.get("label", config.method)
     elif state.config != config:
         raise TunedFileError(
             f"{path} holds method {config.to_json()}, but this model is tuned with {state.config.to_json()}"
         )
-    loaded = load_file(str(path))
-    expected = tuned_tensors(model)
-    missing, unexpected = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
-    if missing or unexpected:
-        raise TunedFileError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, tensor in loaded.items():
-        if tensor.shape != expected[name].shape:
-            hint = " (is num_classes the same?)" if name in head_parameter_names(model) else ""
-            raise TunedFileError(
-                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the model expects "
-                f"{tuple(expected[name].shape)}{hint}"
-            )
+    expected = _check_fits(model, loaded, path)
     with torch.no_grad():
         for name, tensor in loaded.items():
             expected[name].copy_(tensor)

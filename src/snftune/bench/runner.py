@@ -21,6 +21,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..engine import METRICS_NAME, TUNED_NAME, DistInfo
 from ..engine.distributed import broadcast_object
 from ..runs import (
+    CONFIG_NAME,
     ResolvedRun,
     SettingsError,
     evaluate_tuned,
@@ -28,13 +29,23 @@ from ..runs import (
     read_run_config,
     resolve_settings,
     run_state,
+    settings_differences,
     settings_from_record,
     train_run,
 )
 from .suites import Cell, Suite
 from .tables import write_tables
 
-__all__ = ["PlannedCell", "CellFailure", "cell_values", "plan_suite", "run_suite", "ERROR_LOG_NAME"]
+__all__ = [
+    "ERROR_LOG_NAME",
+    "CellFailure",
+    "PlannedCell",
+    "cell_values",
+    "changed_cells",
+    "plan_suite",
+    "run_suite",
+    "set_aside",
+]
 
 ERROR_LOG_NAME = "error.log"
 MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
@@ -104,6 +115,34 @@ def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | 
     return plan
 
 
+def changed_cells(suite: Suite, plan: list[PlannedCell], out: Path) -> dict[Path, list[str]]:
+    """Cells whose folder holds a run made with other settings than the plan's: folder -> the
+    differences. A cell evaluated with another cell's weights changes with that cell."""
+    changed: dict[Path, list[str]] = {}
+    for planned in plan:
+        folder = planned.cell.folder(out)
+        if planned.resolved is not None and (folder / CONFIG_NAME).is_file():
+            differences = settings_differences(read_run_config(folder), planned.resolved.settings)
+            if differences:
+                changed[folder] = differences
+    for planned in plan:
+        folder = planned.cell.folder(out)
+        if planned.resolved is None and run_state(folder) == "done":
+            source = suite.source_cell(planned.cell).folder(out)
+            if source in changed:
+                changed[folder] = [f"evaluated with the weights of {source}, which change"]
+    return changed
+
+
+def set_aside(folder: Path) -> Path:
+    """Renames a cell's old run to ``<folder>.previous-N`` (nothing is deleted)."""
+    index = 1
+    while (target := folder.with_name(f"{folder.name}.previous-{index}")).exists():
+        index += 1
+    folder.rename(target)
+    return target
+
+
 def _summary(metrics: dict[str, Any]) -> str:
     top1 = "–" if metrics.get("top1") is None else f"{metrics['top1']:6.2f}%"
     text = f"top-1 {top1}  {metrics.get('tuned_parameters') or 0:>9,} tuned"
@@ -119,14 +158,31 @@ def run_suite(
     overrides: dict[str, Any] | None = None,
     dist: DistInfo | None = None,
     log: Callable[[str], None] = print,
+    rerun_changed: bool = False,
 ) -> list[CellFailure]:
     """Runs the planned cells in ``out`` and returns the cells that failed.
 
-    A failing cell does not stop the others (its traceback goes to ``<cell folder>/error.log``),
-    except under DDP, where every rank must stay in step.
+    A cell whose folder holds a run with other settings is never reused silently: the whole
+    grid is refused, naming the cells and the differences, unless ``rerun_changed``, which
+    sets the old runs aside (``<cell>.previous-N``) and runs those cells again. A failing
+    cell does not stop the others (its traceback goes to ``<cell folder>/error.log``), except
+    under DDP, where every rank must stay in step.
     """
     dist = dist or DistInfo()
     overrides = overrides or {}
+    changed = changed_cells(suite, plan, out)
+    if changed and not rerun_changed:
+        listed = [f"{folder.relative_to(out)} ({'; '.join(diffs)})" for folder, diffs in list(changed.items())[:8]]
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise SettingsError(
+            f"{len(changed)} finished or started cell(s) in {out} were run with other settings: "
+            + ", ".join(listed)
+            + more
+            + ". Pass --rerun-changed to set them aside and run them again, or use another --out"
+        )
+    if dist.is_main:
+        for folder in changed:
+            log(f"{folder.relative_to(out)}: settings changed, previous run moved to {set_aside(folder).name}")
     failures: list[CellFailure] = []
     for index, planned in enumerate(plan, 1):
         cell = planned.cell
@@ -144,7 +200,7 @@ def run_suite(
                 if dist.is_main:
                     _evaluate_from_source(suite, cell, out, overrides)
             else:
-                train_run(planned.resolved, folder, True, dist)
+                train_run(planned.resolved, folder, state == "resume", dist)
         except Exception as error:  # one failing cell must not lose the others
             if dist.enabled:
                 raise

@@ -134,6 +134,7 @@ class Suite:
                     f"--models {' '.join(models)} matches no model of suite {self.name}; its models: "
                     + ", ".join(m.label for m in self.models)
                 )
+        _check_folders(chosen_models, chosen_methods, chosen_tasks, f"suite {self.name}")
         return Suite(
             self.name,
             self.description,
@@ -198,6 +199,12 @@ def parse_suite(data: Any, source: str = "suite") -> Suite:
     unknown = sorted(set(data) - SUITE_KEYS)
     if unknown:
         raise SuiteError(f"{source}: unknown key(s) {unknown}; known: {sorted(SUITE_KEYS)}")
+    for key in ("models", "methods", "tasks", "groups"):
+        if key in data and not isinstance(data[key], list):
+            raise SuiteError(f"{source}: '{key}' must be a list (e.g. {key}: [a, b]), got {data[key]!r}")
+    for key in ("train", "data_options", "model_kwargs", "table"):
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            raise SuiteError(f"{source}: '{key}' must be a mapping (e.g. {key}: {{epochs: 10}}), got {data[key]!r}")
     if "models" in data:
         models = [_model(entry, source) for entry in data["models"]]
     elif "model" in data:
@@ -219,6 +226,7 @@ def parse_suite(data: Any, source: str = "suite") -> Suite:
     for task in tasks:
         if task.train_from and task.train_from not in {t.data for t in tasks}:
             raise SuiteError(f"{source}: {task.data} trains from {task.train_from}, which is not one of its tasks")
+    _check_folders(models, methods, tasks, source)
     return Suite(
         name=str(data.get("name", source)),
         description=str(data.get("description", "")),
@@ -230,6 +238,26 @@ def parse_suite(data: Any, source: str = "suite") -> Suite:
         data_options=dict(data.get("data_options") or {}),
         table=dict(data.get("table") or {}),
     )
+
+
+def _check_folders(models: list[SuiteModel], methods: list[SuiteMethod], tasks: list[SuiteTask], source: str) -> None:
+    """Every row and task gets a folder of its own: labels that differ only in characters a folder
+    name cannot hold (``a/b``, ``a b``, ``a?b``) would share one and show one run's number twice."""
+    rows = (
+        [m.label for m in methods] if len(models) == 1 else [f"{m.label} @ {b.label}" for b in models for m in methods]
+    )
+    for kind, names in (("row", rows), ("task", [t.data for t in tasks])):
+        seen: dict[str, str] = {}
+        for name in names:
+            folder = slug(name)
+            if folder in seen:
+                if seen[folder] == name:
+                    raise SuiteError(f"{source}: the {kind} '{name}' is listed twice; give each entry its own label")
+                raise SuiteError(
+                    f"{source}: the {kind}s '{seen[folder]}' and '{name}' would share the folder '{folder}'; "
+                    "give them labels that differ in letters, digits, '.', '_' or '-'"
+                )
+            seen[folder] = name
 
 
 def _model(entry: Any, source: str) -> SuiteModel:

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
-from ..runs import RunFailedError
 from . import bench, demo, params, plot, pretrain, train
 from . import eval as eval_command
-from .common import USER_ERRORS
+from .common import RUN_FAILURES, USER_ERRORS
 
 COMMANDS = [demo, params, train, eval_command, bench, plot, pretrain]
 
@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input, not a bug: one line saying what is wrong and what to do, no traceback.
         print(f"snftune {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except RunFailedError as error:
+    except RUN_FAILURES as error:
+        print(f"snftune {args.command}: failed: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a folder that cannot be written: the system's own words
+        if os.environ.get("SNFTUNE_TRACEBACK"):
+            raise
         print(f"snftune {args.command}: failed: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench.runner import plan_suite, run_suite
+from ..bench.runner import changed_cells, plan_suite, run_suite
 from ..bench.suites import Suite, SuiteModel, load_suite, suite_names
 from ..bench.tables import build_table, collect_results, format_table, write_tables
 from ..engine import cleanup_distributed, setup_distributed
@@ -32,6 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="benchmark folder (one sub-folder per row and task)")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their state, run nothing")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables from finished cells")
+    parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="cells whose folder holds a run with other settings: move it aside (<cell>.previous-N) and run again",
+    )
     add_train_options(parser, with_run=False)
     parser.set_defaults(run=run)
 
@@ -57,12 +62,23 @@ def run(args: argparse.Namespace) -> int:
     overrides.pop("out", None)
     plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained)
     if args.dry_run:
+        changed = changed_cells(suite, plan, out)
         for planned in plan:
-            print(f"{run_state(planned.cell.folder(out)):9s} {planned.cell.row:24s} {planned.cell.task.data}")
+            folder = planned.cell.folder(out)
+            state = "changed" if folder in changed else run_state(folder)
+            print(f"{state:9s} {planned.cell.row:24s} {planned.cell.task.data}")
         return 0
     dist = setup_distributed(overrides.get("device"))
     try:
-        failures = run_suite(suite, plan, out, overrides=overrides, dist=dist, log=lambda line: print(line, flush=True))
+        failures = run_suite(
+            suite,
+            plan,
+            out,
+            overrides=overrides,
+            dist=dist,
+            log=lambda line: print(line, flush=True),
+            rerun_changed=args.rerun_changed,
+        )
     finally:
         cleanup_distributed()
     if dist.is_main:

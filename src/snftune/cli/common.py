@@ -5,6 +5,7 @@ The run itself lives in :mod:`snftune.runs`."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,9 +16,9 @@ from ..backbones.errors import WeightsUnavailableError
 from ..backbones.sites import SlotTakenError
 from ..bench.suites import SuiteError
 from ..data import DataError
-from ..engine import CheckpointError, ConfigError, ResumeError
+from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
 from ..methods.registry import NotApplicableError, UnknownMethodError
-from ..runs import SettingsError, known_keys, load_settings_file
+from ..runs import RunFailedError, SettingsError, known_keys, load_settings_file
 from ..tuning import TunedFileError
 
 
@@ -30,6 +31,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CLIError,
     ConfigError,
     DataError,
+    FileNotFoundError,
     NotApplicableError,
     ResumeError,
     SettingsError,
@@ -41,6 +43,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     WeightsUnavailableError,
 )
 """Exceptions that mean bad input (a message for the user), not a bug (a traceback)."""
+
+RUN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError, RunFailedError, RunLockedError)
+"""Exceptions of a run that started and could not finish: one line, exit status 1."""
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -55,6 +60,12 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise CLIError(f"{flag} {item}: the value is not valid YAML ({error})") from error
     return values
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """Refuses an output file path that cannot be written, before any work is done."""
+    if path is not None and Path(path).is_dir():
+        raise CLIError(f"{flag} {path} is a folder; give a file path")
 
 
 def write_json_result(path: str, data: dict[str, Any]) -> None:

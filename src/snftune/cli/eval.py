@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..engine import TUNED_NAME, TrainConfig
 from ..runs import RunSettings, evaluate_tuned, read_run_config, settings_from_record
-from .common import CLIError, parse_key_values, write_json_result
+from .common import CLIError, check_output_file, parse_key_values, write_json_result
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +66,7 @@ def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json, "--json")
     settings, tuned = _settings_for(args)
     result = evaluate_tuned(settings, tuned, args.split, args.batch_size, args.workers, args.device)
     subset = f", over {result['class_subset']} classes" if result["class_subset"] else ""

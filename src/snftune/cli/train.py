@@ -7,10 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..engine import cleanup_distributed, setup_distributed
-from ..runs import resolve_settings, train_run
+from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
 from .common import CLIError, add_train_options, values_from_args
 
 
@@ -34,11 +32,10 @@ def run(args: argparse.Namespace) -> int:
     values = values_from_args(args)
     if not values.get("out"):
         raise CLIError("missing --out (the run folder to write)")
+    if args.resume and (Path(values["out"]) / CONFIG_NAME).is_file():
+        values = {**recorded_values(Path(values["out"])), **values}
     resolved = resolve_settings(values)
-    device = resolved.settings.device
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: no CUDA device is available; use --device cpu")
-    dist = setup_distributed(device)
+    dist = setup_distributed(resolved.settings.device)
     try:
         metrics = train_run(resolved, Path(values["out"]), args.resume, dist)
     finally:

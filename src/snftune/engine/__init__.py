@@ -3,8 +3,9 @@
 from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
+from .lock import LOCK_NAME, RunLockedError, run_lock
 from .schedule import WarmupCosine
-from .trainer import LOG_NAME, METRICS_NAME, TUNED_NAME, ResumeError, evaluate, train
+from .trainer import LOG_NAME, METRICS_NAME, TUNED_NAME, DivergenceError, ResumeError, evaluate, train
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -13,6 +14,10 @@ __all__ = [
     "METRICS_NAME",
     "TUNED_NAME",
     "ConfigError",
+    "DivergenceError",
+    "LOCK_NAME",
+    "RunLockedError",
+    "run_lock",
     "DistInfo",
     "ResumeError",
     "TrainConfig",

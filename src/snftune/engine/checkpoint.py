@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's contents, loaded without unpickling code (``weights_only=True``)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         raise CheckpointError(
             f"{path} cannot be loaded safely ({type(error).__name__}: {str(error).splitlines()[0][:200]}); it is "

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..atomic import atomic_write_json
 from ..tuning import save_tuned, trainable_summary, tuned_tensors
 from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint, restore_rng_states, rng_states
 from .config import TrainConfig
@@ -37,7 +38,16 @@ from .distributed import DistInfo, all_reduce_sum
 from .sampling import SeededSamples, StepBatchSampler, derive_seed, seed_worker
 from .schedule import WarmupCosine
 
-__all__ = ["train", "evaluate", "build_optimizer", "amp_dtype", "ResumeError", "METRICS_NAME", "TUNED_NAME"]
+__all__ = [
+    "train",
+    "evaluate",
+    "build_optimizer",
+    "amp_dtype",
+    "DivergenceError",
+    "ResumeError",
+    "METRICS_NAME",
+    "TUNED_NAME",
+]
 
 METRICS_NAME = "metrics.json"
 TUNED_NAME = "tuned.safetensors"
@@ -49,6 +59,23 @@ RESUMABLE_CHANGES = {"workers", "progress", "log_every", "checkpoint_every", "ev
 
 class ResumeError(RuntimeError):
     """A checkpoint that cannot continue the requested run."""
+
+
+class DivergenceError(FloatingPointError):
+    """The loss or the tuned weights stopped being finite: the run has no result to report."""
+
+
+def _diverged(what: str, epoch: int, step: int | None) -> DivergenceError:
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+    return DivergenceError(
+        f"the run diverged: {what} at {where}; nothing was written as a result. Likely cause: the learning rate "
+        "is too high for this method (lower --lr), or --grad-clip is missing; the last checkpoint is kept"
+    )
+
+
+def _check_weights_finite(parameters: list[torch.Tensor], epoch: int) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in parameters):
+        raise _diverged("the tuned weights are not finite", epoch, None)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -212,6 +239,7 @@ def train(
     # --- model, optimiser, schedule ---------------------------------------------------------
     model.to(device)
     optimizer = build_optimizer(model, config)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
     dtype = amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     train_model = model
@@ -350,7 +378,7 @@ def train(
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if config.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
+                nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -365,7 +393,7 @@ def train(
             images_seen += step_images * dist.world_size
             elapsed += time.perf_counter() - step_start
             if not math.isfinite(step_loss):
-                raise FloatingPointError(f"the loss is {step_loss} at epoch {epoch + 1}, step {step + 1}; lower --lr")
+                raise _diverged(f"the loss is {step_loss}", epoch, step)
             if (step + 1) % max(config.log_every, 1) == 0 or step + 1 == steps:
                 rate = window_count * dist.world_size / max(time.perf_counter() - window_start, 1e-9)
                 mean_loss = window_loss / max(window_count, 1)
@@ -384,6 +412,7 @@ def train(
         start_step = 0
 
         # --- end of epoch: loss over ranks, evaluation, checkpoint -------------------------------
+        _check_weights_finite(trainable, epoch)
         loss_sum, count = all_reduce_sum([epoch_loss, epoch_count], device)
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1)}
         epoch_loss, epoch_count = 0.0, 0
@@ -399,6 +428,8 @@ def train(
                 dtype=dtype,
                 dist=dist,
             )
+            if not math.isfinite(result["loss"]):
+                raise _diverged(f"the evaluation loss is {result['loss']}", epoch, None)
             entry.update(top1=result["top1"], eval_loss=result["loss"], eval_count=result["count"])
         history.append(entry)
         log.write(event="epoch", split=eval_split, **entry)
@@ -417,7 +448,7 @@ def train(
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_tuned(model, out_dir / TUNED_NAME)
-        _write_json(out_dir / METRICS_NAME, metrics)
+        atomic_write_json(out_dir / METRICS_NAME, metrics)
         log.write(event="end", top1=metrics.get("top1"), reported=metrics["reported"])
         checkpoint_path.unlink(missing_ok=True)  # metrics.json now marks the run as finished
     log.close()
@@ -488,9 +519,3 @@ def _metrics(
         settings={**(record or {}), "train": config.to_dict()},
     )
     return metrics
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
