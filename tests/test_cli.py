@@ -189,11 +189,14 @@ def test_bench_skips_finished_cells_and_writes_the_table(tmp_path, capsys):
     table = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [row["row"] for row in table["rows"]] == ["snf-shallow", "snf-deep"]
     shallow, deep = table["rows"]
-    assert shallow["mean"] == pytest.approx((shallow["cells"]["Shapes"] + shallow["cells"]["Cells"]) / 2)
-    assert shallow["groups"] == {"Natural": shallow["cells"]["Shapes"], "Specialized": shallow["cells"]["Cells"]}
+    shapes, cells = shallow["cells"]["Shapes"]["mean"], shallow["cells"]["Cells"]["mean"]
+    assert shallow["mean"]["mean"] == pytest.approx((shapes + cells) / 2)
+    assert shallow["mean of groups"]["mean"] == pytest.approx((shapes + cells) / 2)  # one task per group
+    assert {g: stats["mean"] for g, stats in shallow["groups"].items()} == {"Natural": shapes, "Specialized": cells}
     assert shallow["tuned_parameters"] == 1536 < deep["tuned_parameters"]
     markdown = (tmp_path / "out" / "results.md").read_text()
-    assert "| method | params (M) | Shapes | Cells | Natural | Specialized | mean |" in markdown
+    assert "| method | params (M) | Shapes | Cells | Natural | Specialized | mean | mean of groups |" in markdown
+    assert "Hyper-parameters: fixed: the suite's settings, no search." in markdown
     assert "after the final epoch" in markdown
     assert (tmp_path / "out" / "results.csv").read_text().splitlines()[0].startswith("method,params (M),Shapes")
 
@@ -223,13 +226,15 @@ def test_table_layout_group_means_seed_averages_and_missing_cells(tmp_path):
             (cell.folder(tmp_path) / "metrics.json").write_text(json.dumps(metrics))
     table = build_table(suite, collect_results(suite, tmp_path))
     a, b = table["rows"]
-    assert a["cells"] == {"T1": 80.0, "T2": 60.0, "T3": 45.0}  # the two seeds averaged
-    assert a["groups"] == {"G1": 70.0, "G2": 45.0}
-    assert a["mean"] == pytest.approx((80 + 60 + 45) / 3)  # plain mean over tasks, not over groups
-    assert b["cells"]["T2"] is None and b["mean"] is None and b["groups"]["G1"] is None
+    assert {c: stats["mean"] for c, stats in a["cells"].items()} == {"T1": 80.0, "T2": 60.0, "T3": 45.0}
+    assert a["cells"]["T3"]["std"] == pytest.approx(50**0.5) and a["cells"]["T1"]["std"] is None  # two seeds
+    assert {g: stats["mean"] for g, stats in a["groups"].items()} == {"G1": 70.0, "G2": 45.0}
+    assert a["mean"]["mean"] == pytest.approx((80 + 60 + 45) / 3)  # plain mean over tasks, not over groups
+    assert a["mean of groups"]["mean"] == pytest.approx((70 + 45) / 2)
+    assert b["cells"]["T2"]["mean"] is None and b["mean"]["mean"] is None and b["groups"]["G1"]["mean"] is None
     markdown = format_table(table)
-    assert "| a | 0.001 | 80.00 | 60.00† | 45.00 | 70.00 | 45.00 | 61.67 |" in markdown
-    assert "| b | 0.002 | 90.00 | – | – | – | – | – |" in markdown
+    assert "| a | 0.001 | 80.00 | 60.00† | 45.00 ± 7.07 | 70.00 | 45.00 ± 7.07 | 61.67 | 57.50 |" in markdown
+    assert "| b | 0.002 | 90.00 | – | – | – | – | – | – |" in markdown
     assert "† report the best evaluation instead, selected on that same split" in markdown
 
 

@@ -94,5 +94,7 @@ def test_dg_suite_runs_three_seeds_and_scores_each_target_with_its_seed(tmp_path
     table = json.loads((out / "results.json").read_text())
     assert table["columns"] == ["ImageNet", "-V2", "-Sketch", "-A", "-R"]
     row = table["rows"][0]
-    assert row["runs"] == dict.fromkeys(table["columns"], 3) and None not in row["cells"].values()
+    assert {column: len(runs) for column, runs in row["runs"].items()} == dict.fromkeys(table["columns"], 3)
+    assert all(stats["n"] == 3 and stats["std"] is not None for stats in row["cells"].values())  # mean ± std
+    assert row["mean"]["std"] is not None  # the average, taken per seed, has a spread too
     assert "| linear |" in capsys.readouterr().out

@@ -301,5 +301,5 @@ def test_bench_never_tabulates_a_cell_made_with_other_settings(tmp_path, capsys)
     )
     assert rerun["train"]["lr"] == 0.05
     table = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert table["rows"][0]["cells"]["Shapes"] is not None and len(table["cells"]) == 1
+    assert table["rows"][0]["cells"]["Shapes"]["mean"] is not None and len(table["cells"]) == 1
     assert first is not None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text
 from .backbones.factory import create_model, looks_like_path
 from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
 from .engine import (
@@ -35,6 +35,7 @@ from .engine import (
 )
 from .engine.trainer import amp_dtype
 from .methods.registry import MethodConfig, resolve_config
+from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned
 
 __all__ = [
@@ -382,9 +383,20 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
         state = _check_folder(resolved, out, resume)  # again: another writer may have finished meanwhile
         if state == "done":
             return None
+        provenance = run_provenance(
+            model,
+            settings.pretrained,
+            input_config(model, settings),
+            task,
+            [settings.train_split, settings.eval_split],
+            {"method": method_config.method, **method_config.to_dict()},
+            settings.train.to_dict(),
+            dist.device,
+        )
         if dist.is_main:
             _remove_stale_temporaries(out)
             write_run_config(out, resolved)
+            atomic_write_json(out / PROVENANCE_NAME, provenance)
         record = {
             "model": settings.model,
             "pretrained": settings.pretrained,
@@ -395,6 +407,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
             "protocol": task.protocol,
             "class_subset": "restricted to the task's classes" if task.class_subset else None,
             "drop_path": settings.drop_path,
+            "provenance": provenance,
         }
         return train(
             model,

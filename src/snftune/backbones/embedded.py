@@ -130,6 +130,7 @@ def create_embedded(name: str, pretrained: str | None = None, **kwargs: Any) -> 
         **model.pretrained_cfg,
         "snftune_embedded": name,
         "snftune_weights": pretrained or "shipped",
+        "snftune_sha256": record["sha256"] if record and pretrained is None else None,
     }
     if pretrained == RANDOM:
         return model

@@ -18,7 +18,15 @@ from ..engine import TUNED_NAME
 from ..runs import SettingsError, build_backbone, input_config, read_run_config, settings_from_record
 from ..tuning import load_tuned
 
-__all__ = ["plot_fewshot", "pooled_features", "plot_features", "plot_run_features", "fewshot_curves"]
+__all__ = [
+    "fewshot_curves",
+    "plot_features",
+    "plot_fewshot",
+    "plot_run_features",
+    "plot_tradeoff",
+    "pooled_features",
+    "tradeoff_points",
+]
 
 
 def _pyplot():
@@ -71,6 +79,43 @@ def plot_fewshot(results: dict[str, Any], path: str | Path, title: str | None = 
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
     figure.suptitle(title or "Few-shot top-1 (mean over seeds)")
     figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return _save(figure, path)
+
+
+def tradeoff_points(results: dict[str, Any], average: str = "mean") -> list[dict[str, Any]]:
+    """One point per row of a results.json: tuned parameters, the average, its spread (seeds)."""
+    points = []
+    for row in results.get("rows", []):
+        stats = row.get(average) or {}
+        params = row.get("tuned_parameters")
+        if stats.get("mean") is None or params is None:
+            continue
+        params = params if isinstance(params, int | float) else sum(params) / len(params)
+        points.append({"label": row["row"], "params": params, "mean": stats["mean"], "std": stats.get("std")})
+    if not points:
+        raise ValueError("no row has both an average and a tuned-parameter count yet; finish some cells first")
+    return points
+
+
+def plot_tradeoff(results: dict[str, Any], path: str | Path, average: str = "mean") -> Path:
+    """Mean top-1 against tuned parameters (log scale; 0 for linear probing sits at the axis'
+    linear part), one labelled point per method, with the seed spread as error bars."""
+    points = tradeoff_points(results, average)
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6.4, 4.4))
+    for point in points:
+        ax.errorbar(point["params"], point["mean"], yerr=point["std"] or 0, fmt="o", capsize=3)
+        ax.annotate(
+            point["label"], (point["params"], point["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
+    smallest = min((p["params"] for p in points if p["params"] > 0), default=1.0)
+    ax.set_xscale("symlog", linthresh=max(smallest / 10, 1.0))
+    ax.set_xlabel("tuned parameters (classifier head excluded; log scale)")
+    label = "mean of group means" if average == "mean of groups" else "mean over tasks"
+    ax.set_ylabel(f"top-1 (%), {label}")
+    ax.set_title(f"{results.get('suite', '')}: accuracy against tuned parameters")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
     return _save(figure, path)
 
 

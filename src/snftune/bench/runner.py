@@ -21,18 +21,15 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..engine import METRICS_NAME, TUNED_NAME, DistInfo
 from ..engine.distributed import broadcast_object
 from ..runs import (
-    CONFIG_NAME,
-    ResolvedRun,
     SettingsError,
     evaluate_tuned,
     known_keys,
     read_run_config,
     resolve_settings,
     run_state,
-    settings_differences,
     settings_from_record,
-    train_run,
 )
+from ..selection import CellPlan, cell_differences, cell_state, final_folders, run_cell
 from .suites import Cell, Suite
 from .tables import write_tables
 
@@ -45,6 +42,7 @@ __all__ = [
     "plan_suite",
     "run_suite",
     "set_aside",
+    "state_of",
 ]
 
 ERROR_LOG_NAME = "error.log"
@@ -53,10 +51,10 @@ MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
 
 @dataclass(frozen=True)
 class PlannedCell:
-    """A cell with its resolved settings (None for a cell evaluated from another cell's weights)."""
+    """A cell with its runs (None for a cell evaluated with another cell's weights)."""
 
     cell: Cell
-    resolved: ResolvedRun | None
+    plan: CellPlan | None
 
 
 @dataclass(frozen=True)
@@ -104,33 +102,47 @@ def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | 
         )
     if not suite.methods:
         raise SettingsError(f"suite {suite.name} lists no methods; pass --methods")
-    plan = []
+    planned = []
     for cell in suite.cells():
         if cell.task.train_from:
-            plan.append(PlannedCell(cell, None))
+            planned.append(PlannedCell(cell, None))
             continue
         values = cell_values(suite, cell, overrides)
         values["pretrained"] = _pretrained_for(cell, pretrained)
-        plan.append(PlannedCell(cell, resolve_settings(values)))
-    return plan
+        seeds = tuple(suite.seeds) if suite.seeds else None
+        plan = CellPlan(values, suite.search_space(cell.method), seeds)
+        resolved = resolve_settings(values)
+        for trial in plan.space.trials() if plan.space else ():  # a trial the settings refuse fails now
+            resolve_settings(plan.trial_values(resolved, trial))
+        planned.append(PlannedCell(cell, plan))
+    return planned
+
+
+def state_of(suite: Suite, planned: PlannedCell, out: Path) -> str:
+    """``done``, ``resume`` or ``todo`` for any cell."""
+    folder = planned.cell.folder(out)
+    if planned.plan is not None:
+        return cell_state(folder, planned.plan)
+    states = [run_state(f) for f in final_folders(folder, tuple(suite.seeds) if suite.seeds else None)]
+    return "done" if all(s == "done" for s in states) else "todo"
 
 
 def changed_cells(suite: Suite, plan: list[PlannedCell], out: Path) -> dict[Path, list[str]]:
-    """Cells whose folder holds a run made with other settings than the plan's: folder -> the
+    """Cells whose folder holds runs made with other settings than the plan's: folder -> the
     differences. A cell evaluated with another cell's weights changes with that cell."""
     changed: dict[Path, list[str]] = {}
     for planned in plan:
         folder = planned.cell.folder(out)
-        if planned.resolved is not None and (folder / CONFIG_NAME).is_file():
-            differences = settings_differences(read_run_config(folder), planned.resolved.settings)
+        if planned.plan is not None and folder.is_dir():
+            differences = cell_differences(folder, planned.plan)
             if differences:
                 changed[folder] = differences
     for planned in plan:
         folder = planned.cell.folder(out)
-        if planned.resolved is None and run_state(folder) == "done":
+        if planned.plan is None and folder.is_dir():
             source = suite.source_cell(planned.cell).folder(out)
             if source in changed:
-                changed[folder] = [f"evaluated with the weights of {source}, which change"]
+                changed[folder] = [f"evaluated with the weights of {source.relative_to(out)}, which change"]
     return changed
 
 
@@ -187,7 +199,7 @@ def run_suite(
     for index, planned in enumerate(plan, 1):
         cell = planned.cell
         folder = cell.folder(out)
-        state = broadcast_object(run_state(folder))
+        state = broadcast_object(state_of(suite, planned, out))
         label = f"[{index}/{len(plan)}] {cell.row} / {cell.task.data}"
         if state == "done":
             if dist.is_main:
@@ -196,11 +208,10 @@ def run_suite(
         if dist.is_main:
             log(f"{label}: {'resuming' if state == 'resume' else 'training'}")
         try:
-            if planned.resolved is None:
-                if dist.is_main:
-                    _evaluate_from_source(suite, cell, out, overrides)
+            if planned.plan is None:
+                results = _evaluate_from_source(suite, cell, out, overrides) if dist.is_main else []
             else:
-                train_run(planned.resolved, folder, state == "resume", dist)
+                results = run_cell(planned.plan, folder, dist, log if dist.is_main else lambda line: None)
         except Exception as error:  # one failing cell must not lose the others
             if dist.enabled:
                 raise
@@ -210,33 +221,41 @@ def run_suite(
             log(f"{label}: FAILED: {type(error).__name__}: {error} (traceback in {error_log})")
             continue
         if dist.is_main:
-            log(f"{label}: {_summary(json.loads((folder / METRICS_NAME).read_text()))}")
+            for metrics in results:
+                log(f"{label}: {_summary(metrics)}")
             write_tables(suite, out)
     if dist.is_main:
         write_tables(suite, out)
     return failures
 
 
-def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[str, Any]) -> None:
-    """A task evaluated with the weights tuned on another task (domain generalisation)."""
-    source = suite.source_cell(cell).folder(out)
-    if not (source / TUNED_NAME).is_file():
-        raise SettingsError(f"{cell.task.data} is evaluated with the weights of {source}, which has not finished")
-    source_metrics = json.loads((source / METRICS_NAME).read_text())
-    settings = settings_from_record(read_run_config(source))
-    settings.data, settings.eval_split = cell.task.data, None
-    settings.data_options = {**suite.data_options, **overrides.get("data_options", {})}
-    if overrides.get("data_dir"):
-        settings.data_dir = overrides["data_dir"]
-    device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
-    metrics = {
-        "top1": result["top1"],
-        "reported": source_metrics.get("reported", "final"),
-        "reported_as": f"top-1 on {result['data']}:{result['split']} of the weights tuned in {source}",
-        "eval_split": result["split"],
-        "evaluation": result,
-        "tuned_parameters": source_metrics.get("tuned_parameters"),
-        "trained_in": str(source),
-    }
-    atomic_write_json(cell.folder(out) / METRICS_NAME, metrics)
+def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task evaluated with the weights tuned on another task (domain generalisation), once
+    per final run (seed) of that task."""
+    seeds = tuple(suite.seeds) if suite.seeds else None
+    source_folder = suite.source_cell(cell).folder(out)
+    results = []
+    for source, target in zip(final_folders(source_folder, seeds), final_folders(cell.folder(out), seeds), strict=True):
+        if not (source / TUNED_NAME).is_file():
+            raise SettingsError(f"{cell.task.data} is evaluated with the weights of {source}, which has not finished")
+        source_metrics = json.loads((source / METRICS_NAME).read_text())
+        settings = settings_from_record(read_run_config(source))
+        settings.data, settings.eval_split = cell.task.data, None
+        settings.data_options = {**suite.data_options, **overrides.get("data_options", {})}
+        if overrides.get("data_dir"):
+            settings.data_dir = overrides["data_dir"]
+        device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
+        metrics = {
+            "top1": result["top1"],
+            "reported": source_metrics.get("reported", "final"),
+            "reported_as": f"top-1 on {result['data']}:{result['split']} of the weights tuned in {source}",
+            "eval_split": result["split"],
+            "evaluation": result,
+            "tuned_parameters": source_metrics.get("tuned_parameters"),
+            "trained_in": str(source),
+            "settings": {**source_metrics.get("settings", {}), "data": result["data"]},
+        }
+        atomic_write_json(target / METRICS_NAME, metrics)
+        results.append(metrics)
+    return results

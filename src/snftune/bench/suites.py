@@ -21,6 +21,7 @@ a column (e.g. three seeds) are averaged in the table.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -30,10 +31,12 @@ from typing import Any
 
 import yaml
 
+from ..selection import SearchSpace
+
 __all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
 
 SUITE_KEYS = {"name", "description", "model", "pretrained", "model_kwargs", "img_size", "models", "train"}
-SUITE_KEYS |= {"methods", "groups", "tasks", "data_options", "table"}
+SUITE_KEYS |= {"methods", "groups", "tasks", "data_options", "table", "search", "seeds"}
 TASK_KEYS = {"data", "column", "group", "train_from", "meta"}
 
 
@@ -46,6 +49,8 @@ class SuiteMethod:
     label: str
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = None
+    """This method's search space (replaces the suite's ``search``); ``{}`` for none."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,24 @@ class Suite:
     train: dict[str, Any] = field(default_factory=dict)
     data_options: dict[str, Any] = field(default_factory=dict)
     table: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+    """Hyper-parameters chosen on validation for every method (snftune.selection), e.g. {lr: [1e-3, 5e-3]}."""
+    seeds: list[int] | None = None
+    """Final runs per cell, one per seed (None: one run with the settings' seed)."""
+
+    def search_space(self, method: SuiteMethod) -> SearchSpace | None:
+        """The method's own search space, else the suite's; None when there is nothing to search."""
+        space = self.search if method.search is None else method.search
+        return SearchSpace.parse(space, f"suite {self.name}, search of {method.label}") if space else None
+
+    def with_search(self, search: dict[str, Any]) -> Suite:
+        """The suite with one search space for every method (checked here)."""
+        suite = dataclasses.replace(
+            self, search=dict(search), methods=[dataclasses.replace(m, search=None) for m in self.methods]
+        )
+        for method in suite.methods:
+            suite.search_space(method)
+        return suite
 
     def row_label(self, model: SuiteModel, method: SuiteMethod) -> str:
         return method.label if len(self.models) == 1 else f"{method.label} @ {model.label}"
@@ -135,17 +158,7 @@ class Suite:
                     + ", ".join(m.label for m in self.models)
                 )
         _check_folders(chosen_models, chosen_methods, chosen_tasks, f"suite {self.name}")
-        return Suite(
-            self.name,
-            self.description,
-            chosen_models,
-            chosen_methods,
-            chosen_tasks,
-            self.groups,
-            self.train,
-            self.data_options,
-            self.table,
-        )
+        return dataclasses.replace(self, models=chosen_models, methods=chosen_methods, tasks=chosen_tasks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +170,8 @@ class Suite:
             "groups": self.groups,
             "train": self.train,
             "data_options": self.data_options,
+            "search": self.search,
+            "seeds": self.seeds,
         }
 
 
@@ -227,7 +242,14 @@ def parse_suite(data: Any, source: str = "suite") -> Suite:
         if task.train_from and task.train_from not in {t.data for t in tasks}:
             raise SuiteError(f"{source}: {task.data} trains from {task.train_from}, which is not one of its tasks")
     _check_folders(models, methods, tasks, source)
-    return Suite(
+    seeds = data.get("seeds")
+    if seeds is not None and (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+    ):
+        raise SuiteError(f"{source}: 'seeds' must be a list of integers, e.g. seeds: [0, 1, 2]; got {seeds!r}")
+    suite = Suite(
         name=str(data.get("name", source)),
         description=str(data.get("description", "")),
         models=models,
@@ -237,7 +259,12 @@ def parse_suite(data: Any, source: str = "suite") -> Suite:
         train=dict(data.get("train") or {}),
         data_options=dict(data.get("data_options") or {}),
         table=dict(data.get("table") or {}),
+        search=dict(data.get("search") or {}),
+        seeds=list(seeds) if seeds is not None else None,
     )
+    for method in suite.methods:
+        suite.search_space(method)  # a bad search space fails now, naming what to fix
+    return suite
 
 
 def _check_folders(models: list[SuiteModel], methods: list[SuiteMethod], tasks: list[SuiteTask], source: str) -> None:
@@ -282,10 +309,13 @@ def _method(entry: Any, source: str) -> SuiteMethod:
         return SuiteMethod(entry, entry)
     if not isinstance(entry, dict) or "method" not in entry:
         raise SuiteError(f"{source}: a methods entry is a name or a mapping with 'method', got {entry!r}")
-    unknown = sorted(set(entry) - {"label", "method", "options"})
+    unknown = sorted(set(entry) - {"label", "method", "options", "search"})
     if unknown:
         raise SuiteError(f"{source}: unknown method key(s) {unknown}")
-    return SuiteMethod(entry.get("label", entry["method"]), entry["method"], entry.get("options") or {})
+    search = entry.get("search")
+    if search is not None and not isinstance(search, dict):
+        raise SuiteError(f"{source}: the search of {entry['method']} must be a mapping, got {search!r}")
+    return SuiteMethod(entry.get("label", entry["method"]), entry["method"], entry.get("options") or {}, search)
 
 
 def _tasks(entry: Any, source: str) -> list[SuiteTask]:

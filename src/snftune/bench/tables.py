@@ -1,6 +1,14 @@
 """Paper-style result tables from a benchmark folder: one row per method, one column per
-task, group means, the plain mean over tasks and the tuned-parameter column, as Markdown,
-CSV and JSON. Every figure says which top-1 it is (final epoch, or best-on-evaluation)."""
+task, the group means, both averages the literature uses (each labelled), and the tuned
+parameters, as Markdown, CSV and JSON; then the hyper-parameters chosen on validation.
+
+Every figure says what it is: which top-1 (final epoch, or best-on-evaluation, marked †), how
+the hyper-parameters were chosen, over how many runs it is a mean, and its spread. A cell
+whose column holds several runs (seeds; several data seeds of one column) shows
+``mean ± std`` (sample standard deviation). An average shows a spread when every column it
+averages has the same number of runs: the average is then taken per run index (seed) first.
+``results.json`` keeps every run's value and its provenance.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +16,21 @@ import csv
 import io
 import json
 import math
-from collections import Counter
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
 from ..engine import METRICS_NAME
+from ..provenance import common_fields
+from ..selection import SELECTION_NAME, final_folders
 from .suites import Suite
 
-__all__ = ["CellResult", "collect_results", "build_table", "format_table", "write_tables"]
+__all__ = ["CellResult", "collect_results", "build_table", "format_table", "write_tables", "PLAIN_MEAN", "GROUP_MEAN"]
+
+PLAIN_MEAN = "mean"
+GROUP_MEAN = "mean of groups"
 
 
 @dataclass(frozen=True)
@@ -33,93 +46,162 @@ class CellResult:
     eval_split: str | None
     tuned_parameters: int | None
     meta: dict[str, Any]
+    seed: int | None = None
+    folder: str | None = None
+    selection: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+
+
+def _selection_summary(folder: Path) -> dict[str, Any] | None:
+    path = folder / SELECTION_NAME
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return {
+        "chosen": record["chosen"],
+        "chosen_val_top1": record["chosen_val_top1"],
+        "selected_on": record["selected_on"],
+        "trials": [{"values": t["values"], "val_top1": t["val_top1"]} for t in record["trials"]],
+    }
 
 
 def collect_results(suite: Suite, out: Path) -> list[CellResult]:
-    """The finished cells' figures (cells without metrics.json are left out)."""
+    """The finished runs' figures, one per cell and seed (runs without metrics.json are left out)."""
+    seeds = tuple(suite.seeds) if suite.seeds else None
     results = []
     for cell in suite.cells():
-        path = cell.folder(out) / METRICS_NAME
-        if not path.is_file():
-            continue
-        metrics = json.loads(path.read_text())
-        results.append(
-            CellResult(
-                row=cell.row,
-                method=cell.method.label,
-                model=cell.model.label,
-                data=cell.task.data,
-                column=cell.task.column,
-                group=cell.task.group,
-                top1=metrics.get("top1"),
-                reported=metrics.get("reported"),
-                eval_split=metrics.get("eval_split"),
-                tuned_parameters=metrics.get("tuned_parameters"),
-                meta=cell.task.meta,
+        folder = cell.folder(out)
+        selection = _selection_summary(folder)
+        for seed, run in zip(seeds or (None,), final_folders(folder, seeds), strict=True):
+            path = run / METRICS_NAME
+            if not path.is_file():
+                continue
+            metrics = json.loads(path.read_text())
+            settings = metrics.get("settings") or {}
+            results.append(
+                CellResult(
+                    row=cell.row,
+                    method=cell.method.label,
+                    model=cell.model.label,
+                    data=cell.task.data,
+                    column=cell.task.column,
+                    group=cell.task.group,
+                    top1=metrics.get("top1"),
+                    reported=metrics.get("reported"),
+                    eval_split=metrics.get("eval_split"),
+                    tuned_parameters=metrics.get("tuned_parameters"),
+                    meta=cell.task.meta,
+                    seed=seed if seed is not None else (settings.get("train") or {}).get("seed"),
+                    folder=str(run.relative_to(out)),
+                    selection=selection,
+                    provenance=settings.get("provenance"),
+                )
             )
-        )
     return results
 
 
-def _mean(values: list[float | None]) -> float | None:
-    """The mean, or None when a value is missing: a partial mean would not be the paper's figure."""
+def _summary(values: list[float] | None) -> dict[str, Any]:
+    """``{"mean", "std", "n"}`` (std: sample standard deviation, None for one value); all None when missing."""
     if not values or any(v is None for v in values):
-        return None
-    return sum(values) / len(values)
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": sum(values) / len(values), "std": std, "n": len(values)}
+
+
+def _average(lists: list[list[float] | None]) -> dict[str, Any]:
+    """The mean of several columns' runs. When every column has the same number of runs (more
+    than one), the mean is taken per run index first, which gives the average its spread;
+    ``runs`` keeps those per-run averages for averages of averages."""
+    if not lists or any(not values for values in lists):
+        return {"mean": None, "std": None, "n": 0, "runs": None}
+    if len({len(values) for values in lists}) == 1 and len(lists[0]) > 1:
+        per_run = [sum(values[r] for values in lists) / len(lists) for r in range(len(lists[0]))]
+        return {**_summary(per_run), "runs": per_run}
+    mean = sum(sum(values) / len(values) for values in lists) / len(lists)
+    return {"mean": mean, "std": None, "n": 1, "runs": [mean]}
 
 
 def build_table(suite: Suite, results: list[CellResult]) -> dict[str, Any]:
-    """The table as plain data: columns, groups, and for each row its cells, group means,
-    mean over tasks, and tuned parameters."""
+    """The table as plain data: columns, groups, and for each row its cells (mean, std, runs),
+    group means, both averages, the tuned parameters and the chosen hyper-parameters."""
     rows = list(dict.fromkeys(suite.row_label(model, method) for model in suite.models for method in suite.methods))
     columns = list(dict.fromkeys(task.column for task in suite.tasks))
     column_group = {task.column: task.group for task in suite.tasks}
     groups = [g for g in suite.groups if any(column_group[c] == g for c in columns)]
-    runs_per_column = Counter(task.column for task in suite.tasks)  # e.g. three seeds
+    task_order = {task.data: i for i, task in enumerate(suite.tasks)}
+    expected_runs = {c: sum(t.column == c for t in suite.tasks) * max(1, len(suite.seeds or [])) for c in columns}
     by_cell: dict[tuple[str, str], list[CellResult]] = {}
     for result in results:
         by_cell.setdefault((result.row, result.column), []).append(result)
     table_rows = []
     for row in rows:
-        cells: dict[str, float | None] = {}
-        marks: dict[str, str] = {}
+        replicates: dict[str, list[float] | None] = {}
+        marks = []
         for column in columns:
-            found = by_cell.get((row, column), [])
-            complete = len(found) == runs_per_column[column]
-            cells[column] = _mean([r.top1 for r in found]) if complete else None
+            found = sorted(by_cell.get((row, column), []), key=lambda r: (r.seed or 0, task_order[r.data]))
+            complete = len(found) == expected_runs[column] and all(r.top1 is not None for r in found)
+            replicates[column] = [r.top1 for r in found] if complete else None
             if any(r.reported == "best" for r in found):
-                marks[column] = "best"
-        group_means = {g: _mean([cells[c] for c in columns if column_group[c] == g]) for g in groups}
+                marks.append(column)
         counts = {r.tuned_parameters for found in by_cell.values() for r in found if r.row == row}
         counts.discard(None)
+        group_stats = {g: _average([replicates[c] for c in columns if column_group[c] == g]) for g in groups}
+        selection = {
+            r.column: r.selection["chosen"] for found in by_cell.values() for r in found if r.row == row and r.selection
+        }
         table_rows.append(
             {
                 "row": row,
                 "tuned_parameters": min(counts) if len(counts) == 1 else (sorted(counts) or None),
-                "cells": cells,
-                "best_on_eval": sorted(marks),
-                "groups": group_means,
-                "mean": _mean(list(cells.values())),
-                "runs": {c: len(by_cell.get((row, c), [])) for c in columns},
+                "cells": {c: _summary(replicates[c]) for c in columns},
+                "runs": {c: replicates[c] for c in columns},
+                "best_on_eval": marks,
+                "groups": group_stats,
+                PLAIN_MEAN: _average([replicates[c] for c in columns]),
+                GROUP_MEAN: _average([group_stats[g]["runs"] for g in groups]) if len(groups) > 1 else None,
+                "chosen": selection,
             }
         )
-    reported = sorted({r.reported for r in results if r.reported})
-    splits = sorted({r.eval_split for r in results if r.eval_split})
     return {
         "suite": suite.name,
         "description": suite.description,
         "columns": columns,
         "groups": groups,
         "rows": table_rows,
-        "reported": reported,
-        "eval_splits": splits,
+        "reported": sorted({r.reported for r in results if r.reported}),
+        "eval_splits": sorted({r.eval_split for r in results if r.eval_split}),
+        "seeds": suite.seeds,
+        "selection": _selection_rule(suite, results),
         "cells": [asdict(r) for r in results],
+        "provenance": _common_provenance(results),
         "settings": suite.to_dict(),
     }
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+def _selection_rule(suite: Suite, results: list[CellResult]) -> str:
+    selected = [r for r in results if r.selection]
+    if not selected:
+        return "fixed: the suite's settings, no search"
+    splits = sorted({r.selection["selected_on"] for r in selected})
+    trials = sorted({len(r.selection["trials"]) for r in selected})
+    return (
+        f"chosen per cell on {', '.join(splits)} (best validation top-1, ties to the first listed; "
+        f"{'/'.join(map(str, trials))} trials), then trained on the final split; the test split was not read "
+        "before the choice"
+    )
+
+
+def _common_provenance(results: list[CellResult]) -> dict[str, Any]:
+    """Provenance fields that every run shares (flattened), and each run's own record."""
+    records = {r.folder: r.provenance for r in results if r.provenance}
+    return {"common": common_fields(list(records.values())), "runs": records}
+
+
+def _pct(stats: dict[str, Any] | None, with_std: bool = True) -> str:
+    if not stats or stats.get("mean") is None or (isinstance(stats["mean"], float) and math.isnan(stats["mean"])):
+        return "–"
+    text = f"{stats['mean']:.2f}"
+    return text + (f" ± {stats['std']:.2f}" if with_std and stats.get("std") is not None else "")
 
 
 def _params(value: int | list[int] | None) -> str:
@@ -130,26 +212,49 @@ def _params(value: int | list[int] | None) -> str:
     return f"{value / 1e6:.3f}"
 
 
-def _caption(table: dict[str, Any]) -> str:
+def _caption(table: dict[str, Any]) -> list[str]:
     splits = ", ".join(table["eval_splits"]) or "the evaluation split"
     text = f"Top-1 accuracy (%) on {splits}, after the final epoch of each run"
     if "best" in table["reported"]:
         text += "; cells marked † report the best evaluation instead, selected on that same split"
-    return text + ". Tuned parameters in millions, classifier head excluded. – : not run yet."
+    lines = [text + ". Tuned parameters in millions, classifier head excluded. – : not run yet."]
+    lines.append(f"Hyper-parameters: {table['selection']}.")
+    if table["seeds"]:
+        lines.append(
+            f"Seeds {', '.join(map(str, table['seeds']))}: each cell is mean ± sample std over its runs; an average "
+            "shows ± when it is taken per seed."
+        )
+    if table["groups"]:
+        averages = f"'{PLAIN_MEAN}' is the plain mean over the {len(table['columns'])} task columns"
+        if len(table["groups"]) > 1:
+            averages += f"; '{GROUP_MEAN}' is the mean of the {len(table['groups'])} group means"
+        lines.append(f"Group columns ({', '.join(table['groups'])}) are means over their tasks; {averages}.")
+    return lines
+
+
+def _chosen_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in values.items())
 
 
 def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     if fmt == "json":
-        return json.dumps(table, indent=2) + "\n"
+        return json.dumps(table, indent=2, allow_nan=False) + "\n"
     columns, groups = table["columns"], table["groups"]
-    header = ["method", "params (M)", *columns, *groups, "mean"]
+    averages = [PLAIN_MEAN] + ([GROUP_MEAN] if len(groups) > 1 else [])
+    header = ["method", "params (M)", *columns, *groups, *averages]
     body = []
     for row in table["rows"]:
-        marked = [
-            _pct(row["cells"][c]) + ("†" if c in row["best_on_eval"] and fmt == "markdown" else "") for c in columns
-        ]
-        body.append([row["row"], _params(row["tuned_parameters"]), *marked, *[_pct(row["groups"][g]) for g in groups]])
-        body[-1].append(_pct(row["mean"]))
+        dagger = "†" if fmt == "markdown" else ""
+        marked = [_pct(row["cells"][c]) + (dagger if c in row["best_on_eval"] else "") for c in columns]
+        body.append(
+            [
+                row["row"],
+                _params(row["tuned_parameters"]),
+                *marked,
+                *[_pct(row["groups"][g]) for g in groups],
+                *[_pct(row[a]) for a in averages],
+            ]
+        )
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -166,12 +271,16 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
         "|---|" + "---:|" * (len(header) - 1),
         *("| " + " | ".join(row) + " |" for row in body),
         "",
-        _caption(table),
+        *_caption(table),
     ]
-    if groups:
-        lines.append(
-            f"Group columns ({', '.join(groups)}) are means over their tasks; 'mean' is the plain mean over tasks."
-        )
+    chosen_rows = [row for row in table["rows"] if row["chosen"]]
+    if chosen_rows:
+        lines += ["", "### Hyper-parameters chosen on validation", "", "| method | " + " | ".join(columns) + " |"]
+        lines.append("|---|" + "---|" * len(columns))
+        for row in chosen_rows:
+            lines.append(
+                f"| {row['row']} | " + " | ".join(_chosen_text(row["chosen"].get(c, {})) or "–" for c in columns) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ from ..atomic import atomic_write_json
 from ..backbones import UnsupportedModelError
 from ..backbones.errors import WeightsUnavailableError
 from ..backbones.sites import SlotTakenError
+from ..bench.compare import ResultsError
 from ..bench.suites import SuiteError
 from ..data import DataError
 from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
@@ -33,6 +34,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     FileNotFoundError,
     NotApplicableError,
+    ResultsError,
     ResumeError,
     SettingsError,
     SlotTakenError,
@@ -60,6 +62,21 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise CLIError(f"{flag} {item}: the value is not valid YAML ({error})") from error
     return values
+
+
+def parse_search(items: list[str]) -> dict[str, list[Any]]:
+    """``["lr=0.001,0.005", "weight_decay=1e-4"]`` -> ``{"lr": [0.001, 0.005], "weight_decay": [0.0001]}``
+    (values read as YAML; the search space itself is checked by :class:`snftune.selection.SearchSpace`)."""
+    space: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--search takes KEY=V1,V2 pairs, got '{item}' (e.g. --search lr=0.001,0.005)")
+        try:
+            space[key] = [yaml.safe_load(v) for v in raw.split(",")] if raw else []
+        except yaml.YAMLError as error:
+            raise CLIError(f"--search {item}: a value is not valid YAML ({error})") from error
+    return space
 
 
 def check_output_file(path: str | None, flag: str) -> None:
@@ -96,6 +113,14 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     parser.add_argument("--data-options", nargs="+", metavar="KEY=VALUE", help="task options, e.g. image_size=32")
     parser.add_argument("--method-options", nargs="+", metavar="KEY=VALUE", help="method settings, e.g. planar_steps=3")
     parser.add_argument("--config", help="YAML file of defaults for these options (the command line wins)")
+    parser.add_argument(
+        "--search",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="choose these settings on the task's validation split first (e.g. lr=0.001,0.005 "
+        "weight_decay=0.0001,0.001), then train on the final split with the best; see docs/protocols.md",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="final runs, one per seed (results: mean ± std)")
     group = parser.add_argument_group("training (defaults: the task's protocol, docs/protocols.md)")
     group.add_argument("--epochs", type=int)
     group.add_argument("--lr", type=float)

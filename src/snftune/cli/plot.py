@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..bench.plots import plot_fewshot, plot_run_features
+from ..bench.plots import plot_fewshot, plot_run_features, plot_tradeoff
 from .common import CLIError
 
 
@@ -22,6 +22,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fewshot.add_argument("results", help="results.json written by snftune bench --suite fewshot")
     fewshot.add_argument("--out", default="fewshot.png")
     fewshot.set_defaults(run=run_fewshot)
+    tradeoff = kinds.add_parser(
+        "tradeoff",
+        help="mean top-1 against tuned parameters, one point per method (with seed spread)",
+        description="The field's trade-off figure from a results.json: the plain mean over tasks (or, with "
+        "--average groups, the mean of group means) against tuned parameters on a log scale.",
+        epilog="example: snftune plot tradeoff bench/vtab/results.json --out tradeoff.png",
+    )
+    tradeoff.add_argument("results", help="results.json written by snftune bench")
+    tradeoff.add_argument("--average", choices=["tasks", "groups"], default="tasks")
+    tradeoff.add_argument("--out", default="tradeoff.png")
+    tradeoff.set_defaults(run=run_tradeoff)
     features = kinds.add_parser(
         "features",
         help="t-SNE of pooled features: untouched backbone and tuned runs side by side",
@@ -53,6 +64,16 @@ def run_fewshot(args: argparse.Namespace) -> int:
     path = Path(args.results)
     try:
         written = plot_fewshot(_read_results(path), args.out)
+    except ValueError as error:
+        raise CLIError(f"{path}: {error}") from error
+    print(f"wrote {written}")
+    return 0
+
+
+def run_tradeoff(args: argparse.Namespace) -> int:
+    path = Path(args.results)
+    try:
+        written = plot_tradeoff(_read_results(path), args.out, "mean of groups" if args.average == "groups" else "mean")
     except ValueError as error:
         raise CLIError(f"{path}: {error}") from error
     print(f"wrote {written}")

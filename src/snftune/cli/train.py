@@ -5,11 +5,13 @@ Under ``torchrun --nproc_per_node N -m snftune train ...`` it trains with DDP.""
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from ..engine import cleanup_distributed, setup_distributed
 from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
-from .common import CLIError, add_train_options, values_from_args
+from ..selection import CellPlan, SearchSpace, read_selection, run_cell
+from .common import CLIError, add_train_options, parse_search, values_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (Path(values["out"]) / CONFIG_NAME).is_file():
         values = {**recorded_values(Path(values["out"])), **values}
     resolved = resolve_settings(values)
+    if args.search or args.seeds:
+        return _run_cell(args, values, resolved)
     dist = setup_distributed(resolved.settings.device)
     try:
         metrics = train_run(resolved, Path(values["out"]), args.resume, dist)
@@ -50,4 +54,28 @@ def run(args: argparse.Namespace) -> int:
             f"({metrics.get('reported_as', metrics['reported'])}); {metrics['tuned_parameters']:,} tuned "
             f"parameters; {metrics['timing']['train_s']:.1f}s training; results in {values['out']}"
         )
+    return 0
+
+
+def _run_cell(args: argparse.Namespace, values: dict, resolved) -> int:
+    """``--search`` and/or ``--seeds``: selection on validation, then one final run per seed."""
+    values = {k: v for k, v in values.items() if k != "out"}
+    plan = CellPlan(
+        values,
+        SearchSpace.parse(parse_search(args.search), "--search") if args.search else None,
+        tuple(args.seeds) if args.seeds else None,
+    )
+    out = Path(args.out)
+    dist = setup_distributed(resolved.settings.device)
+    try:
+        results = run_cell(plan, out, dist, log=lambda line: print(line, flush=True) if dist.is_main else None)
+    finally:
+        cleanup_distributed()
+    if dist.is_main:
+        top1 = [m["top1"] for m in results]
+        spread = f" ± {statistics.stdev(top1):.2f} over {len(top1)} seeds" if len(top1) > 1 else ""
+        chosen = read_selection(out)
+        picked = f"; chosen on {chosen['selected_on']}: {chosen['chosen']}" if chosen else ""
+        name = f"{resolved.task.name} / {resolved.settings.method}"
+        print(f"{name}: top-1 {statistics.mean(top1):.2f}%{spread}{picked}; results in {out}")
     return 0
