@@ -10,10 +10,12 @@ Task specs, resolved against ``data_dir``::
     generated/<task>                   the generated suite, in memory (no data_dir)
 
 NOAH's and CoOp's layouts are both read as they lie (see ``layout.py``). Every spec takes the task
-options ``on_bad_image`` and ``allow_outside_root`` (:class:`ReadOptions`).
+options ``on_bad_image`` and ``allow_outside_root`` (:class:`ReadOptions`); :func:`check_data`
+checks a dataset on disk against what its benchmark expects (``snftune data check``).
 """
 
 from . import fewshot, fgvc, folders, generated, imagenet, vtab  # noqa: F401  (register the readers)
+from .check import DataReport, check_data
 from .errors import DataError, DataWarning
 from .lists import ImageListDataset, ReadOptions, Sample
 from .protocols import ProtocolSettings, protocol_settings
@@ -22,6 +24,7 @@ from .transforms import build_transform, model_data_config
 
 __all__ = [
     "DataError",
+    "DataReport",
     "DataWarning",
     "ImageListDataset",
     "ProtocolSettings",
@@ -29,6 +32,7 @@ __all__ = [
     "Sample",
     "Task",
     "build_transform",
+    "check_data",
     "list_tasks",
     "model_data_config",
     "protocol_settings",
