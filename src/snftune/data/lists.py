@@ -260,7 +260,7 @@ def load_rgb(path: str, origin: str) -> Image.Image:
                 return img.convert("RGB")
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(
-            f"image {path} ({origin}) is too large to decode safely: {exc} (the limit is "
+            f"image {path} ({origin}) is too large to decode safely: {str(exc).rstrip('.')} (the limit is "
             "PIL.Image.MAX_IMAGE_PIXELS; raise it in Python if the file is genuine)"
         ) from exc
     except Exception as exc:  # whatever Pillow raises, the file is the problem
