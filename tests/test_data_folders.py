@@ -49,7 +49,7 @@ def test_folder_errors(tmp_path):
     _img(tmp_path / "val" / "fox" / "x.png")
     with pytest.raises(DataError, match=r"class folder\(s\) \['fox'\] that train/ lacks"):
         resolve_task(f"folder:{tmp_path}").dataset("val")
-    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "test").mkdir()
     with pytest.raises(DataError, match="empty split"):
         resolve_task(f"folder:{tmp_path}").dataset("test")
 
@@ -58,10 +58,10 @@ def test_list_folder_and_single_file(tmp_path):
     _img(tmp_path / "imgs" / "a.png", 1)
     _img(tmp_path / "imgs" / "b c.png", 2)
     (tmp_path / "train.txt").write_text("imgs/a.png 0\nimgs/b c.png 4\n")
-    (tmp_path / "test.txt").write_text(f"{tmp_path / 'imgs/a.png'} 2\n")
+    (tmp_path / "test.txt").write_text(f"{tmp_path / 'imgs/a.png'} 4\n")  # absolute, under the root
     task = resolve_task(f"list:{tmp_path}")
     assert task.num_classes == 5 and task.splits == ("train", "test") and task.tuning_splits is None
-    assert task.dataset("train").labels == [0, 4] and task.dataset("test").labels == [2]
+    assert task.dataset("train").labels == [0, 4] and task.dataset("test").labels == [4]
     single = resolve_task(f"list:{tmp_path / 'train.txt'}", num_classes=10)
     assert single.splits == ("train",) and single.eval_split is None and single.num_classes == 10
     with pytest.raises(DataError, match=r"train.txt line 2: label 4 is out of range; expected 0..2"):

@@ -30,7 +30,7 @@ from .layout import (
     looked_in,
     require_folders,
 )
-from .lists import ImageListDataset, read_list_file
+from .lists import ReadOptions, read_list_file
 from .registry import Task, register_reader, reject_options, require_data_dir
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -95,6 +95,7 @@ def resolve_fewshot(rest: str, data_dir: Path | None, **options: Any) -> Task:
         tuning_splits=("train", "val") if "val" in lists.files else None,
         root=lists.folders[0],
         options={"shots": shots, "seed": seed},
+        expected_sizes={"train": shots * info.num_classes},  # k images of every class
         factory=partial(_dataset, lists, info, spec),
     )
 
@@ -122,8 +123,8 @@ def _find_lists(data_dir: Path, info: DatasetInfo, shots: int, seed: int, spec: 
     return _Lists((with_lists, *(f for f in folders if f != with_lists)), files)
 
 
-def _dataset(lists: _Lists, info: DatasetInfo, name: str, split: str, transform, on_bad_image: str):
+def _dataset(lists: _Lists, info: DatasetInfo, name: str, split: str, transform, options: ReadOptions):
     list_file = lists.files[split]
     image_root = locate_images(list_file, image_candidates(lists.folders, info.image_dirs), name)
     samples = read_list_file(list_file, image_root, info.num_classes, f"{name} has {info.num_classes} classes")
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, info.num_classes)
+    return options.dataset(samples, f"{name}:{split}", transform, info.num_classes)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import DataError
 from .layout import DatasetInfo, canonical_name
-from .lists import ImageListDataset, Sample, find_first
+from .lists import ReadOptions, Sample, find_first
 from .registry import Task, register_reader, reject_options, require_data_dir
 
 JSON_SPLITS = ("train", "val", "test")
@@ -26,6 +26,17 @@ FGVC_DATASETS: dict[str, DatasetInfo] = {
     "oxford_flowers": DatasetInfo(102, ("OxfordFlower", "OxfordFlowers", "oxford_flowers", "flowers")),
     "stanford_dogs": DatasetInfo(120, ("StanfordDogs", "Stanford-dogs", "stanford_dogs", "dogs"), ("Images",)),
     "stanford_cars": DatasetInfo(196, ("StanfordCars", "Stanford-cars", "stanford_cars", "cars")),
+}
+
+
+# (train, val, test) image counts of VPT's split files (the VPT paper's dataset table): train and val
+# are VPT's 90/10 division of each dataset's official training set.
+VPT_SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "cub": (5_394, 600, 5_794),
+    "nabirds": (21_536, 2_393, 24_633),
+    "oxford_flowers": (1_020, 1_020, 6_149),
+    "stanford_dogs": (10_800, 1_200, 8_580),
+    "stanford_cars": (7_329, 815, 8_041),
 }
 
 
@@ -84,6 +95,7 @@ def resolve_fgvc(rest: str, data_dir: Path | None, **options: Any) -> Task:
     train_file = folder / "train.json"
     label_map = build_label_map(_read_json(train_file), train_file, spec, info.num_classes)
     image_root = folder / info.image_dirs[0]  # the VPT json keys are relative to it
+    train, val, test = VPT_SPLIT_SIZES[canonical]
     return Task(
         name=spec,
         num_classes=info.num_classes,
@@ -93,6 +105,7 @@ def resolve_fgvc(rest: str, data_dir: Path | None, **options: Any) -> Task:
         eval_split="test",
         tuning_splits=("train", "val"),
         root=folder,
+        expected_sizes={"train": train, "val": val, "trainval": train + val, "test": test},
         factory=partial(_dataset, folder, image_root, spec, label_map, info.num_classes),
     )
 
@@ -106,11 +119,11 @@ def _samples(json_file: Path, image_root: Path, label_map: dict[str, int], name:
                 f"{origin}: class id {class_id!r} does not occur in the train split, so it has no label. "
                 f"Expected one of the {len(label_map)} train class ids; check the split files of {name}."
             )
-        samples.append(Sample(str(image_root / key), label_map[str(class_id)], origin))
+        samples.append(Sample(str(image_root / key), label_map[str(class_id)], origin, str(image_root)))
     return samples
 
 
-def _dataset(folder, image_root, name, label_map, num_classes, split, transform, on_bad_image):
+def _dataset(folder, image_root, name, label_map, num_classes, split, transform, options: ReadOptions):
     parts = ("train", "val") if split == "trainval" else (split,)
     samples = [s for p in parts for s in _samples(folder / f"{p}.json", image_root, label_map, name)]
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)
+    return options.dataset(samples, f"{name}:{split}", transform, num_classes)

@@ -1,10 +1,11 @@
 """Users' own data: an ImageFolder tree (``folder:<path>``) or ``<path> <label>`` lists (``list:<path>``).
 
 ``folder:<root>`` reads ``<root>/{train,val,test}/<class>/<image>``; classes are the sorted
-sub-folders of ``train/`` and val/test may hold only those. ``list:<dir>`` reads
-``<dir>/{train,val,test}.txt``; ``list:<file>`` is a single split named after the file stem.
-List paths are relative to the list file's folder (or absolute). A relative ``<path>`` in the
-spec is taken relative to ``data_dir`` when one is given.
+sub-folders of ``train/`` and val/test may hold only those; a class folder without images is an
+error. ``list:<dir>`` reads ``<dir>/{train,val,test}.txt``, whose val/test labels must all occur
+in train; ``list:<file>`` is a single split named after the file stem. List paths are relative to
+the list file's folder, the dataset root (absolute paths are accepted when they lie under it).
+A relative ``<path>`` in the spec is taken relative to ``data_dir`` when one is given.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .lists import ImageListDataset, Sample, image_files, read_list_file
+from .lists import IMAGE_EXTENSIONS, ReadOptions, Sample, capped, image_files, read_list_file
 from .registry import Task, register_reader, reject_options
 
 FOLDER_SPLITS = ("train", "val", "test")
 LIST_SUFFIXES = (".txt", ".list")
+_MAX_NAMED = 10
 
 
 def _path(rest: str, data_dir: Path | None) -> Path:
@@ -30,6 +32,26 @@ def _final_pair(splits: tuple[str, ...]) -> tuple[str, str | None, tuple[str, st
     eval_split = "test" if "test" in splits else ("val" if "val" in splits else None)
     tuning = ("train", "val") if "val" in splits else None
     return "train", eval_split, tuning
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*"))
+
+
+def class_folders(split_dir: Path, name: str) -> list[str]:
+    """The sorted class sub-folders of ``split_dir``; one without any image file is an error.
+
+    An empty folder in ``train/`` would become a class the model never sees (a larger head, and
+    every test image of it wrong); in val/test it is the mark of an incomplete copy.
+    """
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    empty = [split_dir / c for c in classes if not _has_images(split_dir / c)]
+    if empty:
+        raise DataError(
+            f"{name}: {len(empty)} class folder(s) hold no images ({', '.join(IMAGE_EXTENSIONS)}): "
+            f"{capped(empty, _MAX_NAMED, ', ')}. Add the images, or remove the folder(s)."
+        )
+    return classes
 
 
 @register_reader("folder", lambda: [], separator=":")
@@ -45,7 +67,7 @@ def resolve_folder(rest: str, data_dir: Path | None, **options: Any) -> Task:
             f"{spec}: looked for {root / 'train'} and found {', '.join(splits) or 'no split folders'}. "
             f"An ImageFolder tree needs train/ (and val/ and/or test/) with one sub-folder per class."
         )
-    classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
+    classes = tuple(class_folders(root / "train", spec))
     if not classes:
         raise DataError(f"{spec}: {root / 'train'} has no class sub-folders.")
     train, eval_split, tuning = _final_pair(splits)
@@ -63,9 +85,9 @@ def resolve_folder(rest: str, data_dir: Path | None, **options: Any) -> Task:
     )
 
 
-def _folder_dataset(root: Path, classes: tuple[str, ...], name: str, split, transform, on_bad_image):
+def _folder_dataset(root: Path, classes: tuple[str, ...], name: str, split, transform, options: ReadOptions):
     index = {c: i for i, c in enumerate(classes)}
-    found = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    found = class_folders(root / split, name)
     extra = [c for c in found if c not in index]
     if extra:
         raise DataError(
@@ -73,13 +95,27 @@ def _folder_dataset(root: Path, classes: tuple[str, ...], name: str, split, tran
             f"the {len(classes)} class folders of train/. Add them to train/ or remove them."
         )
     samples = [
-        Sample(str(p), index[c], f"class folder {root / split / c}")
+        Sample(str(p), index[c], f"class folder {root / split / c}", str(root))
         for c in found
         for p in image_files(root / split / c)
     ]
     if not samples:
         raise DataError(f"{name}: {root / split} holds no images (empty split).")
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, len(classes))
+    return options.dataset(samples, f"{name}:{split}", transform, len(classes))
+
+
+def check_labels_in_train(samples: dict[str, list[Sample]], lists: dict[str, Path], train: str) -> None:
+    """Every label of val/test must occur in train: a class never trained on is a class never
+    predicted, and with the class count inferred from the labels the head may not even have it."""
+    trained = {s.label for s in samples[train]}
+    for split, split_samples in samples.items():
+        unseen = sorted({s.label for s in split_samples} - trained)
+        if unseen:
+            raise DataError(
+                f"{lists[split]}: {len(unseen)} label(s) occur here but never in {lists[train].name}: "
+                f"{capped(unseen, _MAX_NAMED, ', ')}; a model trained on {lists[train].name} cannot predict them. "
+                f"Add training lines for these classes, or drop them from {lists[split].name}."
+            )
 
 
 @register_reader("list", lambda: [], separator=":")
@@ -105,10 +141,13 @@ def resolve_list(rest: str, data_dir: Path | None, num_classes: int | None = Non
         train, eval_split, tuning = path.stem, None, None
     else:
         raise DataError(f"{spec}: {path} does not exist. Pass a list file or a folder with train.txt.")
-    if num_classes is None:
-        # Infer from the labels, so every split is parsed now; a wrong label range still fails below.
-        num_classes = 1 + max(s.label for f in lists.values() for s in read_list_file(f, f.parent))
     name = f"list:{path}"
+    what = f"{name} has {num_classes} classes"
+    # Every split is parsed now, so a wrong label fails here rather than in the middle of a run.
+    samples = {split: read_list_file(f, f.parent, num_classes, what) for split, f in lists.items()}
+    check_labels_in_train(samples, lists, train)
+    if num_classes is None:
+        num_classes = 1 + max(s.label for s in samples[train])
     return Task(
         name=name,
         num_classes=int(num_classes),
@@ -122,6 +161,6 @@ def resolve_list(rest: str, data_dir: Path | None, num_classes: int | None = Non
     )
 
 
-def _list_dataset(lists: dict[str, Path], name: str, num_classes: int, split, transform, on_bad_image):
+def _list_dataset(lists: dict[str, Path], name: str, num_classes: int, split, transform, options: ReadOptions):
     samples = read_list_file(lists[split], lists[split].parent, num_classes, f"{name} has {num_classes} classes")
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)
+    return options.dataset(samples, f"{name}:{split}", transform, num_classes)

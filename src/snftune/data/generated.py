@@ -433,7 +433,8 @@ def resolve_generated(rest: str, data_dir: Path | None, **options: Any) -> Task:
     )
 
 
-def _task_dataset(task: str, opts: dict[str, int], split: str, transform, on_bad_image: str) -> ArrayDataset:
+def _task_dataset(task: str, opts: dict[str, int], split: str, transform, options) -> ArrayDataset:
+    """Drawn in memory: ``options`` (bad images, paths outside the root) have nothing to act on."""
     images, labels = generate_split(task, split, **opts)
     return ArrayDataset(images, labels, transform, GENERATED_TASKS[task].class_names)
 

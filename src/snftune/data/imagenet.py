@@ -41,10 +41,11 @@ from .layout import (
     looked_in,
     require_folders,
 )
-from .lists import ImageListDataset, Sample, check_label, image_files, read_list_file
+from .lists import ReadOptions, Sample, check_label, image_files, read_list_file
 from .registry import Task, register_reader, reject_options, require_data_dir
 
 NUM_CLASSES = 1000
+VAL_SIZE = 50_000  # ILSVRC-2012 val
 DG_SHOTS = 16
 SEEDS = (0, 1, 2)  # NOAH's list seeds
 SOURCE = DatasetInfo(
@@ -66,6 +67,7 @@ _SEED = re.compile(r"^seed_?(\d+)$")
 @dataclass(frozen=True)
 class Target:
     folders: tuple[str, ...]
+    size: int  # images in the published test set
     wnid_file: str | None = None  # the 200-class subset shipped as package data
     class_dirs: tuple[str, ...] = ()  # sub-folders holding <wnid>/ or <index>/ folders (CoOp's layout)
 
@@ -79,16 +81,17 @@ TARGETS: dict[str, Target] = {
             "imagenetv2-matched-frequency-format-val",
             "imagenetv2-matched-frequency",
         ),
+        10_000,
         class_dirs=("imagenetv2-matched-frequency-format-val",),
     ),
     "imagenet-sketch": Target(
-        ("imagenet-sketch", "imagenet_sketch", "ImageNet-Sketch", "sketch"), class_dirs=("images", "sketch")
+        ("imagenet-sketch", "imagenet_sketch", "ImageNet-Sketch", "sketch"), 50_889, class_dirs=("images", "sketch")
     ),
     "imagenet-a": Target(
-        ("imagenet-a", "imagenet_a", "imagenet-adversarial"), "imagenet_a_wnids.txt", class_dirs=("imagenet-a",)
+        ("imagenet-a", "imagenet_a", "imagenet-adversarial"), 7_500, "imagenet_a_wnids.txt", class_dirs=("imagenet-a",)
     ),
     "imagenet-r": Target(
-        ("imagenet-r", "imagenet_r", "imagenet-rendition"), "imagenet_r_wnids.txt", class_dirs=("imagenet-r",)
+        ("imagenet-r", "imagenet_r", "imagenet-rendition"), 30_000, "imagenet_r_wnids.txt", class_dirs=("imagenet-r",)
     ),
 }
 
@@ -162,6 +165,7 @@ def source_task(data_dir: Path, shots: int, seed: int, name: str, protocol: str)
         eval_split="test",
         root=source.folders[0],
         options={"shots": shots, "seed": seed},
+        expected_sizes={"train": shots * NUM_CLASSES, "test": VAL_SIZE},
         factory=partial(_source_dataset, source, name),
     )
 
@@ -183,7 +187,7 @@ def _tree_samples(folder: Path, name: str, allowed: set[int] | None) -> list[Sam
             )
         if allowed is not None and label not in allowed:
             raise DataError(f"{name}: class folder {sub} (index {label}) is not one of the dataset's classes.")
-        samples.extend(Sample(str(p), label, f"class folder {sub}") for p in image_files(sub))
+        samples.extend(Sample(str(p), label, f"class folder {sub}", str(folder)) for p in image_files(sub))
     if not samples:
         raise DataError(f"{name}: no images found under {folder} (empty split).")
     return samples
@@ -286,6 +290,7 @@ def resolve_dg(rest: str, data_dir: Path | None, **options: Any) -> Task:
         class_subset=subset if convention == "mask200" else None,
         root=folders[0],
         options={"seed": seed, **({"convention": CONVENTIONS[convention]} if subset else {})},
+        expected_sizes={"train": DG_SHOTS * NUM_CLASSES, "test": info.size},
         factory=partial(_target_dataset, source, folders, info, set(subset) if subset else None, name),
     )
 
@@ -301,14 +306,14 @@ def _target_samples(folders: list[Path], info: Target, allowed: set[int] | None,
     return _tree_samples(trees[0], name, allowed)
 
 
-def _source_dataset(source, name, split, transform, on_bad_image):
+def _source_dataset(source, name, split, transform, options: ReadOptions):
     samples = source_samples(source, split, name)
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, NUM_CLASSES)
+    return options.dataset(samples, f"{name}:{split}", transform, NUM_CLASSES)
 
 
-def _target_dataset(source, folders, info, allowed, name, split, transform, on_bad_image):
+def _target_dataset(source, folders, info, allowed, name, split, transform, options: ReadOptions):
     if split == "train":
         samples = source_samples(source, "train", name)
     else:
         samples = _target_samples(folders, info, allowed, name)
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, NUM_CLASSES)
+    return options.dataset(samples, f"{name}:{split}", transform, NUM_CLASSES)

@@ -9,28 +9,71 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DataError, DataWarning
+from .errors import DataError, DataWarning, original_message
 
 BAD_IMAGE_MODES = ("error", "skip")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SKIP_HINT = "on_bad_image='skip' (CLI: --data-options on_bad_image=skip)"
+OUTSIDE_HINT = "allow_outside_root=True (CLI: --data-options allow_outside_root=true)"
 _MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: its absolute path, its 0-based label, and where it was declared (for error messages)."""
+    """One image: its path, its 0-based label, where it was declared (for error messages), and the
+    dataset root its file must lie under (``None``: anywhere)."""
 
     path: str
     label: int
     origin: str
+    root: str | None = None
 
 
 def check_bad_image_mode(on_bad_image: str) -> None:
     if on_bad_image not in BAD_IMAGE_MODES:
-        raise DataError(f"on_bad_image must be one of {BAD_IMAGE_MODES}, got {on_bad_image!r}")
+        raise DataError(
+            f"on_bad_image must be one of {BAD_IMAGE_MODES}, got {on_bad_image!r} "
+            "(CLI: --data-options on_bad_image=skip)"
+        )
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """The task options every on-disk reader honours, given to ``resolve_task`` (Python) or as
+    ``--data-options KEY=VALUE`` (CLI): what to do with missing or unreadable images, and whether
+    images may lie outside the dataset root."""
+
+    on_bad_image: str = "error"
+    allow_outside_root: bool = False
+
+    def __post_init__(self) -> None:
+        check_bad_image_mode(self.on_bad_image)
+        if not isinstance(self.allow_outside_root, bool):
+            raise DataError(
+                f"allow_outside_root must be true or false, got {self.allow_outside_root!r} "
+                "(CLI: --data-options allow_outside_root=true)"
+            )
+
+    def dataset(
+        self, samples: Sequence[Sample], name: str, transform: Callable | None, num_classes: int | None
+    ) -> ImageListDataset:
+        """An :class:`ImageListDataset` of ``samples`` read with these options."""
+        return ImageListDataset(samples, name, transform, self.on_bad_image, num_classes, self.allow_outside_root)
+
+
+class UnreadableImageError(DataError):
+    """An image file that exists but cannot be decoded. ``detail`` names the file and the reason
+    without the advice, for warnings and reports that already say what was done about it."""
+
+    ADVICE = f". Replace the file, or leave unreadable images out with {SKIP_HINT}."
+
+    def __init__(self, detail: str) -> None:
+        detail = original_message(detail, type(self)).removesuffix(self.ADVICE)  # as re-raised from a worker
+        super().__init__(detail + self.ADVICE)
+        self.detail = detail
 
 
 def parse_label(text: str, origin: str) -> int:
@@ -63,7 +106,8 @@ def read_list_file(
 
     Splitting on the last space keeps paths that contain spaces intact (NOAH few-shot lists have
     them). Blank lines are ignored. Labels are checked against ``num_classes`` here, so a wrong
-    list fails when the dataset is built, not in the middle of an epoch.
+    list fails when the dataset is built, not in the middle of an epoch. Paths are relative to
+    ``image_root`` (absolute ones are kept as they are), the root every image must lie under.
     """
     list_file = Path(list_file)
     if not list_file.is_file():
@@ -83,7 +127,7 @@ def read_list_file(
                 )
             label = parse_label(parts[1], origin)
             check_label(label, num_classes, origin, what)
-            samples.append(Sample(os.path.join(image_root, parts[0]), label, origin))
+            samples.append(Sample(os.path.join(image_root, parts[0]), label, origin, str(image_root)))
     if not samples:
         raise DataError(f"list file {list_file} has no samples (empty split). Regenerate or re-download it.")
     report_repeats(samples, list_file)
@@ -119,50 +163,120 @@ def list_relpaths(list_file: str | os.PathLike, limit: int) -> list[str]:
     return relpaths
 
 
-def check_files_exist(samples: Sequence[Sample], on_bad_image: str, name: str) -> list[Sample]:
-    """Stat every listed image; raise on missing files, or drop them with one warning in skip mode."""
-    missing = [s for s in samples if not os.path.isfile(s.path)]
+def capped(items: Sequence[Any], limit: int = _MAX_LISTED, separator: str = "; ") -> str:
+    """The first ``limit`` items joined, then how many more: messages stay one readable line."""
+    shown = separator.join(str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def split_missing(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """The samples whose file exists, and those whose file does not (one ``stat`` each)."""
+    present, missing = [], []
+    for sample in samples:
+        (present if os.path.isfile(sample.path) else missing).append(sample)
+    return present, missing
+
+
+def report_missing(total: int, missing: Sequence[Sample], on_bad_image: str, name: str) -> None:
+    """Raise on missing files (in skip mode only when every file is missing), else warn once with the count."""
     if not missing:
-        return list(samples)
-    if on_bad_image == "error":
-        listed = "; ".join(f"{s.path} ({s.origin})" for s in missing[:_MAX_LISTED])
-        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        return
+    shown = capped([f"{s.path} ({s.origin})" for s in missing])
+    if len(missing) == total:
         raise DataError(
-            f"{name}: {len(missing)} of {len(samples)} listed images are missing: {listed}{more}. "
-            "Restore the files, fix the list, or pass on_bad_image='skip' to leave them out."
+            f"{name}: all {total} listed images are missing: {shown}. Restore the files, or check that "
+            "data_dir and the list belong together."
+        )
+    if on_bad_image == "error":
+        raise DataError(
+            f"{name}: {len(missing)} of {total} listed images are missing: {shown}. "
+            f"Restore the files, fix the list, or leave missing images out with {SKIP_HINT}."
         )
     warnings.warn(
-        f"{name}: skipped {len(missing)} of {len(samples)} listed images that are missing "
+        f"{name}: skipped {len(missing)} of {total} listed images that are missing "
         f"(first: {missing[0].path}, {missing[0].origin})",
         DataWarning,
         stacklevel=3,
     )
-    kept = [s for s in samples if os.path.isfile(s.path)]
-    if not kept:
-        raise DataError(f"{name}: every listed image is missing; nothing left to load.")
-    return kept
+
+
+def _real_path(path: str, real_folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, resolving each folder once: a list names tens of thousands of
+    files in a handful of folders."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return os.path.realpath(path)
+    if folder not in real_folders:
+        real_folders[folder] = os.path.realpath(folder or ".")
+    candidate = os.path.join(real_folders[folder], name)
+    return os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_inside_root(samples: Sequence[Sample], name: str) -> None:
+    """Refuse samples whose file, with ``..`` and symbolic links resolved, is not under its root.
+
+    A list is data, often downloaded: an entry such as ``../../etc/passwd``, an absolute path
+    elsewhere or a symbolic link out of the dataset folder would make training read files that
+    are not the dataset. An absolute path under the root is accepted (it is the same file as its
+    relative spelling). Images kept elsewhere on purpose need ``allow_outside_root=True``.
+    """
+    real_roots: dict[str, str] = {}
+    real_folders: dict[str, str] = {}
+    outside = []
+    for sample in samples:
+        if sample.root is None:
+            continue
+        if sample.root not in real_roots:
+            real_roots[sample.root] = os.path.realpath(sample.root)
+        real = _real_path(sample.path, real_folders)
+        if not _is_within(real, real_roots[sample.root]):
+            outside.append((sample, real))
+    if outside:
+        shown = capped([f"{s.origin}: {s.path} is {real}" for s, real in outside])
+        raise DataError(
+            f"{name}: {len(outside)} listed image(s) lie outside the dataset root {outside[0][0].root} "
+            f"('..' and symbolic links resolved): {shown}. Fix the list, or pass {OUTSIDE_HINT} "
+            "if the images are meant to live elsewhere."
+        )
 
 
 def load_rgb(path: str, origin: str) -> Image.Image:
-    """Decode fully (``convert`` forces the read) so a truncated file fails here, not in a transform."""
+    """Decode fully (``convert`` forces the read) so a truncated file fails here, not in a transform.
+
+    Any failure to open or decode is a property of the file (not an image, truncated, a
+    decompression bomb, a mode Pillow cannot convert), so each one becomes an
+    :class:`UnreadableImageError` naming the file. Pillow's ``DecompressionBombWarning`` (over
+    ``PIL.Image.MAX_IMAGE_PIXELS``) counts as an error: decoding such a file can exhaust memory.
+    The warning filter is process-wide, so decode from processes (DataLoader workers), not threads.
+    """
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise DataError(
-            f"cannot decode image {path} ({origin}): {exc}. Replace the file, or pass "
-            "on_bad_image='skip' to substitute the next readable image."
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(
+            f"image {path} ({origin}) is too large to decode safely: {str(exc).rstrip('.')} (the limit is "
+            "PIL.Image.MAX_IMAGE_PIXELS; raise it in Python if the file is genuine)"
         ) from exc
+    except Exception as exc:  # whatever Pillow raises, the file is the problem
+        raise UnreadableImageError(f"cannot decode image {path} ({origin}): {exc}") from exc
 
 
 class ImageListDataset(Dataset):
     """Samples checked at construction, images decoded lazily in ``__getitem__``.
 
-    ``on_bad_image="error"`` (default) raises :class:`DataError` for a missing file at construction
-    and for an undecodable one when it is read. ``"skip"`` drops missing files at construction
-    (one :class:`DataWarning` with the count) and, for an undecodable file met while reading,
-    warns and returns the next readable sample instead; the files met so far are in
-    ``bad_images``. Call :meth:`verify` to decode everything up front and drop bad files for good.
+    Every file must lie under its sample's root unless ``allow_outside_root``
+    (:func:`check_inside_root`). ``on_bad_image="error"`` (default) raises :class:`DataError` for a
+    missing file at construction and for an undecodable one when it is read. ``"skip"`` drops
+    missing files at construction (one :class:`DataWarning` with the count; they are kept in
+    ``missing``) and, for an undecodable file met while reading, warns and returns the next
+    readable sample instead; the files met so far are in ``bad_images``. Call :meth:`verify` to
+    decode everything up front and drop bad files for good.
     """
 
     def __init__(
@@ -172,15 +286,19 @@ class ImageListDataset(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         on_bad_image: str = "error",
         num_classes: int | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
         check_bad_image_mode(on_bad_image)
         if not samples:
             raise DataError(f"{name}: the split has no samples (empty split).")
+        if not allow_outside_root:
+            check_inside_root(samples, name)
         self.name = name
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.num_classes = num_classes
-        self.samples = check_files_exist(samples, on_bad_image, name)
+        self.samples, self.missing = split_missing(samples)
+        report_missing(len(samples), self.missing, on_bad_image, name)
         self.bad_images: set[str] = set()
 
     @property
@@ -205,10 +323,10 @@ class ImageListDataset(Dataset):
                 try:
                     img, label = self._load(candidate)
                     break
-                except DataError as exc:
+                except UnreadableImageError as exc:
                     self.bad_images.add(self.samples[candidate].path)
                     warnings.warn(
-                        f"{self.name}: substituted an unreadable image ({len(self.bad_images)} so far): {exc}",
+                        f"{self.name}: substituted an unreadable image ({len(self.bad_images)} so far): {exc.detail}",
                         DataWarning,
                         stacklevel=2,
                     )
@@ -224,7 +342,7 @@ class ImageListDataset(Dataset):
         for sample in self.samples:
             try:
                 load_rgb(sample.path, sample.origin)
-            except DataError:
+            except UnreadableImageError:
                 if self.on_bad_image == "error":
                     raise
                 bad.append(sample)

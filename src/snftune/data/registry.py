@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .lists import check_bad_image_mode
+from .lists import ReadOptions
 
 PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "folder")
+COMMON_OPTIONS = ("on_bad_image", "allow_outside_root")  # fields of ReadOptions, accepted for every spec
 
-DatasetFactory = Callable[[str, Callable | None, str], Dataset]
+DatasetFactory = Callable[[str, Callable | None, ReadOptions], Dataset]
 Resolver = Callable[..., "Task"]
 
 
@@ -30,7 +31,10 @@ class Task:
     ``train_split``/``eval_split`` are the protocol's final-run pair; ``tuning_splits`` the pair
     for choosing hyper-parameters (None when the data has no validation split). ``class_subset``
     lists the logit indices a prediction is restricted to at evaluation (ImageNet-A/-R: 200 of
-    1000); None means all ``num_classes``.
+    1000); None means all ``num_classes``. ``expected_sizes`` holds the number of distinct images
+    a split must have where the benchmark fixes it (VTAB-1k, VPT's FGVC splits, k-shot lists, the
+    DG test sets); ``snftune data check`` compares against it. ``on_bad_image`` and
+    ``allow_outside_root`` are the task options of :class:`~snftune.data.lists.ReadOptions`.
     """
 
     name: str
@@ -45,6 +49,9 @@ class Task:
     class_names: tuple[str, ...] | None = None
     root: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    expected_sizes: dict[str, int] = field(default_factory=dict)
+    on_bad_image: str = "error"
+    allow_outside_root: bool = False
     factory: DatasetFactory | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -53,14 +60,21 @@ class Task:
         for split in (self.train_split, self.eval_split, *(self.tuning_splits or ())):
             if split is not None and split not in self.splits:
                 raise DataError(f"{self.name}: split {split!r} is not among the available {self.splits}")
+        self.read_options()  # validates on_bad_image and allow_outside_root
 
-    def dataset(self, split: str, transform: Callable | None = None, on_bad_image: str = "error") -> Dataset:
-        """A torch Dataset of ``(image, label)``: a PIL RGB image unless ``transform`` maps it."""
+    def dataset(self, split: str, transform: Callable | None = None, on_bad_image: str | None = None) -> Dataset:
+        """A torch Dataset of ``(image, label)``: a PIL RGB image unless ``transform`` maps it.
+
+        ``on_bad_image`` overrides the task's own (the ``on_bad_image`` task option, default ``"error"``).
+        """
         if split not in self.splits:
             raise DataError(f"{self.name}: no split {split!r}; available splits are {', '.join(self.splits)}.")
-        check_bad_image_mode(on_bad_image)
         assert self.factory is not None
-        return self.factory(split, transform, on_bad_image)
+        return self.factory(split, transform, self.read_options(on_bad_image))
+
+    def read_options(self, on_bad_image: str | None = None) -> ReadOptions:
+        """What the datasets of this task do with bad images and paths outside the root."""
+        return ReadOptions(on_bad_image or self.on_bad_image, self.allow_outside_root)
 
 
 @dataclass(frozen=True)
@@ -95,13 +109,17 @@ def _split_spec(spec: str) -> tuple[str, str]:
 def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Task:
     """Resolve a task spec against ``data_dir`` (not needed for ``generated/…``).
 
-    Extra keyword options go to the reader (e.g. ``seed``/``image_size`` for generated tasks,
-    ``num_classes`` for a custom VTAB-format or list task).
+    Every reader accepts ``on_bad_image`` (``"error"`` or ``"skip"``: the default of
+    :meth:`Task.dataset`) and ``allow_outside_root`` (``False``: an image that resolves outside the
+    dataset root is an error). Other keyword options go to the reader (e.g. ``seed``/``image_size``
+    for generated tasks, ``num_classes`` for a custom VTAB-format or list task).
     """
     prefix, rest = _split_spec(spec.strip())
     if not rest:
         raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}; see list_tasks({prefix!r}).")
-    return _READERS[prefix].resolve(rest, Path(data_dir) if data_dir is not None else None, **options)
+    reading = ReadOptions(**{k: options.pop(k) for k in COMMON_OPTIONS if k in options})
+    task = _READERS[prefix].resolve(rest, Path(data_dir) if data_dir is not None else None, **options)
+    return replace(task, on_bad_image=reading.on_bad_image, allow_outside_root=reading.allow_outside_root)
 
 
 def list_tasks(prefix: str | None = None) -> list[str]:
@@ -130,4 +148,4 @@ def normalise_name(name: str) -> str:
 def reject_options(spec: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise DataError(f"{spec}: unknown option(s) {unknown}; this reader accepts {list(allowed) or 'no options'}.")
+        raise DataError(f"{spec}: unknown option(s) {unknown}; this reader accepts {[*allowed, *COMMON_OPTIONS]}.")

@@ -11,50 +11,55 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .lists import ImageListDataset, find_first, read_list_file
+from .lists import ReadOptions, find_first, read_list_file
 from .registry import Task, normalise_name, register_reader, reject_options, require_data_dir
 
 SPLITS = ("train800", "val200", "train800val200", "test")
+TRAIN_SIZES = {"train800": 800, "val200": 200, "train800val200": 1000}
 ROOT_NAMES = ("vtab-1k", "vtab1k", "VTAB-1k", "vtab")
 
 
 @dataclass(frozen=True)
 class VtabTask:
+    """A task's class count, group, test-split size (None: not fixed) and folder aliases."""
+
     num_classes: int
     group: str
+    test_size: int | None
     aliases: tuple[str, ...] = ()
 
 
+# Test sizes as VTAB's task-adaptation code fixes them (the test split of each source dataset).
 VTAB_TASKS: dict[str, VtabTask] = {
-    "cifar": VtabTask(100, "natural", ("cifar100", "cifar-100")),
-    "caltech101": VtabTask(102, "natural", ("caltech",)),
-    "dtd": VtabTask(47, "natural"),
-    "oxford_flowers102": VtabTask(102, "natural", ("oxford_flowers", "flowers102")),
-    "oxford_iiit_pet": VtabTask(37, "natural", ("oxford_pet", "oxford_pets", "pets")),
-    "svhn": VtabTask(10, "natural"),
-    "sun397": VtabTask(397, "natural"),
-    "patch_camelyon": VtabTask(2, "specialized", ("camelyon", "pcam")),
-    "eurosat": VtabTask(10, "specialized"),
-    "resisc45": VtabTask(45, "specialized"),
-    "diabetic_retinopathy": VtabTask(5, "specialized", ("retinopathy",)),
-    "clevr_count": VtabTask(8, "structured"),
-    "clevr_dist": VtabTask(6, "structured"),
-    "dmlab": VtabTask(6, "structured"),
-    "kitti": VtabTask(4, "structured", ("kitti_dist",)),
-    "dsprites_loc": VtabTask(16, "structured"),
-    "dsprites_ori": VtabTask(16, "structured"),
-    "smallnorb_azi": VtabTask(18, "structured"),
-    "smallnorb_ele": VtabTask(9, "structured"),
+    "cifar": VtabTask(100, "natural", 10_000, ("cifar100", "cifar-100")),
+    "caltech101": VtabTask(102, "natural", 6_084, ("caltech",)),
+    "dtd": VtabTask(47, "natural", 1_880),
+    "oxford_flowers102": VtabTask(102, "natural", 6_149, ("oxford_flowers", "flowers102")),
+    "oxford_iiit_pet": VtabTask(37, "natural", 3_669, ("oxford_pet", "oxford_pets", "pets")),
+    "svhn": VtabTask(10, "natural", 26_032),
+    "sun397": VtabTask(397, "natural", 21_750),
+    "patch_camelyon": VtabTask(2, "specialized", 32_768, ("camelyon", "pcam")),
+    "eurosat": VtabTask(10, "specialized", 5_400),
+    "resisc45": VtabTask(45, "specialized", 6_300),
+    "diabetic_retinopathy": VtabTask(5, "specialized", 42_670, ("retinopathy",)),
+    "clevr_count": VtabTask(8, "structured", 15_000),
+    "clevr_dist": VtabTask(6, "structured", 15_000),
+    "dmlab": VtabTask(6, "structured", 22_735),
+    "kitti": VtabTask(4, "structured", 711, ("kitti_dist",)),
+    "dsprites_loc": VtabTask(16, "structured", 73_728),
+    "dsprites_ori": VtabTask(16, "structured", 73_728),
+    "smallnorb_azi": VtabTask(18, "structured", 12_150),
+    "smallnorb_ele": VtabTask(9, "structured", 12_150),
 }
 
 
 def _known_tasks() -> dict[str, VtabTask]:
-    """The 19 VTAB tasks plus the generated suite, which writes itself in this layout."""
+    """The 19 VTAB tasks plus the generated suite, which writes itself in this layout (any test size)."""
     from .generated import GENERATED_TASKS
 
     known = dict(VTAB_TASKS)
     for name, info in GENERATED_TASKS.items():
-        known[name] = VtabTask(info.num_classes, info.group)
+        known[name] = VtabTask(info.num_classes, info.group, None)
     return known
 
 
@@ -107,6 +112,7 @@ def resolve_vtab(rest: str, data_dir: Path | None, num_classes: int | None = Non
         )
     n = info.num_classes if info else int(num_classes)
     name = f"vtab1k/{canonical or rest}"
+    test_size = {"test": info.test_size} if info and info.test_size else {}
     return Task(
         name=name,
         num_classes=n,
@@ -117,10 +123,11 @@ def resolve_vtab(rest: str, data_dir: Path | None, num_classes: int | None = Non
         tuning_splits=("train800", "val200"),
         group=info.group if info else None,
         root=folder,
+        expected_sizes={**TRAIN_SIZES, **test_size},
         factory=partial(_dataset, folder, name, n),
     )
 
 
-def _dataset(folder: Path, name: str, num_classes: int, split: str, transform, on_bad_image: str):
+def _dataset(folder: Path, name: str, num_classes: int, split: str, transform, options: ReadOptions):
     samples = read_list_file(folder / f"{split}.txt", folder, num_classes, f"{name} has {num_classes} classes")
-    return ImageListDataset(samples, f"{name}:{split}", transform, on_bad_image, num_classes)
+    return options.dataset(samples, f"{name}:{split}", transform, num_classes)
