@@ -272,6 +272,8 @@ def test_run_folders_of_two_backbones_are_refused(run_dir, tmp_path, capsys):
     assert main(["analyze", str(run_dir), str(other), *FEW, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "analyze one backbone at a time" in err and "depth" in err
+    assert main(["analyze", str(run_dir), "--pretrained", "random", *FEW, "--out", str(tmp_path / "out")]) == 2
+    assert "pretrained=random" in capsys.readouterr().err
 
 
 def test_backbone_only_from_a_model_name(tmp_path):
@@ -299,6 +301,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     snftune.apply(resnet, "snf-shallow")
     snftune.save_tuned(resnet, tmp_path / "resnet.safetensors")
     (tmp_path / "not.json").write_text("{")
+    (tmp_path / "other.json").write_text(json.dumps({"models": []}))
     data = ["--data", "generated/shapes", "--split", "val200"]
     return {
         "unsupported backbone": (
@@ -311,7 +314,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "bare file without a model": (["analyze", str(tmp_path / "resnet.safetensors"), *data], "pass --model"),
         "missing source": (["analyze", str(tmp_path / "nowhere"), *data], "does not exist"),
-        "not an analysis": (["plot", "lipschitz", str(tmp_path / "not.json")], "is not JSON"),
+        "not JSON": (["plot", "lipschitz", str(tmp_path / "not.json")], "is not JSON"),
+        "not an analysis": (["plot", "lipschitz", str(tmp_path / "other.json")], "is not an analysis.json"),
     }
 
 
@@ -322,6 +326,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "tuned for another backbone",
         "bare file without a model",
         "missing source",
+        "not JSON",
         "not an analysis",
     ],
 )

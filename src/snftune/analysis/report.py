@@ -140,6 +140,27 @@ def read_analysis(path: str | Path) -> dict[str, Any]:
         raise AnalysisFileError(
             f"{path} is not JSON ({error}); pass the {JSON_NAME} written by snftune analyze"
         ) from error
-    if not isinstance(analysis, dict) or not analysis.get("models") or "backbone" not in analysis:
-        raise AnalysisFileError(f"{path} is not an {JSON_NAME} written by snftune analyze (no 'models' or 'backbone')")
+    missing = _missing_keys(analysis)
+    if missing:
+        raise AnalysisFileError(f"{path} is not an {JSON_NAME} written by snftune analyze (no {missing})")
     return analysis
+
+
+def _missing_keys(analysis: Any) -> str | None:
+    """The first key a figure needs that ``analysis`` lacks, or None."""
+    if not isinstance(analysis, dict):
+        return "top-level mapping"
+    for key in ("backbone", "data", "split", "samples", "output", "models"):
+        if key not in analysis:
+            return repr(key)
+    for model in analysis["models"] or [None]:
+        if not isinstance(model, dict) or not model.get("sites"):
+            return "'sites' in every model"
+        for key in ("label", "pooled_cka"):
+            if key not in model:
+                return repr(key)
+        for site in model["sites"]:
+            for key in ("name", "branch", "shortcut", "flow_bound", "bound", "end_to_end", "growth", "cka"):
+                if key not in site:
+                    return f"'{key}' in every site"
+    return None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..backbones import install_sites
+from ..backbones.factory import looks_like_path
 from ..bench.plots import evenly_spaced
 from ..data import Task, build_transform, resolve_task
 from ..engine import TUNED_NAME, TrainConfig
@@ -87,14 +88,17 @@ def resolve_inputs(
     """Reads run folders and tuned files and checks that they fit together.
 
     ``model``/``pretrained``/``model_kwargs``/``img_size`` name the backbone (default: the first
-    run folder's); ``data``/``data_dir``/``data_options``/``split`` the images (default: the first
-    run folder's task and evaluation split). With no sources, the backbone alone is analysed.
+    run folder's), which every run folder must match; ``data``/``data_dir``/``data_options``/
+    ``split`` the images (default: the first run folder's task and evaluation split). With no
+    sources, the backbone alone is analysed.
 
     Raises:
         SettingsError: a missing or unfinished source, no backbone or task named, or run
             folders of different backbones.
         TunedFileError: a file that is not a tuned file.
     """
+    if pretrained is not None and looks_like_path(pretrained):
+        pretrained = str(Path(pretrained).expanduser().resolve())  # as a run folder records it
     read = [(source, *_read_source(source)) for source in sources]
     runs = [settings for _, _, settings in read if settings is not None]
     first_run = runs[0] if runs else None
@@ -109,7 +113,10 @@ def resolve_inputs(
             img_size=img_size,
         )
     elif first_run is not None:
-        backbone = dataclasses.replace(first_run, method="none")
+        given = {"pretrained": pretrained, "model_kwargs": model_kwargs, "img_size": img_size}
+        backbone = dataclasses.replace(
+            first_run, method="none", **{key: value for key, value in given.items() if value is not None}
+        )
     else:
         raise SettingsError("no backbone named: pass --model (and --pretrained), or a run folder")
     for given, _, settings in read:
