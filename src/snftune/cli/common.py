@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..analysis import AnalysisFileError
 from ..atomic import atomic_write_json
 from ..backbones import UnsupportedModelError
 from ..backbones.errors import WeightsUnavailableError
@@ -28,6 +29,7 @@ class CLIError(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    AnalysisFileError,
     CheckpointError,
     CLIError,
     ConfigError,

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..analysis import plot_lipschitz, read_analysis
 from ..bench.plots import plot_fewshot, plot_run_features, plot_tradeoff
 from .common import CLIError
 
@@ -49,6 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     features.add_argument("--seed", type=int, default=0)
     features.add_argument("--out", default="features.png")
     features.set_defaults(run=run_features)
+    lipschitz = kinds.add_parser(
+        "lipschitz",
+        help="per-site Lipschitz constants, error bound and growth, CKA (redraws snftune analyze's figure)",
+        epilog="example: snftune plot lipschitz analysis/analysis.json --out lipschitz.png",
+    )
+    lipschitz.add_argument("analysis", help="analysis.json written by snftune analyze")
+    lipschitz.add_argument("--out", default="lipschitz.png")
+    lipschitz.set_defaults(run=run_lipschitz)
 
 
 def _read_results(path: Path) -> dict:
@@ -92,4 +101,9 @@ def run_features(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(f"wrote {drawn['path']} ({drawn['images']} images of {drawn['task']}:{drawn['split']})")
+    return 0
+
+
+def run_lipschitz(args: argparse.Namespace) -> int:
+    print(f"wrote {plot_lipschitz(read_analysis(args.analysis), args.out)}")
     return 0
