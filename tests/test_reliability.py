@@ -303,3 +303,10 @@ def test_bench_never_tabulates_a_cell_made_with_other_settings(tmp_path, capsys)
     table = json.loads((tmp_path / "out" / "results.json").read_text())
     assert table["rows"][0]["cells"]["Shapes"]["mean"] is not None and len(table["cells"]) == 1
     assert first is not None
+
+
+def test_written_files_get_the_usual_permissions_not_owner_only(finished):
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("metrics.json", "config.yaml", "tuned.safetensors", "provenance.json"):
+        assert (finished / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
