@@ -30,6 +30,16 @@ def make_tiny(kind: str, num_classes: int = 5, seed: int = 0) -> tuple[torch.nn.
     return timm.create_model(name, num_classes=num_classes, **kwargs), size
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: fast on CI's 2 cores, and the same arithmetic in every process
+    (modules that train use it for every test: ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=sorted(TINY_MODELS))
 def tiny_kind(request) -> str:
     return request.param

@@ -36,12 +36,7 @@ TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_s
 FEW = ["--samples", "4", "--iterations", "4", "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def matrix_with_singular_values(values: list[float], rows: int, columns: int, seed: int = 0) -> torch.Tensor:

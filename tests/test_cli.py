@@ -28,12 +28,7 @@ TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_s
 QUICK = ["--split", "train800", "--eval-split", "val200", "--workers", "0", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_args(out: Path, *extra: str, data: str = "generated/shapes", method: str = "snf-shallow") -> list[str]:

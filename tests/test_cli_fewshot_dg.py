@@ -8,7 +8,6 @@ import json
 import warnings
 
 import pytest
-import torch
 
 from noah_layouts import FEWSHOT, make_layout
 from snftune.backbones.embedded import weights_dir
@@ -19,12 +18,7 @@ from snftune.data import DataWarning
 TINY = ["--model", "snftune-vit-tiny", "--workers", "0", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fewshot_training_with_randaugment_runs_to_the_end(tmp_path):

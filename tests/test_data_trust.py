@@ -23,12 +23,7 @@ TINY = ["--model", "snftune-vit-tiny", "--method", "snf-shallow", "--workers", "
 SHORT = ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _img(path: Path, value: int = 0, size: int = 8) -> Path:

@@ -20,13 +20,7 @@ from snftune.tuning import load_tuned, tuned_tensors
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: fast on CI's 2 cores, and the same arithmetic in every process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(method: str = "snf-shallow", seed: int = 0, **kwargs) -> torch.nn.Module:

@@ -29,12 +29,7 @@ SHORT = ["--epochs", "1", "--warmup-epochs", "0.2", "--batch-size", "64"]
 PLANTED = Path("/tmp/snftune-planted-by-checkpoint")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_args(out: Path, *extra: str, method: str = "snf-shallow", data: str = "generated/shapes") -> list[str]:

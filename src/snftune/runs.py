@@ -27,6 +27,7 @@ from .data import Task, build_transform, model_data_config, protocol_settings, r
 from .engine import (
     CHECKPOINT_NAME,
     METRICS_NAME,
+    TUNED_NAME,
     DistInfo,
     TrainConfig,
     evaluate,
@@ -36,7 +37,7 @@ from .engine import (
 from .engine.trainer import amp_dtype
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
-from .tuning import apply, load_tuned
+from .tuning import apply, load_tuned, read_tuned_metadata
 
 __all__ = [
     "CONFIG_NAME",
@@ -52,6 +53,8 @@ __all__ = [
     "recorded_values",
     "settings_differences",
     "evaluate_tuned",
+    "evaluation_settings",
+    "read_tuned_source",
     "input_config",
     "known_keys",
     "load_settings_file",
@@ -443,6 +446,47 @@ def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
                     "folder's settings (snftune train --resume --out DIR alone), or use another --out"
                 )
     return state
+
+
+def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSettings | None]:
+    """A run folder or a bare tuned file: (the tuned file, the run's settings or None for a file)."""
+    path = Path(source)
+    if path.is_dir():
+        settings = settings_from_record(read_run_config(path))
+        tuned = path / TUNED_NAME
+        if not tuned.is_file():
+            raise SettingsError(
+                f"{path} has no {TUNED_NAME}: the run has not finished; continue it with "
+                f"snftune train --resume --out {path}"
+            )
+        return tuned, settings
+    if path.is_file():
+        read_tuned_metadata(path)
+        return path, None
+    raise SettingsError(f"{path} does not exist; pass a run folder or a tuned .safetensors file")
+
+
+def evaluation_settings(
+    source: str | os.PathLike, *, data: str | None = None, model: str | None = None, **given: Any
+) -> tuple[RunSettings, Path]:
+    """The settings that evaluate ``source`` (a run folder, or a tuned file with ``model`` and
+    ``data``): the run's own, with what is given replacing them (``data`` resets the splits and
+    data options; ``data_dir``, ``pretrained``, ``img_size``, ``model_kwargs``, ``data_options``)."""
+    tuned, settings = read_tuned_source(source)
+    if settings is None:
+        if not (model and data):
+            raise SettingsError(
+                f"{source} is a tuned file: pass --model and --data (the backbone and task it was tuned on)"
+            )
+        settings = RunSettings(model=model, method="(from file)", data=data, train=TrainConfig())
+    if data and data != settings.data:
+        settings.data, settings.eval_split, settings.data_options = data, None, {}
+    if model is not None:
+        settings.model = model
+    for key, value in given.items():
+        if value is not None:
+            setattr(settings, key, value)
+    return settings, tuned
 
 
 def evaluate_tuned(

@@ -19,9 +19,9 @@ from ..backbones import install_sites
 from ..backbones.factory import looks_like_path
 from ..bench.plots import evenly_spaced
 from ..data import Task, build_transform, resolve_task
-from ..engine import TUNED_NAME, TrainConfig
-from ..runs import RunSettings, SettingsError, build_backbone, input_config, read_run_config, settings_from_record
-from ..tuning import load_tuned, read_tuned_metadata
+from ..engine import TrainConfig
+from ..runs import RunSettings, SettingsError, build_backbone, input_config, read_tuned_source
+from ..tuning import load_tuned
 
 __all__ = ["AnalysisInputs", "TunedSource", "build_models", "resolve_inputs", "sample_images"]
 
@@ -55,24 +55,6 @@ def _describe(backbone: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in backbone.items() if value is not None)
 
 
-def _read_source(source: str) -> tuple[Path, RunSettings | None]:
-    """(tuned file, the run's settings or None for a bare file)."""
-    path = Path(source)
-    if path.is_dir():
-        settings = settings_from_record(read_run_config(path))
-        tuned = path / TUNED_NAME
-        if not tuned.is_file():
-            raise SettingsError(
-                f"{path} has no {TUNED_NAME}: the run has not finished; continue it with "
-                f"snftune train --resume --out {path}"
-            )
-        return tuned, settings
-    if path.is_file():
-        read_tuned_metadata(path)
-        return path, None
-    raise SettingsError(f"{path} does not exist; pass a run folder or a tuned .safetensors file")
-
-
 def resolve_inputs(
     sources: list[str],
     *,
@@ -99,7 +81,7 @@ def resolve_inputs(
     """
     if pretrained is not None and looks_like_path(pretrained):
         pretrained = str(Path(pretrained).expanduser().resolve())  # as a run folder records it
-    read = [(source, *_read_source(source)) for source in sources]
+    read = [(source, *read_tuned_source(source)) for source in sources]
     runs = [settings for _, _, settings in read if settings is not None]
     first_run = runs[0] if runs else None
     if model is not None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine import TUNED_NAME, TrainConfig
-from ..runs import RunSettings, evaluate_tuned, read_run_config, settings_from_record
-from .common import CLIError, check_output_file, parse_key_values, write_json_result
+from ..runs import RunSettings, evaluate_tuned, evaluation_settings
+from .common import check_output_file, parse_key_values, write_json_result
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,32 +36,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
-    source = Path(args.source)
-    if source.is_dir():
-        settings = settings_from_record(read_run_config(source))
-        tuned = source / TUNED_NAME
-        if not tuned.is_file():
-            raise CLIError(
-                f"{source} has no {TUNED_NAME}: the run has not finished; continue it with "
-                f"snftune train --resume --out {source}"
-            )
-    elif source.is_file():
-        if not (args.model and args.data):
-            raise CLIError(f"{source} is a tuned file: pass --model and --data (the backbone and task it was tuned on)")
-        settings = RunSettings(model=args.model, method="(from file)", data=args.data, train=TrainConfig())
-        tuned = source
-    else:
-        raise CLIError(f"{source} does not exist; pass a run folder or a tuned .safetensors file")
-    if args.data and args.data != settings.data:
-        settings.data, settings.eval_split, settings.data_options = args.data, None, {}
-    for key in ("data_dir", "model", "pretrained", "img_size"):
-        if getattr(args, key) is not None:
-            setattr(settings, key, getattr(args, key))
-    if args.data_options:
-        settings.data_options = parse_key_values(args.data_options, "--data-options")
-    if args.model_kwargs:
-        settings.model_kwargs = parse_key_values(args.model_kwargs, "--model-kwargs")
-    return settings, tuned
+    return evaluation_settings(
+        args.source,
+        data=args.data,
+        model=args.model,
+        data_dir=args.data_dir,
+        pretrained=args.pretrained,
+        img_size=args.img_size,
+        data_options=parse_key_values(args.data_options, "--data-options") if args.data_options else None,
+        model_kwargs=parse_key_values(args.model_kwargs, "--model-kwargs") if args.model_kwargs else None,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
