@@ -7,11 +7,11 @@ import argparse
 import sys
 
 from ..runs import RunFailedError
-from . import bench, demo, params, plot, pretrain, train
+from . import bench, demo, params, plot, predict, pretrain, train
 from . import eval as eval_command
 from .common import USER_ERRORS
 
-COMMANDS = [demo, params, train, eval_command, bench, plot, pretrain]
+COMMANDS = [demo, params, train, eval_command, predict, bench, plot, pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:
