@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -167,9 +168,9 @@ def test_resnet_mixed_batch_equals_single_task_models(tmp_path):
 # ------------------------------------------------------------------ per-sample modules against the method modules
 
 
-def _routed(ids: list[int]) -> tuple[TaskRouting, torch.Tensor]:
-    routing = TaskRouting()
-    return routing, torch.tensor(ids)
+# Batches with samples of tasks that have no module here (the module works on its tasks' rows
+# only), and batches whose every sample has one (it works on the whole batch).
+BATCHES = {"some-tasks-without": [0, 1, 2, 3, 1, 0], "every-task-with": [3, 1, 0, 0, 1, 3]}
 
 
 def _randomise(module: nn.Module, seed: int) -> None:
@@ -179,19 +180,24 @@ def _randomise(module: nn.Module, seed: int) -> None:
             parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
 
 
+def _route(routing: TaskRouting, batch: list[int], module: nn.Module | Callable, x: torch.Tensor) -> torch.Tensor:
+    with routing.route(torch.tensor(batch), torch.device("cpu")), torch.no_grad():
+        return module(x)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
 @pytest.mark.parametrize("channel_dim, shape", [(-1, (6, 5, 16)), (1, (6, 16, 3, 3))])
-def test_mixed_flow_equals_each_tasks_shortcut_flow(channel_dim, shape):
+def test_mixed_flow_equals_each_tasks_shortcut_flow(channel_dim, shape, batch):
     flows = {
         task: ShortcutFlow(16, steps, channel_dim, dtype=torch.float64) for task, steps in ((0, 0), (1, 6), (3, 2))
     }
     for task, flow in flows.items():
         _randomise(flow, task)
-    routing, ids = _routed([0, 1, 2, 3, 1, 0])
+    routing = TaskRouting()
     mixed = MixedShortcutFlow(flows, num_tasks=4, routing=routing)
     x = torch.randn(shape, dtype=torch.float64)
-    with routing.route(ids, frozenset(ids.tolist())):
-        y = mixed(x)
-    for row, task in enumerate(ids.tolist()):
+    y = _route(routing, BATCHES[batch], mixed, x)
+    for row, task in enumerate(BATCHES[batch]):
         if task not in flows:
             assert torch.equal(y[row], x[row])  # a task without a flow here: exactly the identity
             continue
@@ -200,45 +206,46 @@ def test_mixed_flow_equals_each_tasks_shortcut_flow(channel_dim, shape):
         torch.testing.assert_close(y[row : row + 1], flow.forward_reference(x[row : row + 1]), atol=1e-12, rtol=0)
 
 
-def test_mixed_adapter_equals_each_tasks_adapter():
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_mixed_adapter_equals_each_tasks_adapter(batch):
     adapters = {
         0: Adapter(16, 8, -1, "gelu", dtype=torch.float64),
         1: Adapter(16, 3, -1, "relu", scale=0.1, dtype=torch.float64),
-        2: Adapter(16, 5, -1, "silu", bias=False, dtype=torch.float64),
+        3: Adapter(16, 5, -1, "silu", bias=False, dtype=torch.float64),
     }
     for task, adapter in adapters.items():
         _randomise(adapter, task)
-    routing, ids = _routed([2, 0, 1, 3, 0])
+    routing = TaskRouting()
     mixed = MixedAdapter(adapters, num_tasks=4, routing=routing)
-    x = torch.randn(5, 7, 16, dtype=torch.float64)
-    with routing.route(ids, frozenset(ids.tolist())):
-        y = mixed(x)
-    for row, task in enumerate(ids.tolist()):
+    x = torch.randn(6, 7, 16, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    for row, task in enumerate(BATCHES[batch]):
         expected = adapters[task](x[row : row + 1]) if task in adapters else x[row : row + 1]
         torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("chunked", [True, False], ids=["q-v-and-k-chunks", "chunks-and-whole-layer"])
-def test_mixed_lora_equals_each_tasks_lora_linear(chunked):
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("chunked", [True, False], ids=["q-and-v-chunks", "chunks-and-whole-layer"])
+def test_mixed_lora_equals_each_tasks_lora_linear(chunked, batch):
     base = nn.Linear(12, 36).double()
     layers = {
         0: LoRALinear(copy.deepcopy(base), 4, 8.0, chunks=3, updated=(0, 2)),
-        2: LoRALinear(copy.deepcopy(base), 2, 1.0, chunks=3, updated=(1,))
+        1: LoRALinear(copy.deepcopy(base), 3, 2.0, chunks=3, updated=(2,)),
+        3: LoRALinear(copy.deepcopy(base), 2, 1.0, chunks=3, updated=(0,))
         if chunked
         else LoRALinear(copy.deepcopy(base), 2, 1.0),
     }
     for task, layer in layers.items():
         _randomise(layer, task)
         layer.base_layer.load_state_dict(base.state_dict())
-    routing, ids = _routed([0, 2, 1, 2])
-    mixed = MixedLoRA(layers, num_tasks=3, routing=routing)
-    assert mixed.chunks == (3 if chunked else 1)
+    routing = TaskRouting()
+    mixed = MixedLoRA(layers, num_tasks=4, routing=routing)
+    assert (mixed.chunks, mixed.kept.tolist()) == ((3, [0, 2]) if chunked else (1, [0]))  # k is never computed
     base.register_forward_hook(mixed.hook)
-    x = torch.randn(4, 5, 12, dtype=torch.float64)
-    with routing.route(ids, frozenset(ids.tolist())), torch.no_grad():
-        y = base(x)
+    x = torch.randn(6, 5, 12, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], base, x)
     with torch.no_grad():
-        for row, task in enumerate(ids.tolist()):
+        for row, task in enumerate(BATCHES[batch]):
             expected = layers[task](x[row : row + 1]) if task in layers else layers[0].base_layer(x[row : row + 1])
             torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
 

@@ -60,7 +60,7 @@ class MixedLoRA(nn.Module):
     def __init__(self, layers: dict[int, LoRALinear], num_tasks: int, routing: TaskRouting) -> None:
         super().__init__()
         self.routing = routing
-        self.tasks = frozenset(layers)
+        self.tasks = routing.register(frozenset(layers))
         chunkings = {layer.chunks for layer in layers.values()}
         self.chunks = chunkings.pop() if len(chunkings) == 1 else 1
         kept = sorted({c for layer in layers.values() for c in layer.updated}) if self.chunks > 1 else [0]
@@ -82,14 +82,21 @@ class MixedLoRA(nn.Module):
         if not self.routing.any_present(self.tasks):
             return output
         x = args[0]
-        n = x.shape[0]
-        A, B = (self.routing.gather(t, n).to(x.dtype) for t in (self.A, self.B))
-        update = torch.bmm(torch.bmm(x.reshape(n, -1, x.shape[-1]), A.transpose(1, 2)), B.transpose(1, 2))
+        rows, ids = self.routing.select(self.tasks, x.shape[0])
+        if rows is not None:
+            x = x.index_select(0, rows)
+        A, B = (t.index_select(0, ids).to(x.dtype) for t in (self.A, self.B))
+        update = torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), A.transpose(1, 2)), B.transpose(1, 2))
         # In place, as LoRALinear adds its update: F.linear keeps no output for its backward.
+        target = output if self.all_chunks else output.unflatten(-1, (self.chunks, -1))
+        if rows is not None:
+            target = target.index_select(0, rows)
         if self.all_chunks:
-            return output.add_(update.reshape(output.shape))
-        chunked = output.unflatten(-1, (self.chunks, -1))
-        chunked.index_add_(-2, self.kept, update.reshape(*chunked.shape[:-2], len(self.kept), -1))
+            target.add_(update.reshape(target.shape))
+        else:
+            target.index_add_(-2, self.kept, update.reshape(*target.shape[:-2], len(self.kept), -1))
+        if rows is not None:
+            output.index_copy_(0, rows, target.reshape(len(rows), *output.shape[1:]))
         return output
 
     def extra_repr(self) -> str:
@@ -109,7 +116,7 @@ class MixedBias(nn.Module):
     ) -> None:
         super().__init__()
         self.routing = routing
-        self.tasks = frozenset(biases)
+        self.tasks = routing.register(frozenset(biases))
         self.channel_dim = channel_dim
         frozen = frozen_bias.detach().to("cpu", torch.float64)
         delta = torch.zeros(num_tasks, frozen.numel(), dtype=frozen_bias.dtype)
@@ -120,8 +127,12 @@ class MixedBias(nn.Module):
     def hook(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if not self.routing.any_present(self.tasks):
             return output
-        delta = self.routing.gather(self.delta, output.shape[0]).to(output.dtype)
-        return output.add_(channel_view(delta, output, self.channel_dim))
+        rows, ids = self.routing.select(self.tasks, output.shape[0])
+        delta = self.delta.index_select(0, ids).to(output.dtype)
+        if rows is None:
+            return output.add_(channel_view(delta, output, self.channel_dim))
+        own = output.index_select(0, rows)
+        return output.index_copy_(0, rows, own.add_(channel_view(delta, own, self.channel_dim)))
 
     def extra_repr(self) -> str:
         return f"tasks={sorted(self.tasks)}, channels={self.delta.shape[1]}, channel_dim={self.channel_dim}"

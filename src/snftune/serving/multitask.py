@@ -135,13 +135,11 @@ class MultiTaskModel(nn.Module):
         """Each image's logits under its own task (``task_ids``: indices or names, one per image),
         padded to the widest head; see :class:`MultiTaskOutput`."""
         ids = self._task_ids(task_ids, images.shape[0])
-        present = frozenset(ids.tolist())
         # Every index tensor is made before the backbone runs: no device sync in the middle of it.
-        groups = {task: (ids == task).nonzero().flatten().to(images.device) for task in sorted(present)}
-        ids = ids.to(images.device)
-        with self.routing.route(ids, present):
+        groups = {int(t): (ids == t).nonzero().flatten().to(images.device) for t in ids.unique()}
+        with self.routing.route(ids, images.device):
             features = self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
-        return self.heads(features, ids, groups)
+        return self.heads(features, ids.to(images.device), groups)
 
     def train(self, mode: bool = True) -> MultiTaskModel:
         if mode:

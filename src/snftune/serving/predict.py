@@ -83,7 +83,7 @@ def task_source(spec: str | os.PathLike) -> TaskSource:
     """
     text = str(spec)
     name, sep, rest = text.partition("=")
-    if not sep or not name or "/" in name:
+    if not sep or not name or "/" in name or Path(text).expanduser().exists():
         name, rest = "", text
     path = Path(rest).expanduser()
     if path.is_dir():

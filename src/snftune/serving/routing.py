@@ -1,9 +1,11 @@
 """Which task each sample of the batch being served belongs to, shared by every mixed module.
 
-:class:`MultiTaskModel` routes a batch (``with routing.route(task_ids): ...``) around the
-backbone's forward; each mixed module inside the backbone then reads the rows of its per-task
-tables that belong to the samples it sees (:meth:`TaskRouting.gather`). The tables hold one
-row per task, so a batch of any task mix costs one gather per table, not one call per task.
+:class:`MultiTaskModel` routes a batch (``with routing.route(task_ids, device): ...``) around
+the backbone's forward; each mixed module inside the backbone then asks for the rows it has
+work on (:meth:`TaskRouting.select`: the samples of the tasks that put a module there) and
+gathers those rows' entries of its per-task tables. A batch of any task mix thus costs one
+gather per table, not one call per task, and a module that serves one task of eight works
+on that task's samples only.
 """
 
 from __future__ import annotations
@@ -22,16 +24,30 @@ class TaskRouting:
     def __init__(self) -> None:
         self._ids: torch.Tensor | None = None
         self._present: frozenset[int] = frozenset()
-        self._rows: dict[int, torch.Tensor] = {}
+        self._task_sets: set[frozenset[int]] = set()
+        self._members: dict[frozenset[int], torch.Tensor | None] = {}
+        self._expanded: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
+
+    def register(self, tasks: frozenset[int]) -> frozenset[int]:
+        """Declares a set of tasks a module will :meth:`select`, so that its rows are found on
+        the host before the backbone runs (no device sync in the middle of a forward)."""
+        self._task_sets.add(frozenset(tasks))
+        return frozenset(tasks)
 
     @contextmanager
-    def route(self, ids: torch.Tensor, present: frozenset[int]) -> Iterator[None]:
-        """Routes the samples of one forward: ``ids`` (B,) on the model's device, ``present`` their set."""
-        self._ids, self._present, self._rows = ids, present, {}
+    def route(self, ids: torch.Tensor, device: torch.device) -> Iterator[None]:
+        """Routes the samples of one forward: ``ids`` (B,) task indices on the host."""
+        ids = ids.to("cpu", torch.long)
+        self._present = frozenset(ids.tolist())
+        members = {}
+        for tasks in self._task_sets:
+            inside = torch.isin(ids, torch.tensor(sorted(tasks), dtype=torch.long))
+            members[tasks] = None if bool(inside.all()) else inside.nonzero().flatten().to(device)
+        self._ids, self._members, self._expanded = ids.to(device), members, {}
         try:
             yield
         finally:
-            self._ids, self._present, self._rows = None, frozenset(), {}
+            self._ids, self._present, self._members, self._expanded = None, frozenset(), {}, {}
 
     @property
     def present(self) -> frozenset[int]:
@@ -55,13 +71,30 @@ class TaskRouting:
             return ids
         if n % batch:
             raise RuntimeError(f"a mixed-task module saw {n} rows, not a multiple of the batch of {batch} samples")
-        if n not in self._rows:
-            self._rows[n] = ids.repeat_interleave(n // batch)
-        return self._rows[n]
+        key = ("all", n)
+        if key not in self._expanded:
+            self._expanded[key] = (None, ids.repeat_interleave(n // batch))
+        return self._expanded[key][1]
 
     def gather(self, table: torch.Tensor, n: int) -> torch.Tensor:
         """``table`` (one row per task) indexed by the task of each of ``n`` rows."""
         return table.index_select(0, self.rows(n))
+
+    def select(self, tasks: frozenset[int], n: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(rows, their tasks)``: which of ``n`` rows belong to one of ``tasks`` (registered),
+        and the task of each; ``rows`` is None when every row does."""
+        all_ids = self.rows(n)
+        members = self._members[tasks]
+        if members is None:
+            return None, all_ids
+        key = (tasks, n)
+        if key not in self._expanded:
+            per_sample = n // self._ids.shape[0]
+            if per_sample > 1:
+                offsets = torch.arange(per_sample, device=members.device)
+                members = (members[:, None] * per_sample + offsets).flatten()
+            self._expanded[key] = (members, all_ids.index_select(0, members))
+        return self._expanded[key]
 
 
 def channel_view(rows: torch.Tensor, x: torch.Tensor, channel_dim: int) -> torch.Tensor:

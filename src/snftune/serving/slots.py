@@ -47,7 +47,7 @@ def per_sample_planar_steps(
         for k in range(j):
             a = a + wu[:, j, k, None] * steps[k]
         steps.append(torch.tanh(a))
-    out = flat + torch.bmm(torch.stack(steps, dim=-1), u)
+    out = torch.baddbmm(flat, torch.stack(steps, dim=-1), u)
     return out.reshape(z.shape).movedim(-1, channel_dim)
 
 
@@ -57,7 +57,7 @@ class MixedShortcutFlow(nn.Module):
     def __init__(self, flows: dict[int, ShortcutFlow], num_tasks: int, routing: TaskRouting) -> None:
         super().__init__()
         self.routing = routing
-        self.tasks = frozenset(flows)
+        self.tasks = routing.register(frozenset(flows))
         self.channels = int(_common({f.channels for f in flows.values()}, "channels"))
         self.channel_dim = int(_common({f.channel_dim for f in flows.values()}, "the channel dimension"))
         steps = max(f.planar_steps for f in flows.values())
@@ -86,17 +86,20 @@ class MixedShortcutFlow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.routing.any_present(self.tasks):
             return x
-        n = x.shape[0]
-        gather = self.routing.gather
-        # As the fused flow does: the affine step on x as it is laid out, keeping x's strides.
-        z = torch.addcmul(
-            channel_view(gather(self.shift, n), x, self.channel_dim).to(x.dtype),
-            channel_view(gather(self.scale, n), x, self.channel_dim).to(x.dtype),
-            x,
+        rows, ids = self.routing.select(self.tasks, x.shape[0])
+        if rows is None:
+            return self._flow(x, ids)
+        return x.index_copy(0, rows, self._flow(x.index_select(0, rows), ids))
+
+    def _flow(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The flow of task ``ids[i]`` on row ``i`` of ``x``."""
+        shift, scale, u, w, b = (
+            t.index_select(0, ids).to(x.dtype) for t in (self.shift, self.scale, self.u, self.w, self.b)
         )
+        # As the fused flow does: the affine step on x as it is laid out, keeping x's strides.
+        z = torch.addcmul(channel_view(shift, x, self.channel_dim), channel_view(scale, x, self.channel_dim), x)
         if not self.planar_steps:
             return z
-        u, w, b = (gather(t, n).to(x.dtype) for t in (self.u, self.w, self.b))
         return per_sample_planar_steps(z, u, w, b, self.channel_dim)
 
     def extra_repr(self) -> str:
@@ -110,7 +113,7 @@ class MixedAdapter(nn.Module):
     def __init__(self, adapters: dict[int, Adapter], num_tasks: int, routing: TaskRouting) -> None:
         super().__init__()
         self.routing = routing
-        self.tasks = frozenset(adapters)
+        self.tasks = routing.register(frozenset(adapters))
         self.channel_dim = int(_common({a.channel_dim for a in adapters.values()}, "the channel dimension"))
         channels = int(_common({a.down.in_features for a in adapters.values()}, "channels"))
         width = max(a.width for a in adapters.values())
@@ -138,28 +141,33 @@ class MixedAdapter(nn.Module):
             mask[tasks] = 1.0
             self.register_buffer(f"activation_mask_{i}", mask, persistent=False)
 
-    def _activate(self, h: torch.Tensor, n: int) -> torch.Tensor:
+    def _activate(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if len(self.activations) == 1:
             return self.activations[0](h)
         mixed = torch.zeros_like(h)
         for i, act in enumerate(self.activations):
-            mask = self.routing.gather(getattr(self, f"activation_mask_{i}"), n).to(h.dtype)
+            mask = getattr(self, f"activation_mask_{i}").index_select(0, ids).to(h.dtype)
             mixed.addcmul_(act(h), mask[:, None, None])
         return mixed
+
+    def _update(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``scale * up(act(down(x)))`` of task ``ids[i]`` on row ``i`` of ``x``."""
+        down_w, down_b, up_w, up_b, scale = (
+            t.index_select(0, ids).to(x.dtype) for t in (self.down_w, self.down_b, self.up_w, self.up_b, self.scale)
+        )
+        z = x.movedim(self.channel_dim, -1)
+        flat = z.reshape(z.shape[0], -1, z.shape[-1])
+        hidden = self._activate(torch.baddbmm(down_b[:, None], flat, down_w.transpose(1, 2)), ids)
+        update = torch.baddbmm(up_b[:, None], hidden, up_w.transpose(1, 2)) * scale[:, None, None]
+        return update.reshape(z.shape).movedim(-1, self.channel_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.routing.any_present(self.tasks):
             return x
-        n = x.shape[0]
-        gather = self.routing.gather
-        z = x.movedim(self.channel_dim, -1)
-        flat = z.reshape(n, -1, z.shape[-1])
-        down_w, down_b, up_w, up_b, scale = (
-            gather(t, n).to(x.dtype) for t in (self.down_w, self.down_b, self.up_w, self.up_b, self.scale)
-        )
-        hidden = self._activate(torch.baddbmm(down_b[:, None], flat, down_w.transpose(1, 2)), n)
-        update = torch.baddbmm(up_b[:, None], hidden, up_w.transpose(1, 2)) * scale[:, None, None]
-        return x + update.reshape(z.shape).movedim(-1, self.channel_dim)
+        rows, ids = self.routing.select(self.tasks, x.shape[0])
+        if rows is None:
+            return x + self._update(x, ids)
+        return x.index_add(0, rows, self._update(x.index_select(0, rows), ids))
 
     def extra_repr(self) -> str:
         return f"tasks={sorted(self.tasks)}, width={self.down_w.shape[1]}, channel_dim={self.channel_dim}"
