@@ -10,10 +10,13 @@ machine load touches every ratio alike (medians over rounds, no-grad forwards, e
 - loop:    each task's own model on its B/8 images, one task after another;
 - frozen:  the untuned backbone on B images (no method at all: the ceiling).
 
-It prints images/s and the ratios mixed/one task, mixed/loop and mixed/frozen.
+It prints images/s and the ratios mixed/one task (the cost of mixing), mixed/loop (what one
+batch gains over a forward per task) and mixed/frozen, and one task/loop (what batching
+itself gains on this device). On the CPU the clock is the process's CPU time (other jobs on
+a shared machine then change the ratios less); on CUDA it is wall time after a synchronize.
 
     python benchmarks/multitask.py                          # vit_small_patch16_224, 224 px, batch 64, CPU
-    python benchmarks/multitask.py --img-size 112 --rounds 3 # quicker
+    python benchmarks/multitask.py --model snftune-vit-tiny --img-size 32 --batch-size 256
     python benchmarks/multitask.py --device cuda --rounds 20
 """
 
@@ -28,7 +31,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import timm
 import torch
 
 import snftune
@@ -76,18 +78,20 @@ def _single(backbone: torch.nn.Module, path: Path, classes: int, device: torch.d
 
 
 def _time(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if device.type != "cuda":
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+    torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--model", default="vit_small_patch16_224", help="timm or embedded model name")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
@@ -98,7 +102,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    backbone = timm.create_model(args.model, img_size=args.img_size, num_classes=10).eval()
+    backbone = snftune.create_model(args.model, img_size=args.img_size, num_classes=10).eval()
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
 
     runs: dict[str, Callable[[], None]] = {}
@@ -131,18 +135,19 @@ def main() -> None:
     rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
+    clock = "wall time" if device.type == "cuda" else "process CPU time"
     print(
-        f"{args.model} (random init), {args.img_size} px, batch {args.batch_size} (8 tasks x "
-        f"{args.batch_size // 8}), {device.type} ({where}, {args.threads} thread(s)), medians of {args.rounds} rounds"
+        f"{args.model}, {args.img_size} px, batch {args.batch_size} (8 tasks x {args.batch_size // 8}), "
+        f"{device.type} ({where}, {args.threads} thread(s)), {clock}, medians of {args.rounds} rounds"
     )
     print(f"frozen backbone alone: {rate['frozen']:.1f} images/s")
-    print("| scenario | mixed (img/s) | mixed / one task | mixed / loop | mixed / frozen |")
-    print("|---|---:|---:|---:|---:|")
+    print("| scenario | mixed (img/s) | mixed / one task | mixed / loop | mixed / frozen | one task / loop |")
+    print("|---|---:|---:|---:|---:|---:|")
     for scenario in args.scenarios:
-        mixed = rate[f"{scenario}: mixed"]
+        mixed, one, loop = (rate[f"{scenario}: {variant}"] for variant in ("mixed", "one task", "loop"))
         print(
-            f"| {scenario} | {mixed:.1f} | {mixed / rate[f'{scenario}: one task']:.3f} | "
-            f"{mixed / rate[f'{scenario}: loop']:.3f} | {mixed / rate['frozen']:.3f} |"
+            f"| {scenario} | {mixed:.1f} | {mixed / one:.3f} | {mixed / loop:.3f} | {mixed / rate['frozen']:.3f} | "
+            f"{one / loop:.3f} |"
         )
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import yaml
 from torch import nn
 
 import snftune
@@ -425,6 +427,21 @@ def test_predict_leaves_cells_empty_past_a_tasks_class_count(predict_inputs):
     assert [r["image"] for r in rows] == ["images/nested/0.png", "images/nested/1.png"]
     assert all(r["class_6"] and not r["class_7"] and not r["probability_7"] for r in rows)
     assert sum(float(rows[0][f"probability_{k}"]) for k in range(1, 7)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_keeps_to_a_runs_class_subset(predict_inputs, tmp_path):
+    run = tmp_path / "subset-run"
+    shutil.copytree(predict_inputs["run"], run)
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    record["task"]["class_subset"] = [1, 4, 6]  # as ImageNet-A/-R runs record theirs
+    (run / "config.yaml").write_text(yaml.safe_dump(record))
+    out = tmp_path / "subset.csv"
+    assert main(["predict", "--tuned", str(run), "--images", str(predict_inputs["images"]), "--out", str(out)]) == 0
+    names = resolve_task("generated/shapes").class_names
+    for row in _read_csv(out):
+        assert {row[f"class_{k}"] for k in (1, 2, 3)} == {names[1], names[4], names[6]}
+        assert not row["class_4"]
+        assert sum(float(row[f"probability_{k}"]) for k in (1, 2, 3)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_predict_bad_inputs_exit_2_with_one_line(predict_inputs, tmp_path, capsys):

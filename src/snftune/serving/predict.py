@@ -255,13 +255,13 @@ def predict(
             pairs = torch.stack([views[view_of_task[t]] for t in range(len(sources))], dim=1)  # (images, tasks, ...)
             ids = torch.arange(len(sources)).repeat(count)
             output = model(pairs.flatten(0, 1).to(device), ids)
-            logits = output.logits.float()
+            valid = output.mask
             if subset_masks is not None:
-                logits = logits.masked_fill(~subset_masks.index_select(0, ids.to(device)), float("-inf"))
-            probabilities = logits.softmax(dim=-1)
-            top = probabilities.topk(min(top_k, logits.shape[1]), dim=-1)
+                valid = valid & subset_masks.index_select(0, ids.to(device))
+            probabilities = output.logits.float().masked_fill(~valid, float("-inf")).softmax(dim=-1)
+            top = probabilities.topk(min(top_k, valid.shape[1]), dim=-1)
             values, indices = top.values.cpu(), top.indices.cpu()
-            classes = torch.isfinite(logits).sum(dim=1).cpu()  # per row: its task's (subset's) class count
+            classes = valid.sum(dim=1).cpu()  # per row: the classes its task may predict
             for row, task in enumerate(ids.tolist()):
                 source = sources[task]
                 picked = indices[row, : min(top_k, int(classes[row]))].tolist()
