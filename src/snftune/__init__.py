@@ -9,12 +9,14 @@
 
 from .backbones import anatomy, create_model
 from .methods import MethodConfig, ShortcutFlow, SNFConfig, merge, method_names, resolve_config, unmerge
+from .serving import MultiTaskModel
 from .tuning import TunedFileError, apply, load_tuned, save_tuned, trainable_summary, tuned_tensors
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MethodConfig",
+    "MultiTaskModel",
     "SNFConfig",
     "ShortcutFlow",
     "TunedFileError",

@@ -1,0 +1,8 @@
+"""Serving: many tuned tasks on one backbone in one batch (:class:`MultiTaskModel`), and batch
+prediction over image folders (:mod:`.predict`, ``snftune predict``)."""
+
+from .heads import MultiTaskOutput
+from .multitask import MultiTaskModel
+from .tasks import SERVABLE_METHODS, ServingError
+
+__all__ = ["SERVABLE_METHODS", "MultiTaskModel", "MultiTaskOutput", "ServingError"]
