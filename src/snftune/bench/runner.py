@@ -3,22 +3,29 @@ then each cell is trained (or evaluated with the weights of the cell it names in
 ``train_from``) in its own run folder. Finished cells are skipped, interrupted ones resumed,
 and the tables are rewritten after every cell, so a partial table is always on disk.
 
-``snftune bench`` and ``snftune demo`` both run suites through :func:`run_suite`.
+``snftune bench`` and ``snftune demo`` both run suites through :func:`run_suite`. Where the
+cells run is an executor's business (:class:`CellExecutor`): one after the other in this
+process (:class:`SerialExecutor`, the default, also under torchrun), or as Ray tasks
+(:mod:`snftune.bench.ray_executor`). Wherever it runs, a cell is run by
+:func:`run_planned_cell`, and its outcome comes back to :func:`run_suite`, which logs it and
+rewrites the tables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..engine import METRICS_NAME, TUNED_NAME, DistInfo
+from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError
 from ..engine.distributed import broadcast_object
 from ..runs import (
     SettingsError,
@@ -32,14 +39,20 @@ from ..runs import (
 from ..selection import CellPlan, cell_differences, cell_state, final_folders, run_cell
 from .suites import Cell, Suite
 from .tables import write_tables
+from .tracking import cell_lock, cell_record, write_cell_record
 
 __all__ = [
     "ERROR_LOG_NAME",
+    "CellExecutor",
     "CellFailure",
+    "CellOutcome",
     "PlannedCell",
+    "SerialExecutor",
+    "cell_results",
     "cell_values",
     "changed_cells",
     "plan_suite",
+    "run_planned_cell",
     "run_suite",
     "set_aside",
     "state_of",
@@ -60,7 +73,8 @@ class PlannedCell:
 @dataclass(frozen=True)
 class CellFailure:
     label: str
-    error: BaseException
+    error: str
+    """``Type: message`` of what failed (the traceback is in ``log``)."""
     log: Path
 
 
@@ -171,6 +185,7 @@ def run_suite(
     dist: DistInfo | None = None,
     log: Callable[[str], None] = print,
     rerun_changed: bool = False,
+    executor: CellExecutor | None = None,
 ) -> list[CellFailure]:
     """Runs the planned cells in ``out`` and returns the cells that failed.
 
@@ -178,7 +193,12 @@ def run_suite(
     grid is refused, naming the cells and the differences, unless ``rerun_changed``, which
     sets the old runs aside (``<cell>.previous-N``) and runs those cells again. A failing
     cell does not stop the others (its traceback goes to ``<cell folder>/error.log``), except
-    under DDP, where every rank must stay in step.
+    under DDP, where every rank must stay in step. A cell that another process is running (its
+    cell lock is live: another shard, another job on the same ``--out``) is skipped and logged.
+
+    ``executor``: where the cells run (default: :class:`SerialExecutor`, one after the other
+    here). ``plan`` may be a slice of the suite's cells (``--shard``); the tables are always of
+    the whole suite, from what is on disk.
     """
     dist = dist or DistInfo()
     overrides = overrides or {}
@@ -196,34 +216,33 @@ def run_suite(
         for folder in changed:
             log(f"{folder.relative_to(out)}: settings changed, previous run moved to {set_aside(folder).name}")
     failures: list[CellFailure] = []
+
+    def report(label: str, planned: PlannedCell, outcome: CellOutcome) -> None:
+        if not dist.is_main:
+            return
+        if outcome.status == CellOutcome.FAILED:
+            failures.append(CellFailure(label, outcome.message or "", outcome.log))
+            log(f"{label}: FAILED: {outcome.message} (traceback in {outcome.log})")
+        elif outcome.status == CellOutcome.LOCKED:
+            log(f"{label}: skipped, another process runs it: {outcome.message}")
+        elif outcome.status == CellOutcome.ALREADY_DONE:
+            log(f"{label}: finished, skipped")
+        else:
+            for metrics in outcome.results:
+                log(f"{label}: {_summary(metrics)}")
+            write_tables(suite, out)
+
+    if dist.is_main:
+        write_tables(suite, out)  # on disk from the start, with the suite it is of (for --status and --merge)
+    todo = []
     for index, planned in enumerate(plan, 1):
-        cell = planned.cell
-        folder = cell.folder(out)
-        state = broadcast_object(state_of(suite, planned, out))
-        label = f"[{index}/{len(plan)}] {cell.row} / {cell.task.data}"
-        if state == "done":
+        label = f"[{index}/{len(plan)}] {planned.cell.row} / {planned.cell.task.data}"
+        if broadcast_object(state_of(suite, planned, out)) == "done":
             if dist.is_main:
                 log(f"{label}: finished, skipped")
             continue
-        if dist.is_main:
-            log(f"{label}: {'resuming' if state == 'resume' else 'training'}")
-        try:
-            if planned.plan is None:
-                results = _evaluate_from_source(suite, cell, out, overrides) if dist.is_main else []
-            else:
-                results = run_cell(planned.plan, folder, dist, log if dist.is_main else lambda line: None)
-        except Exception as error:  # one failing cell must not lose the others
-            if dist.enabled:
-                raise
-            error_log = folder / ERROR_LOG_NAME
-            atomic_write_text(error_log, traceback.format_exc())
-            failures.append(CellFailure(label, error, error_log))
-            log(f"{label}: FAILED: {type(error).__name__}: {error} (traceback in {error_log})")
-            continue
-        if dist.is_main:
-            for metrics in results:
-                log(f"{label}: {_summary(metrics)}")
-            write_tables(suite, out)
+        todo.append((label, planned))
+    (executor or SerialExecutor(dist, log)).run(suite, todo, out, overrides, report)
     if dist.is_main:
         write_tables(suite, out)
     return failures
@@ -259,3 +278,175 @@ def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[s
         atomic_write_json(target / METRICS_NAME, metrics)
         results.append(metrics)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The executor seam: one function runs a cell wherever it runs (here, or in a Ray task), and
+# executors only decide where and when.
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What running one cell came to, sent back to the process that drives the grid."""
+
+    FINISHED = "finished"
+    ALREADY_DONE = "already done"
+    FAILED = "failed"
+    LOCKED = "locked"
+
+    folder: Path
+    status: str
+    """FINISHED (ran now), ALREADY_DONE (found finished once its lock was held), FAILED, LOCKED
+    (another live process runs it)."""
+    results: list[dict[str, Any]] = field(default_factory=list)
+    """The metrics of its final runs (one per seed), when FINISHED."""
+    message: str | None = None
+    """FAILED: ``Type: message``; LOCKED: who holds the cell."""
+    log: Path | None = None
+    """FAILED: the ``error.log`` with the traceback."""
+    wall_s: float | None = None
+    device: str | None = None
+
+
+CellReport = Callable[[str, PlannedCell, CellOutcome], None]
+
+
+class CellExecutor(Protocol):
+    """Where the cells of a grid run.
+
+    ``run`` runs each ``(label, planned cell)`` with :func:`run_planned_cell` and calls
+    ``report(label, planned, outcome)`` in the calling process as each cell ends, in any order.
+    A cell evaluated with another cell's weights (``train_from``) must start only after that
+    cell has ended; ``cells`` lists sources before the cells that use them.
+    """
+
+    def run(
+        self,
+        suite: Suite,
+        cells: list[tuple[str, PlannedCell]],
+        out: Path,
+        overrides: dict[str, Any],
+        report: CellReport,
+    ) -> None: ...
+
+
+def cell_results(
+    suite: Suite,
+    planned: PlannedCell,
+    out: Path,
+    overrides: dict[str, Any],
+    dist: DistInfo,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The work of one cell: its runs (selection, then the final run per seed) or the evaluation
+    of another cell's weights; returns the final runs' metrics (none on DDP ranks other than 0
+    for an evaluation)."""
+    if planned.plan is None:
+        return _evaluate_from_source(suite, planned.cell, out, overrides) if dist.is_main else []
+    return run_cell(planned.plan, planned.cell.folder(out), dist, log)
+
+
+def run_planned_cell(
+    suite: Suite,
+    planned: PlannedCell,
+    out: Path,
+    label: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    dist: DistInfo | None = None,
+    log: Callable[[str], None] = print,
+    executor: str = "serial",
+) -> CellOutcome:
+    """Runs one cell in this process and says how it went; never raises for the cell's own
+    failure (except under DDP, where every rank must stay in step).
+
+    Holds the cell's lock (:mod:`snftune.bench.tracking`) and decides what is left only once it
+    holds it, so two processes sharing ``out`` never run a cell twice: a cell held by a live
+    process comes back LOCKED, one finished meanwhile ALREADY_DONE. A failure leaves its
+    traceback in ``<cell>/error.log``. The wall time, device, host and ``executor`` (a name for
+    the record) go to ``<cell>/cell.json``. ``dist``: None for a single process on the local
+    device (``overrides["device"]``, else CUDA when there is one).
+    """
+    overrides = overrides or {}
+    dist = dist or _single_process(overrides.get("device"))
+    folder = planned.cell.folder(out)
+    say = log if dist.is_main else _quiet
+    try:
+        with _cell_held(folder, dist):
+            state = broadcast_object(state_of(suite, planned, out))
+            if state == "done":
+                return CellOutcome(folder, CellOutcome.ALREADY_DONE)
+            say(f"{label}: {'resuming' if state == 'resume' else 'training'}")
+            started, clock = time.time(), time.perf_counter()
+            try:
+                results = cell_results(suite, planned, out, overrides, dist, say)
+                status, message, error_log = CellOutcome.FINISHED, None, None
+            except RunLockedError:
+                raise
+            except Exception as error:  # one failing cell must not lose the others
+                if dist.enabled:
+                    raise
+                results, error_log = [], folder / ERROR_LOG_NAME
+                atomic_write_text(error_log, traceback.format_exc())
+                status, message = CellOutcome.FAILED, f"{type(error).__name__}: {error}"
+            wall_s = time.perf_counter() - clock
+            record = cell_record(status, started, wall_s, dist.device, executor, resumed=state == "resume")
+            if dist.is_main:
+                write_cell_record(folder, record)
+            return CellOutcome(folder, status, results, message, error_log, wall_s, record["device"])
+    except RunLockedError as error:
+        return CellOutcome(folder, CellOutcome.LOCKED, message=str(error))
+
+
+class SerialExecutor:
+    """Runs the cells one after the other in this process; under torchrun every rank runs each
+    cell together (DDP)."""
+
+    def __init__(self, dist: DistInfo | None = None, log: Callable[[str], None] = print, name: str = "serial"):
+        self.dist = dist or DistInfo()
+        self.log = log
+        self.name = name
+
+    def run(
+        self,
+        suite: Suite,
+        cells: list[tuple[str, PlannedCell]],
+        out: Path,
+        overrides: dict[str, Any],
+        report: CellReport,
+    ) -> None:
+        for label, planned in cells:
+            outcome = run_planned_cell(
+                suite, planned, out, label, overrides=overrides, dist=self.dist, log=self.log, executor=self.name
+            )
+            report(label, planned, outcome)
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def _single_process(device: str | None) -> DistInfo:
+    """One process on ``device`` (None: CUDA when this process sees a GPU, else the CPU)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", torch.cuda.current_device())
+    return DistInfo(device=chosen)
+
+
+@contextlib.contextmanager
+def _cell_held(folder: Path, dist: DistInfo) -> Iterator[None]:
+    """The cell's lock, taken by the main process; under DDP every rank learns whether it got it."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if dist.is_main:
+            try:
+                stack.enter_context(cell_lock(folder))
+            except RunLockedError as error:
+                refusal = str(error)
+        refusal = broadcast_object(refusal)
+        if refusal is not None:
+            raise RunLockedError(refusal)
+        yield

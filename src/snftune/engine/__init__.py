@@ -3,7 +3,7 @@
 from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
-from .lock import LOCK_NAME, RunLockedError, run_lock
+from .lock import LOCK_NAME, RunLockedError, lock_holder, run_lock
 from .schedule import WarmupCosine
 from .trainer import LOG_NAME, METRICS_NAME, TUNED_NAME, DivergenceError, ResumeError, evaluate, train
 
@@ -17,6 +17,7 @@ __all__ = [
     "DivergenceError",
     "LOCK_NAME",
     "RunLockedError",
+    "lock_holder",
     "run_lock",
     "DistInfo",
     "ResumeError",

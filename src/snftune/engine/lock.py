@@ -2,7 +2,9 @@
 
 Two runs writing one folder would overwrite each other's checkpoints and results while both
 report success. ``run_lock`` creates ``<folder>/.lock`` exclusively; a second writer fails at
-once. A lock left by a process that died (same host, pid gone) is taken over.
+once. A lock left by a process that died (same host, pid gone) is taken over. Other lock names
+serve locks held around more than one run (``snftune bench`` holds one per cell), and
+:func:`lock_holder` tells who holds a lock without taking it (``snftune bench --status``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "RunLockedError", "run_lock"]
+__all__ = ["LOCK_NAME", "RunLockedError", "lock_holder", "run_lock"]
 
 LOCK_NAME = ".lock"
 
@@ -54,13 +56,25 @@ def _is_stale(holder: dict | None, path: Path) -> bool:
     return not _alive(int(holder.get("pid", -1)))
 
 
+def lock_holder(folder: str | os.PathLike, name: str = LOCK_NAME) -> dict | None:
+    """The record (``pid``, ``host``, ``since``) of the live process holding ``<folder>/<name>``;
+    None when nobody holds it or its holder died. A holder on another host counts as live."""
+    path = Path(folder) / name
+    if not path.exists():
+        return None
+    holder = _holder(path)
+    if _is_stale(holder, path):
+        return None
+    return holder or {"pid": None, "host": None, "since": None}
+
+
 @contextlib.contextmanager
-def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Holds ``<folder>/.lock`` for the duration; raises :class:`RunLockedError` when a live
+def run_lock(folder: str | os.PathLike, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Holds ``<folder>/<name>`` for the duration; raises :class:`RunLockedError` when a live
     process holds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = folder / name
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(3):
         try:
@@ -79,8 +93,8 @@ def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
                 ) from None
             # Take over a dead writer's lock: move it aside first so that two takers cannot both win.
             with contextlib.suppress(FileNotFoundError):
-                os.replace(path, folder / f"{LOCK_NAME}.stale-{os.getpid()}")
-                os.remove(folder / f"{LOCK_NAME}.stale-{os.getpid()}")
+                os.replace(path, folder / f"{name}.stale-{os.getpid()}")
+                os.remove(folder / f"{name}.stale-{os.getpid()}")
             continue
         with os.fdopen(descriptor, "w") as handle:
             json.dump(mine, handle)
