@@ -1,17 +1,23 @@
 """``snftune bench``: run a suite's grid (one run folder per method x task), resuming where
-it stopped, and write the paper-style table as Markdown, CSV and JSON."""
+it stopped, and write the paper-style table as Markdown, CSV and JSON. The cells run here one
+after the other (also under torchrun), as Ray tasks (``--executor ray``), or as one of N
+slices (``--shard K/N``, for SLURM arrays); ``--merge`` and ``--status`` read the folder."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from ..bench.compare import compare_results, read_results
-from ..bench.runner import changed_cells, plan_suite, run_suite, state_of
+from ..bench.ray_executor import RayExecutor, RayUnavailableError, import_ray
+from ..bench.runner import CellExecutor, SerialExecutor, changed_cells, plan_suite, run_suite, state_of
+from ..bench.shards import Shard, shard_cells
+from ..bench.status import format_status, grid_status, recorded_suite
 from ..bench.suites import Suite, SuiteModel, load_suite, suite_names
 from ..bench.tables import build_table, collect_results, format_table, write_tables
-from ..engine import cleanup_distributed, setup_distributed
+from ..engine import DistInfo, cleanup_distributed, setup_distributed
 from .common import CLIError, add_train_options, parse_search, values_from_args
 
 
@@ -40,6 +46,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their state, run nothing")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the tables from finished cells")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="write the table of every finished cell (after --shard jobs) and count what is missing; trains "
+        "nothing. With --out alone, the grid is the one DIR/results.json was written for",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print how many cells are finished, running, failed and pending in --out, and the slowest; "
+        "--out alone is enough",
+    )
+    scale = parser.add_argument_group("grids larger than one machine (README: 'Grids larger than one machine')")
+    scale.add_argument(
+        "--executor",
+        choices=["serial", "ray"],
+        default="serial",
+        help="serial: the cells one after the other here (default; torchrun for DDP); ray: each cell a Ray task "
+        "with 1 GPU where the cluster has GPUs (needs pip install -e '.[ray]')",
+    )
+    scale.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="join a running Ray cluster (default: start Ray on this machine for the grid, stop it at the end)",
+    )
+    scale.add_argument(
+        "--cpus-per-cell",
+        type=int,
+        metavar="N",
+        help="with --executor ray: CPUs Ray reserves per cell, and its torch threads (default 1)",
+    )
+    scale.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only the K-th of N disjoint slices of the cells (same command for every K; cells "
+        "evaluated with another cell's weights stay with it); then --merge",
+    )
+    parser.add_argument(
         "--rerun-changed",
         action="store_true",
         help="cells whose folder holds a run with other settings: move it aside (<cell>.previous-N) and run again",
@@ -48,8 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _select(args: argparse.Namespace) -> Suite:
-    suite = load_suite(args.suite).select(args.methods, args.tasks, args.models)
+def _select(args: argparse.Namespace, suite: Suite) -> Suite:
+    suite = suite.select(args.methods, args.tasks, args.models)
     if args.search:
         suite = suite.with_search(parse_search(args.search))
     if args.seeds:
@@ -65,24 +108,43 @@ def _select(args: argparse.Namespace) -> Suite:
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(*args.compare)
-    if not args.suite or not args.out:
-        raise CLIError("bench needs --suite and --out (or --compare A B)")
-    suite = _select(args)
+    if not args.out:
+        raise CLIError("bench needs --suite and --out (or --compare A B; --status and --merge need only --out)")
     out = Path(args.out)
+    if args.status or args.merge:
+        suite = _select(args, load_suite(args.suite) if args.suite else recorded_suite(out))
+        if args.merge:
+            _print_table(suite, out)
+        print(format_status(grid_status(suite, out)), end="")
+        return 0
+    if not args.suite:
+        raise CLIError("bench needs --suite and --out (or --compare A B; --status and --merge need only --out)")
+    suite = _select(args, load_suite(args.suite))
     if args.table_only:
         _print_table(suite, out)
         return 0
+    shard = Shard.parse(args.shard) if args.shard else None
+    _check_executor_options(args)
     overrides = values_from_args(args)
     pretrained = overrides.pop("pretrained", None)
     overrides.pop("out", None)
     plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained)
+    if shard is not None:
+        whole = len(plan)
+        plan = shard_cells(suite, plan, shard)
+        print(f"shard {shard}: {len(plan)} of the {whole} cells", flush=True)
     if args.dry_run:
         changed = changed_cells(suite, plan, out)
         for planned in plan:
             state = "changed" if planned.cell.folder(out) in changed else state_of(suite, planned, out)
             print(f"{state:9s} {planned.cell.row:24s} {planned.cell.task.data}")
         return 0
-    dist = setup_distributed(overrides.get("device"))
+    executor: CellExecutor
+    if args.executor == "ray":  # the driver: the cells run in Ray's worker processes
+        dist, executor = DistInfo(), RayExecutor(args.ray_address, args.cpus_per_cell or 1, log=_log)
+    else:
+        dist = setup_distributed(overrides.get("device"))
+        executor = SerialExecutor(dist, _log, name=f"serial, shard {shard}" if shard else "serial")
     try:
         failures = run_suite(
             suite,
@@ -90,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
             out,
             overrides=overrides,
             dist=dist,
-            log=lambda line: print(line, flush=True),
+            log=_log,
             rerun_changed=args.rerun_changed,
+            executor=executor,
         )
     finally:
         cleanup_distributed()
@@ -101,6 +164,31 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(failures)} cell(s) failed: " + "; ".join(f"{f.label} ({f.log})" for f in failures))
             return 1
     return 0
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _check_executor_options(args: argparse.Namespace) -> None:
+    """Executor options that cannot work are refused before any planning or training."""
+    if args.executor != "ray":
+        given = [
+            flag
+            for flag, value in (("--ray-address", args.ray_address), ("--cpus-per-cell", args.cpus_per_cell))
+            if value
+        ]
+        if given:
+            raise CLIError(f"{' and '.join(given)} go with --executor ray")
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError("--executor ray runs each cell in a process of its own; start it with python, not torchrun")
+    if args.cpus_per_cell is not None and args.cpus_per_cell < 1:
+        raise CLIError(f"--cpus-per-cell must be >= 1, got {args.cpus_per_cell}")
+    try:
+        import_ray()
+    except RayUnavailableError as error:
+        raise CLIError(str(error)) from None
 
 
 def _print_table(suite: Suite, out: Path) -> None:
