@@ -9,7 +9,9 @@ The same grid of tiny cells runs twice in fresh folders, through the real code p
   (its one worker warmed up the same way).
 
 The two alternate ``--rounds`` times (each in fresh folders) and the medians are compared, so
-that a load change on a shared machine does not land on one side only.
+that a load change on a shared machine does not land on one side only. Ray can come out a
+little ahead: its driver rewrites the table while the worker already runs the next cell,
+where the serial runner does one after the other.
 
 Ray's start, the first task of a fresh worker (imports, data) and Ray's stop are one-time costs,
 printed apart and spread over the grid. The two tables must be the same. Absolute times belong
