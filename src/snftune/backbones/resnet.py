@@ -10,7 +10,7 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
-from .sites import Family, ResidualSite, register_family
+from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, ResidualSite, pointwise_names, register_family
 
 
 def _residual(block: nn.Module, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,10 @@ def _add_sites(block: nn.Module) -> None:
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:
-    return {}
+    return {
+        "pointwise_convs": [pointwise_names(b, ("conv1", "conv3")) for b in blocks],
+        "no_token_sequence": NO_TOKENS_IN_FEATURE_MAPS,
+    }
 
 
 RESNET = register_family(
