@@ -41,6 +41,11 @@ def test_empty_sites_reproduce_timm_gradients(tiny_kind):
         ("swin", "swin", 2, 5),
         ("resnet-bottleneck", "resnet", 1, 8),
         ("resnet-basic", "resnet", 1, 4),
+        ("convnext", "convnext", 1, 4),
+        ("eva02", "eva", 2, 2),
+        ("beit", "beit", 2, 2),
+        ("swinv2", "swinv2", 2, 5),
+        ("regnet", "regnet", 1, 5),
     ],
 )
 def test_anatomy_lists_every_residual(kind, family, sites_per_block, blocks):
