@@ -250,6 +250,7 @@ def test_params_command_prints_the_paper_counts(capsys):
             "tuned_parameters": 30208,
             "millions": 0.030208,
             "note": "",
+            "skipless_blocks": [],
         }
     ]
 

@@ -118,7 +118,8 @@ def apply(model: nn.Module, method: str | MethodConfig, **overrides: Any) -> nn.
     BatchNorm statistics are frozen unless the method trains the whole backbone.
 
     Args:
-        model: a timm model (ViT/DeiT, Swin, ResNet).
+        model: a timm model of a supported family (ViT/DeiT, EVA, BEiT, Swin/Swin V2, ResNet,
+            RegNet, ConvNeXt, EfficientNet/MobileNet; see the README's supported backbones).
         method: a method or preset name (``"snf-deep"``), a YAML file, or a config instance.
         **overrides: config fields to override, e.g. ``planar_steps=3``.
     """

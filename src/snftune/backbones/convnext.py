@@ -14,7 +14,7 @@ import torch
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
-from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, ResidualSite, pointwise_names, register_family
+from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, feature_map_site, pointwise_names, register_family
 
 __all__ = ["ConvNeXtSiteBlock", "CONVNEXT"]
 
@@ -38,7 +38,7 @@ class ConvNeXtSiteBlock(ConvNeXtBlock):
 
 
 def _add_sites(block: nn.Module) -> None:
-    block.site = ResidualSite(block.conv_dw.out_channels, channel_dim=1, branch_first=True)
+    block.site = feature_map_site(block.conv_dw.out_channels)
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:

@@ -21,7 +21,7 @@ from timm.models._efficientnet_blocks import (
 )
 from torch import nn
 
-from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, ResidualSite, pointwise_names, register_family
+from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, feature_map_site, pointwise_names, register_family
 
 __all__ = ["EFFICIENTNET"]
 
@@ -96,7 +96,7 @@ def _has_residual(block: nn.Module) -> bool:
 def _add_sites(block: nn.Module) -> None:
     if _has_residual(block):
         width = block.get_submodule(block.output_conv).out_channels
-        block.site = ResidualSite(width, channel_dim=1, branch_first=True)
+        block.site = feature_map_site(width)
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:

@@ -12,7 +12,7 @@ import torch
 from timm.models.regnet import Bottleneck, PreBottleneck
 from torch import nn
 
-from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, ResidualSite, pointwise_names, register_family
+from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, feature_map_site, pointwise_names, register_family
 
 __all__ = ["RegNetBottleneckSiteBlock", "RegNetPreBottleneckSiteBlock", "REGNET"]
 
@@ -54,7 +54,7 @@ def _has_residual(block: nn.Module) -> bool:
 def _add_sites(block: nn.Module) -> None:
     if _has_residual(block):
         conv3 = block.conv3.conv if isinstance(block, Bottleneck) else block.conv3
-        block.site = ResidualSite(conv3.out_channels, channel_dim=1, branch_first=True)
+        block.site = feature_map_site(conv3.out_channels)
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:

@@ -24,6 +24,7 @@ __all__ = [
     "register_family",
     "families",
     "NO_TOKENS_IN_FEATURE_MAPS",
+    "feature_map_site",
     "is_pointwise",
     "pointwise_names",
 ]
@@ -99,6 +100,11 @@ class ResidualSite(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, channel_dim={self.channel_dim}"
+
+
+def feature_map_site(channels: int) -> ResidualSite:
+    """The site of a CNN block: (B, C, H, W) maps, and timm's ``F(x) + h(x)`` operand order."""
+    return ResidualSite(channels, channel_dim=1, branch_first=True)
 
 
 @dataclass

@@ -113,6 +113,7 @@ def format_table(rows: list[ParamCount], fmt: str = "markdown") -> str:
                 "tuned_parameters": r.tuned,
                 "millions": r.millions,
                 "note": r.note,
+                "skipless_blocks": list(r.skipless_blocks),
             }
             for r in rows
         ]
