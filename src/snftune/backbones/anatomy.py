@@ -30,7 +30,11 @@ def _check_timm_version() -> None:
 
 
 def _block_type_names(model: nn.Module) -> list[str]:
-    names = {type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()}
+    names = {
+        type(m).__name__
+        for m in model.modules()
+        if any(word in type(m).__name__.lower() for word in ("block", "bottleneck", "residual"))
+    }
     if not names:
         names = {type(m).__name__ for m in model.children()}
     return sorted(names)
@@ -53,12 +57,7 @@ def _family_of(model: nn.Module) -> Family:
         if any(type(m) in family.block_types or type(m) in family.block_types.values() for m in model.modules())
     ]
     if not found:
-        supported = sorted(t.__name__ for f in families().values() for t in f.block_types)
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no block type snftune supports. Block types found: "
-            f"{', '.join(_block_type_names(model)) or 'none'}. Supported timm blocks: {', '.join(supported)} "
-            f"(families: {', '.join(sorted(families()))})."
-        )
+        raise _unsupported(model)
     if len(found) > 1:
         raise UnsupportedModelError(f"{type(model).__name__} mixes block families {sorted(f.name for f in found)}.")
     family = found[0]
@@ -77,10 +76,19 @@ def _family_of(model: nn.Module) -> Family:
         type(m) in family.block_types.values() or (type(m) in family.block_types and family.has_residual(m))
         for m in model.modules()
     ):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has {family.name} blocks, but none with a residual connection"
-        )
+        raise _unsupported(model, f" (its {family.name} blocks have no residual connection)")
     return family
+
+
+def _unsupported(model: nn.Module, detail: str = "") -> UnsupportedModelError:
+    supported = sorted(
+        f"{t.__module__.rsplit('.', 1)[-1]}.{t.__name__}" for f in families().values() for t in f.block_types
+    )
+    return UnsupportedModelError(
+        f"{type(model).__name__} has no block type snftune supports{detail}. Block types found: "
+        f"{', '.join(_block_type_names(model)) or 'none'}. Supported timm blocks: {', '.join(supported)} "
+        f"(families: {', '.join(sorted(families()))})."
+    )
 
 
 def install_sites(model: nn.Module) -> Anatomy:

@@ -9,12 +9,9 @@ Base has separate ``q_proj``/``k_proj``/``v_proj`` instead, each wrapped whole.
 Wrapping renames the wrapped layer's tensors (``attn.qkv.weight`` becomes
 ``attn.qkv.base_layer.weight``); tuned files hold only ``lora_A``/``lora_B`` and the head.
 
-Where timm keeps the qkv biases beside the fused layer (``q_bias``, ``v_bias`` and a zero
-``k_bias`` in EVA, BEiT and Swin V2 attention, added in timm's own
-``F.linear(x, qkv.weight, bias)`` call, which bypasses ``qkv.forward``), the wrapper
-(:class:`LoRASplitBiasQKV`) takes the three over and makes that same call, so the frozen
-output is unchanged to the bit and the update is not skipped (``attn.q_bias`` becomes
-``attn.qkv.q_bias``).
+Where timm keeps the qkv biases beside the fused layer (EVA, BEiT, Swin V2), the wrapper
+(:class:`LoRASplitBiasQKV`) takes them over (:mod:`.split_bias`), so the frozen output is
+unchanged to the bit and the update is not bypassed.
 
 On CNNs, ``targets=("conv1x1",)`` wraps the 1x1 convolutions of every block's branch
 (:class:`LoRAConv1x1`): ResNet and RegNet ``conv1``/``conv3``, EfficientNet/MobileNet
@@ -36,6 +33,7 @@ from ..backbones import install_sites
 from ..backbones.sites import Anatomy, is_pointwise
 from .common import Size, normalise_size, per_block
 from .registry import MethodConfig, NotApplicableError, register_method
+from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
 QKV_PARTS = ("q", "k", "v")
 ATTENTION_TARGETS = (*QKV_PARTS, "qkv", "proj")
@@ -187,30 +185,13 @@ class LoRAConv1x1(LoRALinear):
         return self.base_layer.weight.flatten(1)
 
 
-class LoRASplitBiasQKV(LoRALinear):
-    """LoRA on a fused qkv linear whose biases timm keeps in the attention (see the module doc).
-
-    Holds the attention's ``q_bias``, ``v_bias`` (frozen parameters) and ``k_bias`` (a zero
-    buffer) and computes timm's ``F.linear(x, qkv.weight, cat(q_bias, k_bias, v_bias))``, or
-    its ``qkv(x) += bias`` form where the attention was built with ``qkv_bias_separate``.
-    """
+class LoRASplitBiasQKV(TakesOverQKVBiases, LoRALinear):
+    """LoRA on a fused qkv linear whose biases timm keeps in the attention (EVA, BEiT, Swin V2):
+    see :mod:`.split_bias`. The base output is timm's own biased call, then the update."""
 
     def __init__(self, base_layer: nn.Linear, attention: nn.Module, *args, **kwargs) -> None:
         super().__init__(base_layer, *args, **kwargs)
-        self.q_bias = attention.q_bias
-        self.register_buffer("k_bias", attention.k_bias, persistent=False)
-        self.v_bias = attention.v_bias
-        self.bias_separate = bool(getattr(attention, "qkv_bias_separate", False))
-        # timm's attention computes self.qkv(x) when its q_bias is None, which now runs this wrapper.
-        attention.q_bias = attention.k_bias = attention.v_bias = None
-
-    def _base(self, x: torch.Tensor) -> torch.Tensor:
-        qkv_bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        if self.bias_separate:
-            out = self.base_layer(x)
-            out += qkv_bias
-            return out
-        return F.linear(x, weight=self.base_layer.weight, bias=qkv_bias)
+        self.take_over_qkv_biases(attention)
 
 
 @dataclass(frozen=True)
@@ -324,7 +305,7 @@ def _wrap(target: _Target, rank: int, config: LoRAConfig) -> None:
     args = (rank, config.alpha, target.chunks, target.updated, config.dropout)
     if isinstance(layer, nn.Conv2d):
         wrapped = LoRAConv1x1(layer, *args)
-    elif target.name == "qkv" and getattr(target.owner, "q_bias", None) is not None:
+    elif keeps_qkv_biases_apart(target.owner, target.name):
         wrapped = LoRASplitBiasQKV(layer, target.owner, *args)
     else:
         wrapped = LoRALinear(layer, *args)
