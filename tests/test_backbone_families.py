@@ -8,8 +8,8 @@ bit-exact, and a few optimiser steps of the method's own parameters, with the cl
 head frozen, lower the loss on a batch of a generated task. Each family's other variants
 (conv MLP, post-norm, SwiGLU, shared position bias, pre-activation, edge/universal inverted
 residuals) are checked bit-exact with empty slots. Per-family behaviour follows: prompts
-and position encodings, LoRA on split biases and 1x1 convolutions, blocks without a skip,
-refusals, and the parameter table of the full-size models.
+and position encodings, LoRA and SSF on split biases and 1x1 convolutions, blocks without a
+skip, refusals, the parameter table of the full-size models, and serving in mixed batches.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from snftune.data import resolve_task
 from snftune.methods import Adapter, NotApplicableError, ShortcutFlow, merge, unmerge
 from snftune.methods.lora import LoRAConv1x1, LoRALinear, LoRASplitBiasQKV
 from snftune.methods.ssf import ScaleShift, ScaleShiftSplitBias
+from snftune.serving import MultiTaskModel, ServingError
 
 from conftest import TINY_MODELS, away_from_init
 
@@ -603,3 +604,46 @@ def test_adapter_sits_on_the_channel_vector_of_channels_last_and_token_maps() ->
         adapters = [m for m in model.modules() if isinstance(m, Adapter)]
         assert adapters and {a.channel_dim for a in adapters} == {channel_dim}
         assert not any(isinstance(m, ShortcutFlow) for m in model.modules())
+
+
+# ---------------------------------------------------------------- serving the token models in mixed batches
+
+
+def served_file(folder, kind: str, method: str, overrides: dict, classes: int, seed: int):
+    model = build(kind)
+    model.reset_classifier(classes)
+    torch.manual_seed(seed)
+    snftune.apply(model, method, **overrides)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    return snftune.save_tuned(model, folder / f"{seed}-{method}.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["eva02", "beit"])
+def test_mixed_prompt_batches_keep_each_tasks_position_encodings(tmp_path, kind: str) -> None:
+    """Served together, prompts of different lengths share a padded, key-masked region: EVA's rope
+    and BEiT's relative bias (with timm's attn_mask on top) still give each sample its own model's output."""
+    cases = [("vpt-deep", {"length": 2}, 3), ("vpt-shallow", {"length": 3}, 4), ("snf-deep", {}, 2)]
+    files = {f"{i}-{m}": served_file(tmp_path, kind, m, o, k, i) for i, (m, o, k) in enumerate(cases)}
+    model = MultiTaskModel(build(kind), files)
+    images = torch.randn(9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([0, 1, 2, 2, 0, 1, 1, 0, 2])
+    with torch.no_grad():
+        logits = model(images, ids).logits
+    for task, ((method, _, classes), path) in enumerate(zip(cases, files.values(), strict=True)):
+        single = build(kind)
+        single.reset_classifier(classes)
+        snftune.load_tuned(single, path)
+        rows = (ids == task).nonzero().flatten()
+        with torch.no_grad():
+            expected = single.eval()(images[rows])
+        assert not differs(logits[rows, :classes], expected, 1e-5), method
+
+
+@pytest.mark.parametrize(("kind", "method"), [("beit", "lora"), ("regnet", "lora-conv"), ("swinv2", "bitfit")])
+def test_serving_refuses_updates_without_a_per_sample_form(tmp_path, kind: str, method: str) -> None:
+    files = {"a": served_file(tmp_path, kind, method, {}, 3, 0), "b": served_file(tmp_path, kind, "linear", {}, 2, 1)}
+    with pytest.raises(ServingError, match="no per-sample form"):
+        MultiTaskModel(build(kind), files)

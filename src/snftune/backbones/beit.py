@@ -23,30 +23,39 @@ __all__ = ["BeitSiteAttention", "BeitSiteBlock", "BEIT"]
 
 class BeitSiteAttention(Attention):
     """timm's BEiT attention, with the relative position bias kept to the original tokens when
-    tokens were inserted after the class token."""
+    tokens were inserted after the class token, and timm's ``attn_mask`` (as ViT and EVA attention
+    take it: a boolean mask where True takes part, or an additive float mask) on top of the bias."""
 
-    def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        shared_rel_pos_bias: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.relative_position_bias_table is not None:
             biased_tokens = self.relative_position_index.shape[0]
         elif shared_rel_pos_bias is not None:
             biased_tokens = shared_rel_pos_bias.shape[-1]
         else:
             biased_tokens = x.shape[1]
-        if biased_tokens == x.shape[1]:
+        if biased_tokens == x.shape[1] and attn_mask is None:
             return super().forward(x, shared_rel_pos_bias)
         bias = self._get_rel_pos_bias() if self.relative_position_bias_table is not None else None
         if shared_rel_pos_bias is not None:
             bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
-        return self._attend_with_inserted_tokens(x, bias)
+        if bias is not None and biased_tokens != x.shape[1]:
+            bias = _pad_after_class_token(bias, x.shape[1])
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(
+                    ~attn_mask, float("-inf")
+                )
+            bias = attn_mask if bias is None else bias + attn_mask
+        return self._attend(x, bias)
 
-    def _attend_with_inserted_tokens(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """timm's fused-attention path, with ``bias`` (sized for class + patch tokens) padded by
-        zero rows and columns at the tokens inserted after the class token."""
+    def _attend(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """timm's fused-attention path with ``bias`` as the whole additive mask."""
         B, N, C = x.shape
-        inserted = N - bias.shape[-1]
-        # Pad the last two dims: (left, right) of the keys, then of the queries, at position 1.
-        bias = torch.cat([bias[..., :1], bias.new_zeros(*bias.shape[:-1], inserted), bias[..., 1:]], dim=-1)
-        bias = torch.cat([bias[..., :1, :], bias.new_zeros(*bias.shape[:-2], inserted, N), bias[..., 1:, :]], dim=-2)
         if self.q_bias is None:
             qkv = self.qkv(x)
         else:
@@ -61,6 +70,14 @@ class BeitSiteAttention(Attention):
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
         )
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+def _pad_after_class_token(bias: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``bias`` (sized for class + patch tokens on its last two dims) with zero rows and columns
+    for the tokens inserted right after the class token, up to ``tokens``."""
+    inserted = tokens - bias.shape[-1]
+    bias = torch.cat([bias[..., :1], bias.new_zeros(*bias.shape[:-1], inserted), bias[..., 1:]], dim=-1)
+    return torch.cat([bias[..., :1, :], bias.new_zeros(*bias.shape[:-2], inserted, tokens), bias[..., 1:, :]], dim=-2)
 
 
 class BeitSiteBlock(Block):
