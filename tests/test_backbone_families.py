@@ -552,7 +552,10 @@ def timm_site_widths(name: str) -> list[int]:
     """The width of every residual of ``name``, read from timm's own modules (not snftune's anatomy)."""
     from timm.models import beit, convnext, eva, regnet, swin_transformer_v2
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+    except NotImplementedError:  # timm 1.0.26's Swin V2 needs torch.unique, which has no meta kernel
         model = timm.create_model(name)
     widths = []
     for m in model.modules():

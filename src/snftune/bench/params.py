@@ -69,9 +69,17 @@ class ParamCount:
 
 
 def _summary(model_name: str, method: str, **model_kwargs) -> TrainableSummary:
-    with torch.device("meta"):
-        model = timm.create_model(model_name, **model_kwargs)
-        apply(model, method)
+    try:
+        with torch.device("meta"):
+            return _apply_and_summarise(timm.create_model(model_name, **model_kwargs), method)
+    except NotImplementedError:
+        # Some timm versions compute a buffer with an operator that has no meta kernel (Swin V2's
+        # relative-coordinate table in timm 1.0.26, torch.unique): count on a CPU copy instead.
+        return _apply_and_summarise(timm.create_model(model_name, **model_kwargs), method)
+
+
+def _apply_and_summarise(model: torch.nn.Module, method: str) -> TrainableSummary:
+    apply(model, method)
     return trainable_summary(model)
 
 
