@@ -11,6 +11,8 @@ should cost no more than SNF-shallow.
 
     python benchmarks/snf_cost.py                        # vit_small_patch16_224, batch 16, CPU
     python benchmarks/snf_cost.py --model vit_base_patch16_224 --batch-size 32 --device cuda
+    python benchmarks/snf_cost.py --model convnext_tiny              # any supported family
+    python benchmarks/snf_cost.py --model eva02_small_patch14_224
 """
 
 from __future__ import annotations

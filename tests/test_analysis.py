@@ -313,7 +313,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     data = ["--data", "generated/shapes", "--split", "val200"]
     return {
         "unsupported backbone": (
-            ["analyze", "--model", "mobilenetv3_small_050", *data],
+            ["analyze", "--model", "ghostnet_050", *data],
             "has no block type snftune supports",
         ),
         "tuned for another backbone": (

@@ -128,3 +128,18 @@ def test_fused_flow_keeps_no_activation_per_step():
     activation_sized = [t for t in saved if t.numel() >= x.numel()]
     assert len(activation_sized) == 1 and activation_sized[0].data_ptr() == x.data_ptr()
     assert sum(t.numel() for t in saved if t.numel() < x.numel()) < x.numel() // 4
+
+
+@pytest.mark.parametrize("planar_steps", [0, 3])
+def test_fused_flow_keeps_channels_last_maps_as_they_are(planar_steps):
+    """(B, C, H, W) maps with channels-last strides (ConvNeXt's) are channel vectors in memory:
+    the flow reads and writes them in place of a copy, and keeps their strides."""
+    flow = _randomised(ShortcutFlow(6, planar_steps, channel_dim=1).double())
+    x = torch.randn(2, 6, 3, 4, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    fused, plain = flow(x), flow.forward_reference(x)
+    assert fused.stride() == x.stride() and torch.allclose(fused, plain, atol=1e-12)
+    grad = torch.randn_like(fused)
+    inputs = [x, *flow.parameters()]
+    for a, b in zip(torch.autograd.grad(fused, inputs, grad), torch.autograd.grad(plain, inputs, grad), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)

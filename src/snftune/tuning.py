@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_write
+from .backbones import anatomy
 from .methods.registry import MethodConfig, config_from_dict, method_for, resolve_config
 
 __all__ = [
@@ -117,7 +118,8 @@ def apply(model: nn.Module, method: str | MethodConfig, **overrides: Any) -> nn.
     BatchNorm statistics are frozen unless the method trains the whole backbone.
 
     Args:
-        model: a timm model (ViT/DeiT, Swin, ResNet).
+        model: a timm model of a supported family (ViT/DeiT, EVA, BEiT, Swin/Swin V2, ResNet,
+            RegNet, ConvNeXt, EfficientNet/MobileNet; see the README's supported backbones).
         method: a method or preset name (``"snf-deep"``), a YAML file, or a config instance.
         **overrides: config fields to override, e.g. ``planar_steps=3``.
     """
@@ -170,17 +172,33 @@ def tuned_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class TrainableSummary:
+    """Trainable parameter counts; ``skipless_blocks`` names the blocks of a model with residual
+    sites that have no residual connection (so no site: shortcut methods leave them as they are)."""
+
     method: str
     tuned: int
     head: int
     total: int
+    skipless_blocks: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         share = 100.0 * (self.tuned + self.head) / max(self.total, 1)
-        return (
+        text = (
             f"{self.method}: tuned {self.tuned:,} ({self.tuned / 1e6:.3f}M) + head {self.head:,} "
             f"= {self.tuned + self.head:,} trainable of {self.total:,} parameters ({share:.3f}%)"
         )
+        if self.skipless_blocks:
+            text += f"; {len(self.skipless_blocks)} blocks have no residual connection, so no site: " + ", ".join(
+                self.skipless_blocks
+            )
+        return text
+
+
+def _skipless_blocks(model: nn.Module) -> tuple[str, ...]:
+    try:
+        return tuple(anatomy(model).skipless_blocks)
+    except ValueError:  # no sites installed: the method did not need them
+        return ()
 
 
 def trainable_summary(model: nn.Module) -> TrainableSummary:
@@ -195,7 +213,7 @@ def trainable_summary(model: nn.Module) -> TrainableSummary:
             else:
                 tuned += parameter.numel()
     state = getattr(model, "snftune_state", None)
-    return TrainableSummary(state.label if state else "untuned", tuned, head_count, total)
+    return TrainableSummary(state.label if state else "untuned", tuned, head_count, total, _skipless_blocks(model))
 
 
 def _require_state(model: nn.Module) -> TuningState:

@@ -7,7 +7,7 @@ import warnings
 import timm
 from torch import nn
 
-from . import resnet, swin, vit  # noqa: F401  (registers the families)
+from . import beit, convnext, efficientnet, eva, regnet, resnet, swin, vit  # noqa: F401  (registers the families)
 from .sites import Anatomy, Family, ResidualSite, UnsupportedModelError, families
 
 SUPPORTED_TIMM = ((1, 0, 26), (1, 1, 0))
@@ -30,7 +30,11 @@ def _check_timm_version() -> None:
 
 
 def _block_type_names(model: nn.Module) -> list[str]:
-    names = {type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()}
+    names = {
+        type(m).__name__
+        for m in model.modules()
+        if any(word in type(m).__name__.lower() for word in ("block", "bottleneck", "residual"))
+    }
     if not names:
         names = {type(m).__name__ for m in model.children()}
     return sorted(names)
@@ -45,34 +49,62 @@ def _installed_family(model: nn.Module) -> Family | None:
     return None
 
 
+def _family_of(model: nn.Module) -> Family:
+    """The one family whose blocks ``model`` holds; refuses unsupported, mixed or partly exposable models."""
+    found = [
+        family
+        for family in families().values()
+        if any(type(m) in family.block_types or type(m) in family.block_types.values() for m in model.modules())
+    ]
+    if not found:
+        raise _unsupported(model)
+    if len(found) > 1:
+        raise UnsupportedModelError(f"{type(model).__name__} mixes block families {sorted(f.name for f in found)}.")
+    family = found[0]
+    refused = {
+        type(m).__name__: family.refused_block_types[type(m)]
+        for m in model.modules()
+        if type(m) in family.refused_block_types
+    }
+    if refused:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in sorted(refused.items()))
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has {family.name} blocks whose residuals snftune does not expose ({reasons}); "
+            "tuning it would leave those shortcuts out. Use a model without these blocks."
+        )
+    if family.has_residual is not None and not any(
+        type(m) in family.block_types.values() or (type(m) in family.block_types and family.has_residual(m))
+        for m in model.modules()
+    ):
+        raise _unsupported(model, f" (its {family.name} blocks have no residual connection)")
+    return family
+
+
+def _unsupported(model: nn.Module, detail: str = "") -> UnsupportedModelError:
+    supported = sorted(
+        f"{t.__module__.rsplit('.', 1)[-1]}.{t.__name__}" for f in families().values() for t in f.block_types
+    )
+    return UnsupportedModelError(
+        f"{type(model).__name__} has no block type snftune supports{detail}. Block types found: "
+        f"{', '.join(_block_type_names(model)) or 'none'}. Supported timm blocks: {', '.join(supported)} "
+        f"(families: {', '.join(sorted(families()))})."
+    )
+
+
 def install_sites(model: nn.Module) -> Anatomy:
     """Converts every supported timm block of ``model`` in place and returns its anatomy.
 
     Converting swaps each block's class for a subclass whose forward routes the residual
     additions through empty :class:`ResidualSite` slots, so parameters, state-dict keys and
-    outputs stay exactly those of the timm model. Calling it again changes nothing.
+    outputs stay exactly those of the timm model. Calling it again changes nothing. A model
+    that cannot be converted as a whole is refused before anything is changed.
     """
-    found: dict[str, int] = {}
-    for family in families().values():
-        site_types = set(family.block_types.values())
-        for module in model.modules():
-            if type(module) in site_types:
-                found[family.name] = found.get(family.name, 0) + 1
-            elif type(module) in family.block_types:
-                module.__class__ = family.block_types[type(module)]
-                family.add_sites(module)
-                found[family.name] = found.get(family.name, 0) + 1
-    if not found:
-        supported = sorted(t.__name__ for f in families().values() for t in f.block_types)
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no block type snftune supports. Block types found: "
-            f"{', '.join(_block_type_names(model)) or 'none'}. Supported timm blocks: {', '.join(supported)} "
-            "(ViT/DeiT, Swin, ResNet)."
-        )
-    if len(found) > 1:
-        raise UnsupportedModelError(f"{type(model).__name__} mixes block families {sorted(found)}.")
+    family = _family_of(model)
     _check_timm_version()
-    family = families()[next(iter(found))]
+    for module in model.modules():
+        if type(module) in family.block_types:
+            module.__class__ = family.block_types[type(module)]
+            family.add_sites(module)
     if family.prepare_model is not None:
         family.prepare_model(model)
     return anatomy(model)
@@ -88,10 +120,11 @@ def anatomy(model: nn.Module) -> Anatomy:
             "(or snftune.apply) first"
         )
     site_types = tuple(family.block_types.values())
-    blocks, block_sites, sites, site_names = [], [], [], []
+    blocks, block_names, block_sites, sites, site_names = [], [], [], [], []
     for name, module in model.named_modules():
         if isinstance(module, site_types):
             blocks.append(module)
+            block_names.append(name)
             block_sites.append([])
         elif isinstance(module, ResidualSite):
             block_sites[-1].append(module)
@@ -103,5 +136,7 @@ def anatomy(model: nn.Module) -> Anatomy:
         sites=sites,
         site_names=site_names,
         block_sites=block_sites,
+        block_names=block_names,
+        skipless_blocks=[name for name, own in zip(block_names, block_sites, strict=True) if not own],
         **family.describe(model, blocks),
     )

@@ -10,7 +10,7 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
-from .sites import Family, ResidualSite, register_family
+from .sites import NO_TOKENS_IN_FEATURE_MAPS, Family, feature_map_site, pointwise_names, register_family
 
 
 def _residual(block: nn.Module, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -39,11 +39,14 @@ class BasicSiteBlock(BasicBlock):
 
 def _add_sites(block: nn.Module) -> None:
     last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
-    block.site = ResidualSite(last_bn.num_features, channel_dim=1, branch_first=True)
+    block.site = feature_map_site(last_bn.num_features)
 
 
 def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:
-    return {}
+    return {
+        "pointwise_convs": [pointwise_names(b, ("conv1", "conv3")) for b in blocks],
+        "no_token_sequence": NO_TOKENS_IN_FEATURE_MAPS,
+    }
 
 
 RESNET = register_family(

@@ -23,7 +23,15 @@ __all__ = [
     "fill_slot",
     "register_family",
     "families",
+    "NO_TOKENS_IN_FEATURE_MAPS",
+    "feature_map_site",
+    "is_pointwise",
+    "pointwise_names",
 ]
+
+NO_TOKENS_IN_FEATURE_MAPS = (
+    "a CNN computes (B, C, H, W) feature maps with convolutions: there is no token sequence to insert prompts into"
+)
 
 
 class UnsupportedModelError(TypeError):
@@ -44,6 +52,19 @@ def fill_slot(owner: nn.Module, slot: str, module: nn.Module) -> None:
             "apply one method per model (build a fresh model for another)"
         )
     setattr(owner, slot, module)
+
+
+def is_pointwise(layer: nn.Module | None) -> bool:
+    """A linear layer, or a 1x1 stride-1 ungrouped convolution (the same map on every position)."""
+    if type(layer) is nn.Linear:
+        return True
+    return isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.groups == 1
+
+
+def pointwise_names(block: nn.Module, candidates: tuple[str, ...]) -> list[str]:
+    """The ``candidates`` (module names relative to ``block``) that exist and are pointwise."""
+    found = dict(block.named_modules())
+    return [name for name in candidates if is_pointwise(found.get(name))]
 
 
 class ResidualSite(nn.Module):
@@ -81,22 +102,37 @@ class ResidualSite(nn.Module):
         return f"channels={self.channels}, channel_dim={self.channel_dim}"
 
 
+def feature_map_site(channels: int) -> ResidualSite:
+    """The site of a CNN block: (B, C, H, W) maps, and timm's ``F(x) + h(x)`` operand order."""
+    return ResidualSite(channels, channel_dim=1, branch_first=True)
+
+
 @dataclass
 class Anatomy:
     """Where a backbone's residual sites, attention projections and tokens are.
 
     Attributes:
-        family: ``"vit"``, ``"swin"`` or ``"resnet"``.
-        blocks: the site-exposing blocks, in forward order.
+        family: the family's name (``"vit"``, ``"eva"``, ``"beit"``, ``"swin"``, ``"swinv2"``,
+            ``"resnet"``, ``"regnet"``, ``"convnext"``, ``"efficientnet"``).
+        blocks: the converted blocks, in forward order (blocks without a skip included).
         sites: every residual site, in forward order (two per transformer block).
         site_names: qualified module names of ``sites`` (e.g. ``blocks.3.attn_site``).
-        block_sites: for each block, its sites in order.
-        attentions: per block, the attention module holding the fused ``qkv`` linear
-            (empty for ResNet).
-        mlps: per block, the MLP module holding the ``fc1`` and ``fc2`` linears (empty for ResNet).
-        embed_dim: width of the token sequence (ViT), else None.
-        num_prefix_tokens: class/register tokens ahead of the patch tokens (ViT), else 0.
-        patch_size: the patch embedding's (height, width) (ViT), else None.
+        block_sites: for each block, its sites in order (empty for a block without a skip).
+        block_names: qualified module names of ``blocks``.
+        skipless_blocks: names of the blocks that have no residual connection (an
+            EfficientNet block that changes width or stride, a RegNet block built without a
+            shortcut): they get no site, so shortcut methods leave them as they are.
+        attentions: per block, the attention module holding the ``qkv`` linear (or EVA's
+            separate ``q_proj``/``k_proj``/``v_proj``); empty for CNNs.
+        mlps: per block, the MLP module holding the ``fc1`` (or SwiGLU's ``fc1_g``/``fc1_x``)
+            and ``fc2`` layers; empty for CNNs without one.
+        pointwise_convs: per block, the names (relative to the block, e.g. ``conv_pwl`` or
+            ``conv3.conv``) of the 1x1 convolutions of its branch, or of the channel MLP's
+            linears that act as 1x1 convolutions (ConvNeXt); empty for transformers.
+        embed_dim: width of the token sequence (token models: ViT, EVA, BEiT), else None.
+        num_prefix_tokens: class/register tokens ahead of the patch tokens (token models), else 0.
+        patch_size: the patch embedding's (height, width) (token models), else None.
+        no_token_sequence: why prompt methods cannot insert tokens (empty for token models).
     """
 
     family: str
@@ -104,11 +140,15 @@ class Anatomy:
     sites: list[ResidualSite]
     site_names: list[str]
     block_sites: list[list[ResidualSite]]
+    block_names: list[str] = field(default_factory=list)
+    skipless_blocks: list[str] = field(default_factory=list)
     attentions: list[nn.Module] = field(default_factory=list)
     mlps: list[nn.Module] = field(default_factory=list)
+    pointwise_convs: list[list[str]] = field(default_factory=list)
     embed_dim: int | None = None
     num_prefix_tokens: int = 0
     patch_size: tuple[int, int] | None = None
+    no_token_sequence: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +164,12 @@ class Family:
     """Model-level facts for :class:`Anatomy` (attentions, embed_dim, prefix tokens)."""
     prepare_model: Callable[[nn.Module], None] | None = None
     """Optional model-level slot set-up (e.g. the ViT token exit before the final norm)."""
+    has_residual: Callable[[nn.Module], bool] | None = None
+    """For families whose blocks may lack a skip (timm's ``has_skip``): whether this block has one.
+    A block without one is still converted (its forward is timm's) but gets no site."""
+    refused_block_types: dict[type, str] = field(default_factory=dict)
+    """timm blocks of this family's models that have a residual snftune does not expose, with the
+    reason: a model holding one is refused, rather than tuned with some shortcuts left out."""
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -1,9 +1,5 @@
-"""ViT and DeiT (timm ``vision_transformer.Block``): two residual sites per block.
-
-Besides the sites, each block gets a ``token_slot`` applied to the token sequence as it
-enters the block, and the model gets a ``token_exit.slot`` applied before the final norm, so
-prompt methods can add tokens and strip them before pooling without another forward.
-"""
+"""ViT and DeiT (timm ``vision_transformer.Block``): two residual sites per block, and the
+token slots of :mod:`.tokens` for prompt methods."""
 
 from __future__ import annotations
 
@@ -11,7 +7,10 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .sites import Family, ResidualSite, register_family
+from .sites import Family, register_family
+from .tokens import TokenExit, add_token_sites, describe_token_model, prepare_token_exit
+
+__all__ = ["TokenExit", "ViTSiteBlock", "VIT"]
 
 
 class ViTSiteBlock(Block):
@@ -27,43 +26,7 @@ class ViTSiteBlock(Block):
 
 
 def _add_sites(block: nn.Module) -> None:
-    dim = block.norm1.normalized_shape[0]
-    block.token_slot = nn.Identity()
-    block.attn_site = ResidualSite(dim, channel_dim=-1)
-    block.mlp_site = ResidualSite(dim, channel_dim=-1)
-
-
-class TokenExit(nn.Module):
-    """Holds the ``slot`` run on the token sequence between the last block and the final norm.
-
-    timm's ``forward_features`` has no seam there, so the slot runs as a forward pre-hook of
-    ``model.norm``; the hook is a bound method of this module, so copies of the model stay
-    wired to their own slot.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slot: nn.Module = nn.Identity()
-
-    def pre_hook(self, norm: nn.Module, args: tuple) -> tuple:
-        return (self.slot(args[0]), *args[1:])
-
-
-def _prepare_model(model: nn.Module) -> None:
-    if isinstance(getattr(model, "token_exit", None), TokenExit):
-        return
-    model.token_exit = TokenExit()
-    model.norm.register_forward_pre_hook(model.token_exit.pre_hook)
-
-
-def _describe(model: nn.Module, blocks: list[nn.Module]) -> dict:
-    return {
-        "attentions": [b.attn for b in blocks],
-        "mlps": [b.mlp for b in blocks],
-        "embed_dim": model.embed_dim,
-        "num_prefix_tokens": model.num_prefix_tokens,
-        "patch_size": tuple(model.patch_embed.patch_size),
-    }
+    add_token_sites(block, block.norm1.normalized_shape[0])
 
 
 VIT = register_family(
@@ -71,7 +34,7 @@ VIT = register_family(
         name="vit",
         block_types={Block: ViTSiteBlock},
         add_sites=_add_sites,
-        describe=_describe,
-        prepare_model=_prepare_model,
+        describe=describe_token_model,
+        prepare_model=prepare_token_exit,
     )
 )

@@ -13,7 +13,7 @@ import torch
 from ..backbones import UnsupportedModelError
 from ..methods.peft_bridge import PeftUnavailableError
 from ..methods.registry import NotApplicableError, resolve_config
-from ..tuning import apply, trainable_summary
+from ..tuning import TrainableSummary, apply, trainable_summary
 
 PAPER_BACKBONES: dict[str, str] = {
     "ViT-B/16": "vit_base_patch16_224",
@@ -22,6 +22,18 @@ PAPER_BACKBONES: dict[str, str] = {
     "ResNet-50": "resnet50",
     "ResNet-101": "resnet101",
 }
+
+FAMILY_BACKBONES: dict[str, str] = {
+    "ConvNeXt-B": "convnext_base",
+    "EVA-02-B": "eva02_base_patch14_224",
+    "BEiT-B": "beit_base_patch16_224",
+    "SwinV2-B": "swinv2_base_window8_256",
+    "RegNetY-3.2GF": "regnety_032",
+    "EfficientNet-B0": "efficientnet_b0",
+}
+"""One base-size model of each family beyond the paper's (the README's second table):
+``snftune params --models convnext_base eva02_base_patch14_224 beit_base_patch16_224
+swinv2_base_window8_256 regnety_032 efficientnet_b0``."""
 
 PAPER_METHODS: tuple[str, ...] = (
     "full",
@@ -41,23 +53,39 @@ LoRA sizes, has no fixed count: see the README)."""
 
 @dataclass(frozen=True)
 class ParamCount:
+    """One cell: ``tuned`` is None where the method does not fit (``note`` says why);
+    ``skipless_blocks`` names the backbone's blocks without a residual (no site)."""
+
     method: str
     backbone: str
     model: str
     tuned: int | None
     note: str = ""
+    skipless_blocks: tuple[str, ...] = ()
 
     @property
     def millions(self) -> float | None:
         return None if self.tuned is None else self.tuned / 1e6
 
 
+def _summary(model_name: str, method: str, **model_kwargs) -> TrainableSummary:
+    try:
+        with torch.device("meta"):
+            return _apply_and_summarise(timm.create_model(model_name, **model_kwargs), method)
+    except NotImplementedError:
+        # Some timm versions compute a buffer with an operator that has no meta kernel (Swin V2's
+        # relative-coordinate table in timm 1.0.26, torch.unique): count on a CPU copy instead.
+        return _apply_and_summarise(timm.create_model(model_name, **model_kwargs), method)
+
+
+def _apply_and_summarise(model: torch.nn.Module, method: str) -> TrainableSummary:
+    apply(model, method)
+    return trainable_summary(model)
+
+
 def count_tuned_parameters(model_name: str, method: str, **model_kwargs) -> int:
     """Trainable parameters of ``method`` on ``model_name``, classifier head excluded."""
-    with torch.device("meta"):
-        model = timm.create_model(model_name, **model_kwargs)
-        apply(model, method)
-    return trainable_summary(model).tuned
+    return _summary(model_name, method, **model_kwargs).tuned
 
 
 def parameter_table(
@@ -69,7 +97,10 @@ def parameter_table(
         resolve_config(method)
         for label, model_name in backbones.items():
             try:
-                rows.append(ParamCount(method, label, model_name, count_tuned_parameters(model_name, method)))
+                summary = _summary(model_name, method)
+                rows.append(
+                    ParamCount(method, label, model_name, summary.tuned, skipless_blocks=summary.skipless_blocks)
+                )
             except (NotApplicableError, UnsupportedModelError, PeftUnavailableError) as error:
                 rows.append(ParamCount(method, label, model_name, None, str(error)))
     return rows
@@ -90,6 +121,7 @@ def format_table(rows: list[ParamCount], fmt: str = "markdown") -> str:
                 "tuned_parameters": r.tuned,
                 "millions": r.millions,
                 "note": r.note,
+                "skipless_blocks": list(r.skipless_blocks),
             }
             for r in rows
         ]
@@ -127,6 +159,10 @@ def format_table(rows: list[ParamCount], fmt: str = "markdown") -> str:
     notes = sorted({f"- {r.method} on {r.backbone}: {r.note}" for r in rows if r.note})
     if notes:
         lines += ["", "Not applicable:", *notes]
+    skipless = {r.backbone: r.skipless_blocks for r in rows if r.skipless_blocks}
+    if skipless:
+        lines += ["", "Blocks without a residual connection (no site; SNF and Adapter leave them as they are):"]
+        lines += [f"- {b}: {len(names)} ({', '.join(names)})" for b, names in skipless.items()]
     lines.append("\nBackbones: " + ", ".join(f"{b} = timm {cells[methods[0], b].model}" for b in backbones))
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,10 @@
 """BitFit (Ben Zaken et al., 2022): only the bias terms of the backbone train.
 
 Biases are found structurally: the parameter a module registers under the name ``bias``
-(linear, convolution and normalisation layers alike). On timm's ResNets the convolutions
-have no bias, so BitFit trains the BatchNorm biases (their running statistics stay frozen).
+(linear, convolution and normalisation layers alike), or under a name ending in ``_bias``
+(the ``q_bias``/``v_bias`` that EVA, BEiT and Swin V2 attention keep beside a bias-free
+fused ``qkv`` layer). On timm's CNNs the convolutions mostly have no bias, so BitFit trains
+the BatchNorm biases (their running statistics stay frozen).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ class BitFitConfig(MethodConfig):
 
 
 def bias_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every module's own ``bias`` parameter, by qualified name."""
+    """Every module's own ``bias`` (or ``*_bias``) parameter, by qualified name."""
     biases = {}
     for module_name, module in model.named_modules():
-        bias = dict(module.named_parameters(recurse=False)).get("bias")
-        if bias is not None:
-            biases[f"{module_name}.bias" if module_name else "bias"] = bias
+        for name, parameter in module.named_parameters(recurse=False):
+            if name == "bias" or name.endswith("_bias"):
+                biases[f"{module_name}.{name}" if module_name else name] = parameter
     return biases
 
 

@@ -47,16 +47,25 @@ def invertible_u(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class _Layout:
-    """Views the flow input as channel vectors: (M, C) for channels-last, (B, C, L) for channels-first."""
+    """Views the flow input as channel vectors: (M, C) where channels are innermost in memory
+    (tokens, Swin's maps, and (B, C, H, W) maps with channels-last strides, as ConvNeXt's),
+    else (B, C, L) (ResNet's contiguous maps). Either view is free, without a copy."""
 
     def __init__(self, x: torch.Tensor, channel_dim: int) -> None:
         self.shape = x.shape
-        self.channels_last = channel_dim in (-1, x.dim() - 1)
+        self.channel_dim = channel_dim % x.dim()
+        moved = x.movedim(self.channel_dim, -1)
+        self.moved_shape = moved.shape
+        self.channels_last = self.channel_dim == x.dim() - 1 or moved.is_contiguous()
 
     def flat(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, x.shape[-1]) if self.channels_last else x.reshape(x.shape[0], x.shape[1], -1)
+        if self.channels_last:
+            return x.movedim(self.channel_dim, -1).reshape(-1, self.moved_shape[-1])
+        return x.reshape(x.shape[0], x.shape[1], -1)
 
     def unflat(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return x.reshape(self.moved_shape).movedim(-1, self.channel_dim)
         return x.reshape(self.shape)
 
     def per_channel(self, p: torch.Tensor) -> torch.Tensor:
@@ -124,7 +133,7 @@ class _FusedFlow(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, shift, log_scale, u, w, t = ctx.saved_tensors
         layout = _Layout(x, ctx.channel_dim)
-        xf, g = layout.flat(x), layout.flat(grad_y.contiguous())
+        xf, g = layout.flat(x), layout.flat(grad_y)
         dtype = x.dtype
         scale = log_scale.exp().to(dtype)
         shift_, u_, w_ = shift.to(dtype), u.to(dtype), w.to(dtype)

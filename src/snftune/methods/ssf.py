@@ -20,6 +20,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from .registry import MethodConfig, NotApplicableError, register_method
+from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
 KINDS: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
@@ -88,28 +89,39 @@ class ScaleShift(nn.Module):
             return tensor
         return tensor.view(-1, *([1] * (ndim - 2)))
 
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+        out = self._base(x)
         if self.merged:
             return out
         return out * self._broadcast(self.scale, out.ndim) + self._broadcast(self.shift, out.ndim)
 
     @property
     def mergeable(self) -> bool:
-        """The base layer has the per-channel weight and the bias the scale and shift fold into."""
-        return (
-            getattr(self.base_layer, "weight", None) is not None and getattr(self.base_layer, "bias", None) is not None
-        )
+        """The base layer has the per-channel weight and the bias the scale and shift fold into,
+        and nothing after them: timm's norm-act layers (``BatchNormAct2d``: RegNet, EfficientNet)
+        apply an activation after their affine step, which a scale and shift after it cannot
+        cross, so those stay unmerged (the outputs are right either way)."""
+        has_affine = getattr(self.base_layer, "weight", None) is not None and self._bias() is not None
+        return has_affine and isinstance(getattr(self.base_layer, "act", nn.Identity()), nn.Identity)
+
+    def _bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+    def _set_bias(self, value: torch.Tensor) -> None:
+        self.base_layer.bias.copy_(value)
 
     @torch.no_grad()
     def merge(self) -> None:
         """Folds the scale and shift into ``base_layer``'s weight and bias (no-op when not mergeable)."""
         if self.merged or not self.mergeable:
             return
-        weight, bias = self.base_layer.weight, self.base_layer.bias
+        weight, bias = self.base_layer.weight, self._bias()
         self._original = {"weight": weight.clone(), "bias": bias.clone()}  # for an exact unmerge
         weight.mul_(self.scale.view(-1, *([1] * (weight.ndim - 1))).to(weight.dtype))
-        bias.mul_(self.scale.to(bias.dtype)).add_(self.shift.to(bias.dtype))
+        self._set_bias(bias.mul(self.scale.to(bias.dtype)).add_(self.shift.to(bias.dtype)))
         self.merged = True
 
     @torch.no_grad()
@@ -118,9 +130,25 @@ class ScaleShift(nn.Module):
         if not self.merged:
             return
         self.base_layer.weight.copy_(self._original["weight"])
-        self.base_layer.bias.copy_(self._original["bias"])
+        self._set_bias(self._original["bias"])
         self._original = None
         self.merged = False
+
+
+class ScaleShiftSplitBias(TakesOverQKVBiases, ScaleShift):
+    """SSF after a fused qkv linear whose biases timm keeps in the attention (EVA, BEiT, Swin V2;
+    see :mod:`.split_bias`): the scale and shift follow timm's own biased call, and merge into
+    the weight and the three bias parts."""
+
+    def __init__(self, base_layer: nn.Linear, attention: nn.Module, init_std: float = 0.02) -> None:
+        super().__init__(base_layer, init_std)
+        self.take_over_qkv_biases(attention)
+
+    def _bias(self) -> torch.Tensor | None:
+        return self.qkv_bias()
+
+    def _set_bias(self, value: torch.Tensor) -> None:
+        self.set_qkv_bias(value)
 
 
 def _head_modules(model: nn.Module) -> set[int]:
@@ -142,7 +170,10 @@ def apply_ssf(model: nn.Module, config: SSFConfig) -> None:
     if not targets:
         raise NotApplicableError(f"{type(model).__name__} has no {' / '.join(config.targets)} layer outside its head")
     for owner, name, child in targets:
-        setattr(owner, name, ScaleShift(child, config.init_std))
+        if keeps_qkv_biases_apart(owner, name):
+            setattr(owner, name, ScaleShiftSplitBias(child, owner, config.init_std))
+        else:
+            setattr(owner, name, ScaleShift(child, config.init_std))
 
 
 register_method(

@@ -1,11 +1,14 @@
-"""VPT (Jia et al., ECCV 2022): learned prompt tokens in a frozen ViT's token sequence.
+"""VPT (Jia et al., ECCV 2022): learned prompt tokens in a frozen token model's sequence
+(ViT/DeiT, EVA/EVA-02, BEiT).
 
 Shallow: ``length`` prompts are inserted after the class/prefix tokens as the sequence
 enters block 0 and travel through every block. Deep: every block replaces the prompts it
-receives with its own. Both fill the ViT anatomy's slots: each block's ``token_slot``
+receives with its own. Both fill the token anatomy's slots: each block's ``token_slot``
 (:class:`PromptTokens`) and the model's ``token_exit.slot`` (:class:`StripPrompts`), which
 removes the prompts before the final norm, so token and average pooling see exactly the
-original tokens.
+original tokens. Position encodings stay those of the original tokens: prompts get no
+position embedding (it is added before block 0), the identity rotation under EVA's rope and
+no relative position bias in BEiT (the backbone's token blocks see to both).
 
 Per-block lengths (a tuple, deep only) give each block its own prompt count; a 0 leaves
 that block's input as it is, so the previous block's prompts travel on (NOAH's depth).
@@ -115,10 +118,11 @@ def _lengths(config: VPTConfig, num_blocks: int) -> list[int]:
 def apply_vpt(model: nn.Module, config: VPTConfig) -> None:
     """Fills the token slots of the blocks that get prompts, and the token exit."""
     anat = install_sites(model)
-    if anat.family != "vit":
+    if anat.embed_dim is None:
         raise NotApplicableError(
-            f"VPT inserts prompt tokens into a ViT token sequence; this is a {anat.family} backbone. "
-            "Use a ViT/DeiT model, or a method that works on any backbone (snf, adapter, bitfit)."
+            f"VPT inserts prompt tokens into a token sequence, which this {anat.family} backbone lacks: "
+            f"{anat.no_token_sequence}. Use a token model (ViT/DeiT, EVA, BEiT), or a method that works "
+            "on any backbone (snf, adapter, bitfit)."
         )
     kw = factory_kwargs(model)
     patch_h, patch_w = anat.patch_size

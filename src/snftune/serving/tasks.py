@@ -116,6 +116,12 @@ def load_task(skeleton: nn.Module, name: str, path: str | os.PathLike) -> TaskPa
                     parts.slots[(module_name, slot)] = filled
                     claimed.update(f"{module_name}.{slot}.{n}" for n, _ in filled.named_parameters())
         elif isinstance(module, LoRALinear):
+            if type(module) is not LoRALinear:  # mixed LoRA hooks a plain nn.Linear's own forward
+                raise ServingError(
+                    f"{path} (task '{name}'): LoRA on {module_name} is a {type(module).__name__} (a 1x1 "
+                    "convolution, or a qkv layer whose biases timm keeps in the attention: EVA, BEiT, Swin V2), "
+                    "which has no per-sample form yet; serve this file with a model of its own (snftune.load_tuned)"
+                )
             parts.lora[module_name] = module
             claimed.update(f"{module_name}.{n}" for n in ("lora_A", "lora_B"))
         elif id(module) in blocks and isinstance(getattr(module, "token_slot", None), PromptTokens):
