@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import timm
 import torch
@@ -88,3 +90,15 @@ def one_thread():
 @pytest.fixture(params=sorted(TINY_MODELS))
 def tiny_kind(request) -> str:
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="session")
+def image_cache_in_a_temporary_folder(tmp_path_factory):
+    """Runs in tests keep their decoded-image cache (``--cache auto``) out of the user's home."""
+    previous = os.environ.get("SNFTUNE_CACHE_DIR")
+    os.environ["SNFTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SNFTUNE_CACHE_DIR", None)
+    else:
+        os.environ["SNFTUNE_CACHE_DIR"] = previous

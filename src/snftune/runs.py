@@ -24,6 +24,8 @@ import yaml
 from .atomic import atomic_write_json, atomic_write_text
 from .backbones.factory import create_model, looks_like_path
 from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
+from .data.image_cache import CACHE_MODES, ImageCache
+from .data.transforms import is_deterministic
 from .engine import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -34,6 +36,7 @@ from .engine import (
     run_lock,
     train,
 )
+from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import amp_dtype
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
@@ -58,6 +61,7 @@ __all__ = [
     "input_config",
     "known_keys",
     "load_settings_file",
+    "probes_cached_features",
     "read_run_config",
     "resolve_settings",
     "run_state",
@@ -85,6 +89,9 @@ RUN_KEYS = (
     "drop_path",
     "device",
     "out",
+    "cache",
+    "cache_dir",
+    "feature_cache",
 )
 
 
@@ -143,6 +150,9 @@ class RunSettings:
     img_size: int | None = None
     drop_path: float = 0.0
     device: str | None = None
+    cache: str = "auto"
+    cache_dir: str | None = None
+    feature_cache: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
@@ -187,6 +197,11 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         if split is not None and split not in task.splits:
             raise SettingsError(f"{flag} {split}: {task.name} has the splits {', '.join(task.splits)}")
     check_device(values.get("device"))
+    cache, feature_cache = values.get("cache") or "auto", values.get("feature_cache")
+    if cache not in CACHE_MODES:
+        raise SettingsError(f"--cache {cache!r}: use one of {', '.join(CACHE_MODES)}")
+    if feature_cache is not None and not isinstance(feature_cache, bool):
+        raise SettingsError(f"feature_cache must be true or false, got {feature_cache!r}")
     pretrained = values.get("pretrained")
     method = str(values["method"])
     settings = RunSettings(
@@ -205,6 +220,9 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         img_size=values.get("img_size"),
         drop_path=float(values["drop_path"] if values.get("drop_path") is not None else protocol.drop_path),
         device=values.get("device"),
+        cache=cache,
+        cache_dir=_absolute(values.get("cache_dir")),
+        feature_cache=feature_cache is not False,
     )
     return ResolvedRun(settings, task, method_config)
 
@@ -250,13 +268,28 @@ def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any
 
 
 def build_datasets(model: torch.nn.Module, settings: RunSettings, task: Task):
-    """(train set, eval set or None) with the protocol's transforms."""
+    """(train set, eval set or None) with the protocol's transforms, served from the decoded-image
+    cache of ``settings.cache`` (``snftune.data.image_cache``: the same tensors, decoded once)."""
     data_config = input_config(model, settings)
     train_set = task.dataset(settings.train_split, transform=build_transform(task.protocol, data_config, train=True))
     eval_set = None
     if settings.eval_split is not None:
         eval_set = task.dataset(settings.eval_split, transform=build_transform(task.protocol, data_config, train=False))
-    return train_set, eval_set
+    cache = ImageCache(settings.cache, Path(settings.cache_dir) if settings.cache_dir else None)
+    workers = settings.train.workers
+    return cache.wrap(train_set, workers), cache.wrap(eval_set, workers) if eval_set is not None else None
+
+
+def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_set) -> bool:
+    """Whether the run trains its head on features computed once (``snftune.engine.features``):
+    ``feature_cache`` is on, only the head trains, and every epoch would show the backbone the
+    same inputs (a deterministic transform, no mixup or cutmix)."""
+    return (
+        settings.feature_cache
+        and trains_head_only(model)
+        and is_deterministic(getattr(train_set, "transform", None))
+        and not settings.train.uses_mixup
+    )
 
 
 def run_state(folder: Path) -> str:
@@ -308,9 +341,13 @@ def settings_from_record(record: dict[str, Any]) -> RunSettings:
     return RunSettings(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
 
 
-RESUMABLE_RUN_KEYS = {"device", "data_dir", "out"}
+RESUMABLE_RUN_KEYS = {"device", "data_dir", "out", "cache", "cache_dir"}
 """Run settings that may change between a run and its resumption without changing its numbers
-(the data may move to another mount; the engine still checks the training set's size)."""
+(the data may move to another mount; the engine still checks the training set's size; the
+image cache gives the images the uncached pipeline gives)."""
+LATER_RUN_KEYS = {"feature_cache": True}
+"""Defining settings added after run folders were first written, with the value that such a
+folder's ``config.yaml`` (which lacks them) stands for."""
 RESUMABLE_TRAIN_KEYS = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
 
 
@@ -322,8 +359,9 @@ def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> lis
     for key in sorted(set(new) | set(recorded)):
         if key in RESUMABLE_RUN_KEYS or key == "train" or key not in new:
             continue
-        if recorded.get(key) != new[key]:
-            differences.append(f"{key}: {recorded.get(key)!r} -> {new[key]!r}")
+        old = recorded.get(key, LATER_RUN_KEYS.get(key))
+        if old != new[key]:
+            differences.append(f"{key}: {old!r} -> {new[key]!r}")
     old_train, new_train = recorded.get("train") or {}, new["train"]
     for key in sorted(new_train):
         if key not in RESUMABLE_TRAIN_KEYS and old_train.get(key) != new_train[key]:
@@ -412,7 +450,9 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
             "drop_path": settings.drop_path,
             "provenance": provenance,
         }
-        return train(
+        # Linear probing on features computed once; --no-feature-cache trains end to end.
+        trainer = train_head_on_features if probes_cached_features(model, settings, train_set) else train
+        return trainer(
             model,
             train_set,
             settings.train,

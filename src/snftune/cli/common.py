@@ -154,6 +154,21 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     group.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimiser steps")
     group.add_argument("--log-every", type=int)
     group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    group.add_argument(
+        "--cache",
+        choices=["auto", "off", "ram", "disk"],
+        help="decoded-image cache (default auto: on disk, reused by later runs; docs/data.md)",
+    )
+    group.add_argument(
+        "--cache-dir", help="image cache folder (default: $SNFTUNE_CACHE_DIR or ~/.cache/snftune/images)"
+    )
+    group.add_argument(
+        "--no-feature-cache",
+        dest="feature_cache",
+        action="store_const",
+        const=False,
+        help="train a head-only method (linear) end to end, not on backbone features computed once",
+    )
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
 
 

@@ -82,16 +82,22 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
 class SeededSamples(Dataset):
     """Wraps a dataset so that ``dataset[(index, seed)]`` seeds python, numpy and torch's CPU
-    generator before loading, making random transforms a function of the seed."""
+    generator before loading, making random transforms a function of the seed (unless the
+    dataset's ``draws_randomness`` is False)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        # A dataset that says its items draw no random number (cached features, cached pixels
+        # with no random step left) is read without seeding, which costs more than the read.
+        self.draws_randomness = getattr(dataset, "draws_randomness", True)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
+        if not self.draws_randomness:
+            return self.dataset[index]
         if get_worker_info() is not None:  # a worker process: its generators serve loading only
             _seed_generators(seed)
             return self.dataset[index]

@@ -184,8 +184,11 @@ def evaluate(
     subset = torch.as_tensor(class_subset, device=device) if class_subset is not None else None
     correct = count = 0
     loss_sum = 0.0
+    finish = getattr(dataset, "batch_transform", None)  # e.g. cached pixels -> normalised input, on the device
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if finish is not None:
+            images = finish(images)
         with _autocast(device, dtype):
             logits = model(images)
         logits = logits.float()
@@ -264,6 +267,7 @@ def train(
         pin_memory=device.type == "cuda",
         persistent_workers=config.workers > 0,
     )
+    finish = getattr(train_set, "batch_transform", None)  # e.g. cached pixels -> normalised input, on the device
     mixup = None
     if config.uses_mixup:
         mixup = Mixup(
@@ -302,7 +306,10 @@ def train(
     log = _JsonLog(out_dir / LOG_NAME, dist.is_main, log_offset)
     board = _tensorboard(out_dir, dist.is_main)
     if dist.is_main and start_epoch == 0 and start_step == 0:
-        log.write(event="start", settings=config.to_dict(), world_size=dist.world_size, device=str(device))
+        inputs = (record or {}).get("inputs", "images")  # "cached features": engine/features.py
+        log.write(
+            event="start", settings=config.to_dict(), world_size=dist.world_size, device=str(device), inputs=inputs
+        )
 
     def save_checkpoint(epoch: int, step: int) -> None:
         loss, count = all_reduce_sum([epoch_loss, epoch_count], device)
@@ -360,6 +367,8 @@ def train(
             for micro in range(config.accum_steps):
                 images, labels = next(batches)
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if finish is not None:
+                    images = finish(images)
                 targets = labels
                 if mixup is not None:
                     if len(images) % 2:  # timm's Mixup pairs a batch with its reverse: keep it even
