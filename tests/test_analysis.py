@@ -185,7 +185,10 @@ def test_cka_of_a_model_with_itself_is_one_and_drift_lowers_it():
 
 
 def test_flows_invert_real_activations_and_other_slots_are_named():
-    model, size = tuned_tiny("vit", "snf-deep", std=0.3)
+    # Planar parameters of std 0.3 push some w.u near its -0.99 floor, where the step is nearly
+    # singular and any float32 inverse amplifies the forward's rounding (1.4e-4 under torch 2.4):
+    # that measures the conditioning, not the inverse. Trained flows stay much closer to identity.
+    model, size = tuned_tiny("vit", "snf-deep", std=0.2)
     images = torch.randn(4, 3, size, size)
     sites = analyze_model(model, images, AnalysisSettings(iterations=2)).sites
     for site in sites:
