@@ -30,6 +30,8 @@ from snftune.methods import (
     LoRAConfig,
     LoRALinear,
     MethodConfig,
+    NoahConfig,
+    NoahSupernetConfig,
     NotApplicableError,
     SideTuneConfig,
     VPTConfig,
@@ -148,6 +150,24 @@ CASES = [
     Case("vit-ssf-linear", vit, "ssf", {"targets": ["linear"], "init_std": 0.0}, expected=2 * 9 * L * C),
     # stem conv + bn (2 x 64), two convs + two bns per BasicBlock, downsample conv + bn per stage
     Case("resnet-ssf", resnet, "ssf", {"init_std": 0.0}, expected=2 * (2 * 64 + 4 * sum(RESNET_CS) + 2 * 240)),
+    # NOAH: prompts p * C, LoRA on the whole qkv r * (C + 3C), adapter 2aC + a + C, per block
+    Case(
+        "vit-noah",
+        vit,
+        "noah",
+        {"prompt": (3, 0), "lora": (2, 4), "adapter": (0, 5)},
+        expected=3 * C + 4 * C * 6 + 2 * 5 * C + 5 + C,
+        unchanged=False,
+    ),
+    # the supernet at its largest size (8) in both blocks; depth 2 only, so every module acts in every step
+    Case(
+        "vit-noah-supernet",
+        vit,
+        "noah-supernet",
+        {"sizes": (2, 8), "depths": (2,)},
+        expected=L * (8 * C + 4 * C * 8 + 2 * 8 * C + 8 + C),
+        unchanged=False,
+    ),
 ]
 
 
@@ -251,6 +271,8 @@ def test_save_load_round_trip_is_bit_exact(case: Case, tmp_path) -> None:
         AdapterConfig(width=[8, 0], position="both", form="parallel"),
         LoRAConfig(rank=[4, 8], targets=["q", "k", "proj"]),
         SideTuneConfig(channels=[8, 16]),
+        NoahConfig(prompt=[4, 0], lora=2, adapter=[0, 6], dropout=0.0),
+        NoahSupernetConfig(sizes=[10, 5], depths=[1, 2], sample=False),
     ],
 )
 def test_configs_survive_a_json_round_trip_unchanged(config) -> None:
@@ -293,6 +315,10 @@ def test_a_taken_method_or_preset_name_is_refused() -> None:
         ("lora", {"targets": ("query",)}, "targets"),
         ("lora", {"rank": True}, "rank"),
         ("sidetune", {"channels": ()}, "channels"),
+        ("noah", {"lora": 0}, ">= 1"),
+        ("noah", {"dropout": 1.0}, "dropout"),
+        ("noah-supernet", {"sizes": (0, 5)}, ">= 1"),
+        ("noah-supernet", {"sample": "yes"}, "sample"),
     ],
 )
 def test_invalid_settings_are_rejected_at_config_time(method, overrides, message) -> None:
@@ -310,6 +336,9 @@ def test_invalid_settings_are_rejected_at_config_time(method, overrides, message
         (resnet, "adapter", {"position": "attn"}, "no attention residual"),
         (vit, "lora", {"rank": (8, 8, 8)}, "model has 2 blocks"),
         (vit, "vpt-deep", {"length": (1,)}, "model has 2 blocks"),
+        (resnet, "noah-supernet", {}, "resnet backbone"),
+        (swin, "noah", {"lora": 2}, "swin backbone"),
+        (vit, "noah", {"adapter": (1, 2, 3)}, "model has 2 blocks"),
     ],
 )
 def test_methods_that_do_not_fit_the_backbone_say_so(factory, method, overrides, message) -> None:

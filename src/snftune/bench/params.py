@@ -6,13 +6,14 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
 
 from ..backbones import UnsupportedModelError
 from ..methods.peft_bridge import PeftUnavailableError
-from ..methods.registry import NotApplicableError, resolve_config
+from ..methods.registry import MethodConfig, NotApplicableError, resolve_config
 from ..tuning import TrainableSummary, apply, trainable_summary
 
 PAPER_BACKBONES: dict[str, str] = {
@@ -46,9 +47,10 @@ PAPER_METHODS: tuple[str, ...] = (
     "sidetune",
     "snf-shallow",
     "snf-deep",
+    "noah-supernet",
 )
-"""The paper's methods in the order of its VTAB-1k table (NOAH, a search over VPT, Adapter and
-LoRA sizes, has no fixed count: see the README)."""
+"""The paper's methods in the order of its VTAB-1k table, then NOAH's supernet (its searched
+subnets have a count per task: :func:`noah_subnet_table` for NOAH's published subnet files)."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,15 @@ class ParamCount:
     tuned: int | None
     note: str = ""
     skipless_blocks: tuple[str, ...] = ()
+    settings: str = ""
+    """The method's settings as JSON, when ``method`` is a label rather than a method name."""
 
     @property
     def millions(self) -> float | None:
         return None if self.tuned is None else self.tuned / 1e6
 
 
-def _summary(model_name: str, method: str, **model_kwargs) -> TrainableSummary:
+def _summary(model_name: str, method: str | MethodConfig, **model_kwargs) -> TrainableSummary:
     try:
         with torch.device("meta"):
             return _apply_and_summarise(timm.create_model(model_name, **model_kwargs), method)
@@ -78,13 +82,13 @@ def _summary(model_name: str, method: str, **model_kwargs) -> TrainableSummary:
         return _apply_and_summarise(timm.create_model(model_name, **model_kwargs), method)
 
 
-def _apply_and_summarise(model: torch.nn.Module, method: str) -> TrainableSummary:
+def _apply_and_summarise(model: torch.nn.Module, method: str | MethodConfig) -> TrainableSummary:
     apply(model, method)
     return trainable_summary(model)
 
 
-def count_tuned_parameters(model_name: str, method: str, **model_kwargs) -> int:
-    """Trainable parameters of ``method`` on ``model_name``, classifier head excluded."""
+def count_tuned_parameters(model_name: str, method: str | MethodConfig, **model_kwargs) -> int:
+    """Trainable parameters of ``method`` (a name or a config) on ``model_name``, classifier head excluded."""
     return _summary(model_name, method, **model_kwargs).tuned
 
 
@@ -103,6 +107,30 @@ def parameter_table(
                 )
             except (NotApplicableError, UnsupportedModelError, PeftUnavailableError) as error:
                 rows.append(ParamCount(method, label, model_name, None, str(error)))
+    return rows
+
+
+def noah_subnet_table(files: list[str], backbones: dict[str, str] | None = None) -> list[ParamCount]:
+    """One row per NOAH subnet file (its ``RETRAIN:`` block, method ``noah``), and their mean
+    when there are several. NOAH's published files have 12 blocks: they fit ViT-B/16 only."""
+    backbones = PAPER_BACKBONES if backbones is None else backbones
+    rows = []
+    for file in files:
+        config = resolve_config("noah", subnet=file)
+        label = f"noah ({Path(file).stem})"
+        for backbone, model_name in backbones.items():
+            try:
+                tuned = count_tuned_parameters(model_name, config)
+                rows.append(ParamCount(label, backbone, model_name, tuned, settings=config.to_json()))
+            except (NotApplicableError, UnsupportedModelError) as error:
+                rows.append(ParamCount(label, backbone, model_name, None, str(error), settings=config.to_json()))
+    if len(files) > 1:
+        for backbone, model_name in backbones.items():
+            counts = [r.tuned for r in rows if r.backbone == backbone]
+            mean = round(sum(counts) / len(counts)) if None not in counts else None
+            rows.append(
+                ParamCount(f"noah (mean of {len(files)})", backbone, model_name, mean, settings="the rows above")
+            )
     return rows
 
 
@@ -168,4 +196,8 @@ def format_table(rows: list[ParamCount], fmt: str = "markdown") -> str:
 
 
 def _settings(rows: list[ParamCount]) -> dict[str, str]:
-    return {method: resolve_config(method).to_json() for method in dict.fromkeys(r.method for r in rows)}
+    first = {r.method: r for r in reversed(rows)}
+    return {
+        method: first[method].settings or resolve_config(method).to_json()
+        for method in dict.fromkeys(r.method for r in rows)
+    }

@@ -36,7 +36,8 @@ from ..runs import (
     run_state,
     settings_from_record,
 )
-from ..selection import CellPlan, cell_differences, cell_state, final_folders, run_cell
+from ..search.cells import cell_differences, cell_state, plan_cell, run_cell  # NOAH cells: its pipeline
+from ..selection import CellPlan, final_folders
 from .suites import Cell, Suite
 from .tables import write_tables
 from .tracking import cell_lock, cell_record, write_cell_record
@@ -124,8 +125,8 @@ def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | 
         values = cell_values(suite, cell, overrides)
         values["pretrained"] = _pretrained_for(cell, pretrained)
         seeds = tuple(suite.seeds) if suite.seeds else None
-        plan = CellPlan(values, suite.search_space(cell.method), seeds)
-        resolved = resolve_settings(values)
+        plan = plan_cell(values, suite.search_space(cell.method), seeds)
+        resolved = resolve_settings(plan.values)
         for trial in plan.space.trials() if plan.space else ():  # a trial the settings refuse fails now
             resolve_settings(plan.trial_values(resolved, trial))
         planned.append(PlannedCell(cell, plan))

@@ -8,11 +8,11 @@ import os
 import sys
 import warnings
 
-from . import analyze, bench, data, demo, params, plot, predict, pretrain, train
+from . import analyze, bench, data, demo, params, plot, predict, pretrain, search, train
 from . import eval as eval_command
 from .common import RUN_FAILURES, USER_ERRORS
 
-COMMANDS = [demo, params, train, eval_command, predict, bench, plot, pretrain, data, analyze]
+COMMANDS = [demo, params, train, eval_command, predict, bench, search, plot, pretrain, data, analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bench.params import PAPER_BACKBONES, PAPER_METHODS, format_table, parameter_table
+from ..bench.params import PAPER_BACKBONES, PAPER_METHODS, format_table, noah_subnet_table, parameter_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,11 +22,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="TIMM_NAME",
         help="timm model names (default: the paper's ViT-B/16, ViT-L/16, Swin-B, ResNet-50, ResNet-101)",
     )
+    parser.add_argument(
+        "--noah-subnets",
+        nargs="+",
+        metavar="YAML",
+        default=[],
+        help="NOAH subnet files (experiments/NOAH/subnet/VTAB/*.yaml, or a search's subnet.yaml): a row each",
+    )
     parser.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     backbones = PAPER_BACKBONES if args.models is None else {name: name for name in args.models}
-    print(format_table(parameter_table(tuple(args.methods), backbones), args.format), end="")
+    rows = parameter_table(tuple(args.methods), backbones) + noah_subnet_table(args.noah_subnets, backbones)
+    print(format_table(rows, args.format), end="")
     return 0

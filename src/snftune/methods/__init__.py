@@ -7,6 +7,8 @@ from .flows import ShortcutFlow
 from .full import FullConfig
 from .linear import LinearConfig
 from .lora import LoRAConfig, LoRALinear
+from .noah import NoahConfig, NoahSupernetConfig
+from .noah_subnets import Subnet, SubnetSpace
 from .peft_bridge import PeftBridgeConfig, PeftUnavailableError
 from .registry import (
     MethodConfig,
@@ -33,6 +35,8 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "MethodConfig",
+    "NoahConfig",
+    "NoahSupernetConfig",
     "NotApplicableError",
     "PeftBridgeConfig",
     "PeftUnavailableError",
@@ -41,6 +45,8 @@ __all__ = [
     "ScaleShift",
     "ShortcutFlow",
     "SideTuneConfig",
+    "Subnet",
+    "SubnetSpace",
     "UnknownMethodError",
     "VPTConfig",
     "config_from_dict",

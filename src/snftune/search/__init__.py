@@ -1,0 +1,6 @@
+"""Architecture search: NOAH's supernet -> evolutionary search -> retrain pipeline."""
+
+from .evolution import EvolutionSettings, evolve
+from .noah import NoahPlan, NoahSettings, parse_count, plan_noah, run_noah
+
+__all__ = ["EvolutionSettings", "NoahPlan", "NoahSettings", "evolve", "parse_count", "plan_noah", "run_noah"]
