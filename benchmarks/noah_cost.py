@@ -29,7 +29,6 @@ import argparse
 import platform
 import random
 import statistics
-import time
 
 import torch
 from torch.utils.data import TensorDataset
@@ -38,6 +37,7 @@ import snftune
 from snftune.engine import evaluate
 from snftune.methods.noah import set_active_subnet, supernet_space
 from snftune.methods.noah_subnets import NOAH_SIZES, subnet_parameters
+from timing import timer  # this folder's shared clock (the benchmarks run as scripts)
 
 VARIANTS = ("largest subnet", "supernet, random subnet", "supernet, largest fixed")
 
@@ -97,16 +97,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    clock = time.perf_counter if device.type == "cuda" or args.clock == "wall" else time.process_time
-
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = clock()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return clock() - start
+    timed = timer(device, args.clock)
 
     built = {variant: _build(variant, args, device) for variant in VARIANTS}
     for _, step, _ in built.values():
@@ -141,9 +132,10 @@ def main() -> None:
 
     embed_dim = supernet.embed_dim
     where = "cuda: " + torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {platform.machine()}"
+    clock = "wall" if device.type == "cuda" or args.clock == "wall" else "CPU-time"
     print(
         f"{args.model}, batch {args.batch_size}, sizes {args.sizes}, {where}, {args.threads or 'default'} torch "
-        f"thread(s), {'wall' if clock is time.perf_counter else 'CPU-time'} clock; medians of {args.repeats} "
+        f"thread(s), {clock} clock; medians of {args.repeats} "
         f"round-robin rounds after {args.warmup} warm-up"
     )
     print("| variant | tuned parameters | train step (s) | vs largest subnet |")

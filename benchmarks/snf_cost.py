@@ -25,7 +25,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 VARIANTS = {
     "linear": ("linear", {}),
@@ -82,19 +81,12 @@ def _build(variant: str, args: argparse.Namespace):
 def _setup(args: argparse.Namespace):
     import torch
 
+    from timing import timer  # this folder's shared clock (the benchmarks run as scripts)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    clock = time.perf_counter if device.type == "cuda" or args.clock == "wall" else time.process_time
-
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = clock()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return clock() - start
+    timed = timer(device, args.clock)
 
     return torch, device, timed
 

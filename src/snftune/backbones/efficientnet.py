@@ -9,6 +9,8 @@ each site block below spells out its branch ``F`` as timm's forward does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from timm.models._efficientnet_blocks import (
     CondConvResidual,
@@ -27,15 +29,14 @@ __all__ = ["EFFICIENTNET"]
 
 
 class _SkipSiteForward:
-    """timm's ``if self.has_skip: x = self.drop_path(x) + shortcut`` through the site."""
+    """timm's ``if self.has_skip: x = self.drop_path(x) + shortcut`` through the site; each
+    block class below defines ``branch``, its own layers in timm's order."""
 
     output_conv: str
     """Name of the branch's last convolution, whose width is the site's."""
     pointwise: tuple[str, ...]
     """Names of the branch's 1x1 convolution candidates (those that are 1x1 are listed)."""
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    branch: Callable[[torch.Tensor], torch.Tensor]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
