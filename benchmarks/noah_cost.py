@@ -37,7 +37,7 @@ import snftune
 from snftune.engine import evaluate
 from snftune.methods.noah import set_active_subnet, supernet_space
 from snftune.methods.noah_subnets import NOAH_SIZES, subnet_parameters
-from timing import timer  # this folder's shared clock (the benchmarks run as scripts)
+from timing import add_clock_option, timer  # this folder's shared clock (the benchmarks run as scripts)
 
 VARIANTS = ("largest subnet", "supernet, random subnet", "supernet, largest fixed")
 
@@ -87,12 +87,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=5, help="subnets scored for the search's time")
     parser.add_argument("--val-size", type=int, default=200, help="images a candidate is scored on")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    parser.add_argument(
-        "--clock",
-        choices=["cpu", "wall"],
-        default="cpu",
-        help="on the CPU, time by the process's CPU time (steadier under other load) or by wall time",
-    )
+    add_clock_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

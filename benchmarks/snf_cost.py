@@ -26,6 +26,8 @@ import statistics
 import subprocess
 import sys
 
+from timing import add_clock_option, timer  # this folder's shared clock (the benchmarks run as scripts)
+
 VARIANTS = {
     "linear": ("linear", {}),
     "snf-shallow": ("snf-shallow", {}),
@@ -80,8 +82,6 @@ def _build(variant: str, args: argparse.Namespace):
 
 def _setup(args: argparse.Namespace):
     import torch
-
-    from timing import timer  # this folder's shared clock (the benchmarks run as scripts)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,12 +151,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="rounds of timing")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    parser.add_argument(
-        "--clock",
-        choices=["cpu", "wall"],
-        default="cpu",
-        help="on the CPU, time by the process's CPU time (steadier under other load) or by wall time",
-    )
+    add_clock_option(parser)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     parser.add_argument("--times-only", action="store_true", help=argparse.SUPPRESS)

@@ -57,13 +57,7 @@ def build(kind: str) -> nn.Module:
     return copy.deepcopy(_built(kind))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU: a second torch thread only spin-waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only spin-waits
 
 
 FAMILIES = {  # family -> its tiny model in conftest.TINY_MODELS (ViT, Swin and ResNet: test_methods_baselines.py)
