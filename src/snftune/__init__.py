@@ -8,13 +8,24 @@
 """
 
 from .backbones import anatomy, create_model
-from .methods import MethodConfig, ShortcutFlow, SNFConfig, merge, method_names, resolve_config, unmerge
+from .methods import (
+    Capabilities,
+    MethodConfig,
+    ShortcutFlow,
+    SNFConfig,
+    capabilities,
+    merge,
+    method_names,
+    resolve_config,
+    unmerge,
+)
 from .serving import MultiTaskModel
 from .tuning import TunedFileError, apply, load_tuned, save_tuned, trainable_summary, tuned_tensors
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Capabilities",
     "MethodConfig",
     "MultiTaskModel",
     "SNFConfig",
@@ -22,6 +33,7 @@ __all__ = [
     "TunedFileError",
     "anatomy",
     "apply",
+    "capabilities",
     "create_model",
     "load_tuned",
     "merge",

@@ -11,9 +11,11 @@ from .noah import NoahConfig, NoahSupernetConfig
 from .noah_subnets import Subnet, SubnetSpace
 from .peft_bridge import PeftBridgeConfig, PeftUnavailableError
 from .registry import (
+    Capabilities,
     MethodConfig,
     NotApplicableError,
     UnknownMethodError,
+    capabilities,
     config_from_dict,
     method_for,
     method_names,
@@ -49,6 +51,8 @@ __all__ = [
     "SubnetSpace",
     "UnknownMethodError",
     "VPTConfig",
+    "Capabilities",
+    "capabilities",
     "config_from_dict",
     "merge",
     "method_for",

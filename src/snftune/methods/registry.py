@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ import yaml
 from torch import nn
 
 __all__ = [
+    "Capabilities",
     "MethodConfig",
     "Method",
     "UnknownMethodError",
@@ -25,6 +27,7 @@ __all__ = [
     "NotApplicableError",
     "register_method",
     "method_for",
+    "capabilities",
     "resolve_config",
     "config_from_dict",
     "method_names",
@@ -65,11 +68,41 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a method can do beyond training, declared when it registers.
+
+    Attributes:
+        mergeable: its update folds exactly into the frozen weights (``snftune.merge``), so
+            inference costs what the backbone's does.
+        servable: its tuned tensors have a per-sample form, so ``MultiTaskModel`` can serve it
+            in a batch that mixes tasks.
+        unsupported_families: backbone family name (``"resnet"``, ``"swin"``, ...) -> why the
+            method does not apply there; every other family with residual sites is supported.
+        why_not: ``"mergeable"``/``"servable"`` -> why that capability is False, in one sentence.
+    """
+
+    mergeable: bool = False
+    servable: bool = False
+    unsupported_families: Mapping[str, str] = field(default_factory=dict)
+    why_not: Mapping[str, str] = field(default_factory=dict)
+
+    def supports(self, family: str) -> bool:
+        return family not in self.unsupported_families
+
+    def reason(self, capability: str) -> str | None:
+        """Why ``capability`` (``"mergeable"``, ``"servable"`` or a family name) is not available, or None."""
+        if capability in ("mergeable", "servable"):
+            return None if getattr(self, capability) else self.why_not.get(capability, "not declared by the method")
+        return self.unsupported_families.get(capability)
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     config_cls: type[MethodConfig]
     apply: Callable[[nn.Module, MethodConfig], None]
     description: str
+    capabilities: Capabilities = Capabilities()
 
 
 _METHODS: dict[str, Method] = {}
@@ -81,6 +114,7 @@ def register_method(
     apply: Callable[[nn.Module, MethodConfig], None],
     description: str,
     presets: dict[str, tuple[dict[str, Any], str]] | None = None,
+    capabilities: Capabilities | None = None,
 ) -> Method:
     """Registers ``config_cls.method`` and its presets ({name: (overrides, description)}).
 
@@ -96,7 +130,7 @@ def register_method(
             raise ValueError(f"the method name '{new}' is already registered; choose another name")
     if name in presets:
         raise ValueError(f"preset '{name}' has the name of its own method")
-    method = Method(name, config_cls, apply, description)
+    method = Method(name, config_cls, apply, description, capabilities or Capabilities())
     _METHODS[name] = method
     for preset, (overrides, preset_description) in presets.items():
         _PRESETS[preset] = (name, overrides, preset_description)
@@ -108,6 +142,17 @@ def method_for(config: MethodConfig) -> Method:
         if type(config) is method.config_cls:
             return method
     raise UnknownMethodError(f"{type(config).__name__} is not a registered method config")
+
+
+def capabilities(name: str | MethodConfig) -> Capabilities:
+    """What the method (or preset, or config) ``name`` declared it can do: merge, serve, families."""
+    if isinstance(name, MethodConfig):
+        return method_for(name).capabilities
+    if name in _PRESETS:
+        name = _PRESETS[name][0]
+    if name not in _METHODS:
+        raise UnknownMethodError(f"unknown method '{name}'. Known methods: {', '.join(method_names())}")
+    return _METHODS[name].capabilities
 
 
 def method_names() -> list[str]:
