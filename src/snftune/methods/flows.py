@@ -108,11 +108,29 @@ def _tanh_recurrence(layout: _Layout, proj: torch.Tensor, b: torch.Tensor, wu: t
     return layout.stack(steps)
 
 
+def _backward_dtype(x: torch.Tensor, grad: torch.Tensor) -> torch.dtype:
+    """The dtype the backward computes in: at least float32. Under autocast the saved input may be
+    bfloat16/float16 while the incoming gradient is float32 (or float16 scaled by a GradScaler):
+    the parameter gradients are sums over every position, so they are accumulated in float32."""
+    return torch.promote_types(torch.promote_types(x.dtype, grad.dtype), torch.float32)
+
+
 class _FusedFlow(torch.autograd.Function):
-    """The whole flow in one autograd node that saves ``x`` and the J ``tanh`` values."""
+    """The whole flow in one autograd node that saves ``x`` and the J ``tanh`` values.
+
+    Autocast: both passes run with autocast off, in explicit dtypes (``torch.amp.custom_fwd``
+    would need one device type fixed at import). The forward computes in ``x``'s dtype, as
+    the reference flow's elementwise steps do under autocast (bfloat16 in, bfloat16 out);
+    the backward in :func:`_backward_dtype`, returning each gradient in its input's dtype.
+    """
 
     @staticmethod
     def forward(ctx, x, shift, log_scale, u, w, b, channel_dim: int):
+        with torch.autocast(x.device.type, enabled=False):
+            return _FusedFlow._forward(ctx, x, shift, log_scale, u, w, b, channel_dim)
+
+    @staticmethod
+    def _forward(ctx, x, shift, log_scale, u, w, b, channel_dim: int):
         layout = _Layout(x, channel_dim)
         scale = log_scale.exp().to(x.dtype)
         shift_, u_, w_, b_ = (p.to(x.dtype) for p in (shift, u, w, b))
@@ -132,9 +150,16 @@ class _FusedFlow(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, shift, log_scale, u, w, t = ctx.saved_tensors
-        layout = _Layout(x, ctx.channel_dim)
-        xf, g = layout.flat(x), layout.flat(grad_y)
-        dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            grads = _FusedFlow._backward(ctx.channel_dim, grad_y, x, shift, log_scale, u, w, t)
+        return (grads[0].to(x.dtype), *grads[1:])
+
+    @staticmethod
+    def _backward(channel_dim: int, grad_y, x, shift, log_scale, u, w, t):
+        dtype = _backward_dtype(x, grad_y)
+        layout = _Layout(x, channel_dim)
+        xf, g = layout.flat(x).to(dtype), layout.flat(grad_y).to(dtype)
+        t = t.to(dtype)
         scale = log_scale.exp().to(dtype)
         shift_, u_, w_ = shift.to(dtype), u.to(dtype), w.to(dtype)
         J = u.shape[0]
