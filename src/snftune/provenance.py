@@ -107,8 +107,10 @@ def run_provenance(
     method: dict[str, Any],
     train: dict[str, Any],
     device: torch.device | str | None,
+    autocast: str | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of one run (``splits``: the splits it reads, and only those)."""
+    """The provenance record of one run (``splits``: the splits it reads, and only those;
+    ``autocast``: the autocast dtype the run uses, ``"bfloat16"``/``"float16"``, None for float32)."""
     return {
         "weights": weights_identity(model, pretrained),
         "model": {
@@ -121,6 +123,7 @@ def run_provenance(
         "data": task_fingerprint(task, [s for s in splits if s]),
         "method": method,
         "train": train,
+        "autocast": autocast,
         "seed": train.get("seed"),
         **environment(device),
     }

@@ -36,8 +36,8 @@ from .engine import (
     run_lock,
     train,
 )
+from .engine.acceleration import amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
-from .engine.trainer import amp_dtype
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -415,6 +415,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
     if out.exists() and not out.is_dir():
         raise SettingsError(f"--out {out} is a file, not a folder; choose a folder for the run")
     check_device(resolved.settings.device)
+    autocast = autocast_name(amp_dtype(resolved.settings.train, dist.device))  # refused here, before any write
     if _check_folder(resolved, out, resume) == "done":
         return None
     settings, task, method_config = resolved.settings, resolved.task, resolved.method_config
@@ -433,6 +434,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
             {"method": method_config.method, **method_config.to_dict()},
             settings.train.to_dict(),
             dist.device,
+            autocast=autocast,
         )
         if dist.is_main:
             _remove_stale_temporaries(out)

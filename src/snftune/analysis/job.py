@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..backbones import anatomy
-from ..bench.demo import idle_threads
+from ..engine.acceleration import idle_threads
 from ..runs import SettingsError
 from .measure import OUTPUT_DESCRIPTION, AnalysisSettings, compare_models
 from .report import write_analysis

@@ -6,7 +6,6 @@ backbone, linear probing, SNF). Runs on a CPU in a few minutes; never downloads,
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch
 from ..atomic import atomic_write_json
 from ..data.generated import GENERATED_TASKS, generated_task_names
 from ..engine import cleanup_distributed, setup_distributed
+from ..engine.acceleration import idle_threads
 from ..runs import RunFailedError, SettingsError
 from .plots import plot_run_features
 from .runner import plan_suite, run_suite
@@ -48,15 +48,6 @@ class DemoOptions:
     resume: bool = False
     figure: bool = True
     progress: bool = True
-
-
-def idle_threads() -> int:
-    """Threads for the cores nobody else is using. Torch's CPU kernels spin-wait for each other, so
-    one thread more than the idle cores makes a run many times slower (15x measured on 2 cores with
-    one busy), while one thread less costs at most a factor of the thread count."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(torch.get_num_threads(), cores - busy))
 
 
 def demo_suite(options: DemoOptions) -> Suite:

@@ -18,7 +18,7 @@ from ..bench.status import format_status, grid_status, recorded_suite
 from ..bench.suites import Suite, SuiteModel, load_suite, suite_names
 from ..bench.tables import build_table, collect_results, format_table, write_tables
 from ..engine import DistInfo, cleanup_distributed, setup_distributed
-from .common import CLIError, add_train_options, parse_search, values_from_args
+from .common import CLIError, add_train_options, apply_threads, parse_search, values_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         whole = len(plan)
         plan = shard_cells(suite, plan, shard)
         print(f"shard {shard}: {len(plan)} of the {whole} cells", flush=True)
+    if not args.dry_run:
+        apply_threads(args)
     if args.dry_run:
         changed = changed_cells(suite, plan, out)
         for planned in plan:

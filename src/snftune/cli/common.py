@@ -5,6 +5,8 @@ The run itself lives in :mod:`snftune.runs`."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from ..bench.compare import ResultsError
 from ..bench.suites import SuiteError
 from ..data import DataError
 from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
+from ..engine.acceleration import use_threads
 from ..methods.registry import NotApplicableError, UnknownMethodError
 from ..runs import RunFailedError, SettingsError, known_keys, load_settings_file
 from ..tuning import TunedFileError
@@ -137,7 +140,23 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     group.add_argument("--cutmix", type=float, help="cutmix alpha (0: off)")
     group.add_argument("--accum-steps", type=int, help="split each batch into this many accumulation steps")
     group.add_argument("--grad-clip", type=float)
-    group.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA")
+    group.add_argument(
+        "--amp",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="autocast dtype (auto: bf16 on CUDA where supported, fp16 on older cards, off on the CPU; "
+        "bf16/fp16 autocast on the CPU too; docs/speed.md)",
+    )
+    group.add_argument(
+        "--compile", dest="compile", action="store_const", const=True, help="train through torch.compile"
+    )
+    group.add_argument(
+        "--grad-checkpointing",
+        dest="grad_checkpointing",
+        action="store_const",
+        const=True,
+        help="recompute each block's activations in the backward pass (less memory, about 1/3 more time)",
+    )
+    add_threads_option(group)
     group.add_argument("--eval-every", type=int, help="evaluate every k epochs (0: at the end only)")
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--seed", type=int)
@@ -170,6 +189,20 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
         help="train a head-only method (linear) end to end, not on backbone features computed once",
     )
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+
+
+def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core)")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Sets torch's CPU threads from ``--threads`` (default: the idle cores) and says so, once
+    (on rank 0 under torchrun)."""
+    threads = use_threads(getattr(args, "threads", None))
+    if os.environ.get("RANK", "0") == "0":
+        source = "--threads" if getattr(args, "threads", None) else "one per idle core; --threads sets it"
+        print(f"torch CPU threads: {threads} ({source})", file=sys.stderr, flush=True)
+    return threads
 
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..runs import RunSettings, evaluate_tuned, evaluation_settings
-from .common import check_output_file, parse_key_values, write_json_result
+from .common import add_threads_option, apply_threads, check_output_file, parse_key_values, write_json_result
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_threads_option(parser)
     parser.add_argument("--json", help="also write the result to this JSON file")
     parser.set_defaults(run=run)
 
@@ -50,6 +51,7 @@ def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
 
 def run(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
+    apply_threads(args)
     settings, tuned = _settings_for(args)
     result = evaluate_tuned(settings, tuned, args.split, args.batch_size, args.workers, args.device)
     subset = f", over {result['class_subset']} classes" if result["class_subset"] else ""

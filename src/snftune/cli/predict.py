@@ -7,7 +7,7 @@ import sys
 
 from ..runs import input_config
 from ..serving.predict import backbone_settings, list_images, predict, serve_sources, task_source, write_predictions
-from .common import CLIError, parse_key_values
+from .common import CLIError, add_threads_option, apply_threads, parse_key_values
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="(image, task) pairs per forward (default 64)")
     parser.add_argument("--workers", type=int, default=0, help="image-decoding processes (default 0)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_threads_option(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise CLIError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
+    apply_threads(args)
     sources = [task_source(spec) for spec in args.tuned]
     images = list_images(args.images)
     model_kwargs = parse_key_values(args.model_kwargs, "--model-kwargs") if args.model_kwargs else None

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 from ..search.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah, run_noah
-from .common import CLIError, add_train_options, parse_key_values, values_from_args
+from .common import CLIError, add_train_options, apply_threads, parse_key_values, values_from_args
 
 SEARCH_OPTIONS = {
     "population": int,
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(
             "--search chooses one method's hyper-parameters; NOAH's phases take --supernet/--retrain KEY=VALUE"
         )
+    apply_threads(args)
     if not values.get("out"):
         raise CLIError("missing --out (the folder for the supernet, search and retrain)")
     out = Path(values.pop("out"))

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..engine import cleanup_distributed, setup_distributed
 from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
 from ..selection import CellPlan, SearchSpace, read_selection, run_cell
-from .common import CLIError, add_train_options, parse_search, values_from_args
+from .common import CLIError, add_train_options, apply_threads, parse_search, values_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     values = values_from_args(args)
     if not values.get("out"):
         raise CLIError("missing --out (the run folder to write)")
+    apply_threads(args)
     if args.resume and (Path(values["out"]) / CONFIG_NAME).is_file():
         values = {**recorded_values(Path(values["out"])), **values}
     resolved = resolve_settings(values)

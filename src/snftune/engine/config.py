@@ -61,6 +61,7 @@ class TrainConfig:
     set every step (linear warm-up from ``warmup_lr`` to ``lr``, cosine to ``min_lr``).
     ``report`` says which top-1 is the headline: the last epoch's (``final``), or the best
     evaluation seen (``best``, which selects on the evaluation split and is labelled so).
+    ``amp``, ``compile`` and ``grad_checkpointing``: see :mod:`snftune.engine.acceleration`.
     """
 
     epochs: int = 100
@@ -79,6 +80,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     amp: str = "auto"
+    compile: bool = False
+    grad_checkpointing: bool = False
     grad_clip: float | None = None
     report: str = "final"
     checkpoint_every: int = 0

@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from ..tuning import head_parameter_names
+from .acceleration import amp_dtype, autocast
 from .config import TrainConfig
 from .distributed import DistInfo
-from .trainer import _autocast, amp_dtype, train
+from .trainer import train
 
 __all__ = [
     "FeatureCacheError",
@@ -120,7 +121,7 @@ def extract_features(
             images = images.to(device, non_blocking=True)
             if finish is not None:
                 images = finish(images)
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 tokens = model.forward_features(images)
                 pooled = model.forward_head(tokens, pre_logits=True)
                 if not features:
