@@ -147,7 +147,11 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
         "bf16/fp16 autocast on the CPU too; docs/speed.md)",
     )
     group.add_argument(
-        "--compile", dest="compile", action="store_const", const=True, help="train through torch.compile"
+        "--compile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+        help="train through torch.compile (backend: inductor, the default, or aot_eager, eager, cudagraphs)",
     )
     group.add_argument(
         "--grad-checkpointing",

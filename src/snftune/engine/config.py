@@ -11,6 +11,9 @@ from typing import Any
 __all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+# torch.compile backends: inductor generates kernels; aot_eager traces the forward and backward
+# (AOTAutograd) as inductor receives them but runs them with eager kernels (fast to compile: the CPU tests).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 REPORTS = ("final", "best")
 
 
@@ -61,7 +64,8 @@ class TrainConfig:
     set every step (linear warm-up from ``warmup_lr`` to ``lr``, cosine to ``min_lr``).
     ``report`` says which top-1 is the headline: the last epoch's (``final``), or the best
     evaluation seen (``best``, which selects on the evaluation split and is labelled so).
-    ``amp``, ``compile`` and ``grad_checkpointing``: see :mod:`snftune.engine.acceleration`.
+    ``amp``, ``compile`` (a torch.compile backend, None: eager) and ``grad_checkpointing``: see
+    :mod:`snftune.engine.acceleration`.
     """
 
     epochs: int = 100
@@ -80,7 +84,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     amp: str = "auto"
-    compile: bool = False
+    compile: str | None = None
     grad_checkpointing: bool = False
     grad_clip: float | None = None
     report: str = "final"
@@ -123,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {AMP_MODES}, got '{self.amp}'")
+        if self.compile is not None and self.compile not in COMPILE_BACKENDS:
+            raise ConfigError(f"compile must be one of {COMPILE_BACKENDS} (or unset), got '{self.compile}'")
         if self.report not in REPORTS:
             raise ConfigError(f"report must be one of {REPORTS}, got '{self.report}'")
         if self.batch_size % self.accum_steps:

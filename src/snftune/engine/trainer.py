@@ -296,7 +296,7 @@ def _set_up(
     if dist.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        train_model = compiled(train_model)
+        train_model = compiled(train_model, backend=config.compile)
     sampler = StepBatchSampler(
         len(train_set), config.batch_size, config.seed, dist.rank, dist.world_size, config.accum_steps
     )
