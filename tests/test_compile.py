@@ -1,4 +1,4 @@
-"""torch.compile and gradient checkpointing, through the CLI and on the models snftune tunes.
+"""torch.compile, gradient checkpointing and --threads, through the CLI and on the models snftune tunes.
 
 Compiling with inductor takes minutes per model on a 2-core CPU, so the tests compile with
 ``aot_eager``: dynamo captures the forward and AOTAutograd traces the backward, the graphs
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN = [
     "train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32",
     "--data", "generated/shapes", "--split", "val200", "--eval-split", "val200", "--epochs", "1",
-    "--warmup-epochs", "0", "--batch-size", "50", "--workers", "0", "--no-progress", "--threads", "1",
+    "--warmup-epochs", "0", "--batch-size", "50", "--workers", "0", "--no-progress",
 ]  # fmt: skip
 
 
@@ -44,12 +44,14 @@ def train_losses(folder, *extra: str, method: str = "snf-deep") -> list[float]:
     return [metrics["history"][0]["train_loss"], metrics["history"][0]["eval_loss"]]
 
 
-def test_compile_and_grad_checkpointing_train_to_the_eager_loss(tmp_path) -> None:
+def test_compile_and_grad_checkpointing_train_to_the_eager_loss(tmp_path, capsys) -> None:
     """The same run eager, compiled and with gradient checkpointing: the same training and
     evaluation loss. Checkpointing recomputes the same arithmetic (exact); compiling may
-    reorder it (within 1e-5 relative)."""
-    eager = train_losses(tmp_path / "eager")
-    assert train_losses(tmp_path / "checkpointed", "--grad-checkpointing") == eager
+    reorder it (within 1e-5 relative). The thread count is said once, at the start."""
+    eager = train_losses(tmp_path / "eager")  # default threads: the idle cores, at most torch's (1 here)
+    assert capsys.readouterr().err.count("torch CPU threads: 1 (one per idle core; --threads sets it)") == 1
+    assert train_losses(tmp_path / "checkpointed", "--grad-checkpointing", "--threads", "1") == eager
+    assert "torch CPU threads: 1 (--threads)" in capsys.readouterr().err
     assert train_losses(tmp_path / "compiled", "--compile", "aot_eager") == pytest.approx(eager, rel=1e-5)
     settings = json.loads((tmp_path / "compiled" / "metrics.json").read_text())["settings"]["train"]
     assert settings["compile"] == "aot_eager" and not settings["grad_checkpointing"]
@@ -69,6 +71,8 @@ def test_grad_checkpointing_recomputes_the_blocks_snftune_installed(kind: str, m
     assert blocks and calls == [2] * len(blocks)
 
 
-def test_an_unknown_compile_backend_is_refused_in_one_line(tmp_path, capsys) -> None:
+def test_an_unknown_compile_backend_and_zero_threads_are_refused_in_one_line(tmp_path, capsys) -> None:
     assert main([*TRAIN, "--method", "snf-deep", "--compile", "fast", "--out", str(tmp_path / "a")]) == 2
     assert "compile must be one of ('inductor', 'aot_eager', 'eager', 'cudagraphs')" in capsys.readouterr().err
+    assert main([*TRAIN, "--method", "snf-deep", "--threads", "0", "--out", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--threads must be >= 1, got 0")
