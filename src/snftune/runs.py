@@ -38,6 +38,7 @@ from .engine import (
 )
 from .engine.acceleration import amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
+from .engine.trainer import RESUMABLE_CHANGES
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -348,7 +349,7 @@ image cache gives the images the uncached pipeline gives)."""
 LATER_RUN_KEYS = {"feature_cache": True}
 """Defining settings added after run folders were first written, with the value that such a
 folder's ``config.yaml`` (which lacks them) stands for."""
-RESUMABLE_TRAIN_KEYS = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
+RESUMABLE_TRAIN_KEYS = RESUMABLE_CHANGES  # the engine's list: speed settings (compile, threads, ...) included
 
 
 def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> list[str]:

@@ -57,7 +57,8 @@ METRICS_NAME = "metrics.json"
 TUNED_NAME = "tuned.safetensors"
 LOG_NAME = "log.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: tensors and plain data only (loads with weights_only=True)
-# Settings that may change between a run and its resumption without changing its numbers.
+# Settings that may change between a run and its resumption without changing its numbers
+# (compile: up to rounding, as it may reorder sums; gradient checkpointing recomputes exactly).
 RESUMABLE_CHANGES = {
     "workers",
     "progress",
