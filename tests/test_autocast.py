@@ -245,7 +245,8 @@ def test_amp_settings_autocast_on_the_cpu_or_are_refused(monkeypatch) -> None:
 
 def test_train_amp_bf16_through_the_cli_records_the_autocast_used(tmp_path, capsys) -> None:
     common = [
-        "train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32",
+        "train", "--model", "vit_tiny_patch16_224", "--pretrained", "random", "--img-size", "32",
+        "--model-kwargs", "depth=2", "patch_size=8",
         "--method", "snf-deep", "--data", "generated/shapes", "--split", "val200", "--eval-split", "val200",
         "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "50", "--workers", "0", "--no-progress",
         "--threads", "1",

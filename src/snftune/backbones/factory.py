@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from .embedded import create_embedded, is_embedded
+from .embedded import RANDOM, create_embedded, is_embedded
 from .errors import WeightsUnavailableError
 from .weights import load_weights, read_state_dict
 
@@ -52,7 +52,7 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
 
     Args:
         name: a timm model name, e.g. ``vit_base_patch16_224``.
-        pretrained: ``None`` for random initialisation; a local weights file (``.npz`` as
+        pretrained: ``None`` (or ``"random"``) for random initialisation; a local weights file (``.npz`` as
             the original ViT release, ``.pth``/``.bin``/``.safetensors`` state dicts); or a
             hub tag (``"hub"`` for timm's default tag, or e.g. ``"orig_in21k"``), which needs
             network access.
@@ -63,7 +63,7 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
     """
     if is_embedded(name):
         return create_embedded(name, pretrained, **kwargs)
-    if pretrained is None:
+    if pretrained is None or pretrained == RANDOM:
         return timm.create_model(name, pretrained=False, **kwargs)
     if looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
