@@ -39,7 +39,7 @@ def run(folder: Path, epochs: int, threads: int | None) -> tuple[float, str]:
         text=True,
         check=True,
     )
-    said = next((line for line in done.stderr.splitlines() if line.startswith("torch CPU threads")), "?")
+    said = next((line for line in done.stdout.splitlines() if line.startswith("torch CPU threads")), "?")
     return time.perf_counter() - start, said
 
 

@@ -252,7 +252,7 @@ def test_train_amp_bf16_through_the_cli_records_the_autocast_used(tmp_path, caps
         "--threads", "1",
     ]  # fmt: skip
     assert main([*common, "--amp", "bf16", "--out", str(tmp_path / "bf16")]) == 0
-    assert "torch CPU threads: 1 (--threads)" in capsys.readouterr().err
+    assert "torch CPU threads: 1 (--threads)" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
     provenance = json.loads((tmp_path / "bf16" / "provenance.json").read_text())
     assert metrics["autocast"] == provenance["autocast"] == "bfloat16" and math.isfinite(metrics["train_loss"])

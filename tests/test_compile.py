@@ -49,9 +49,9 @@ def test_compile_and_grad_checkpointing_train_to_the_eager_loss(tmp_path, capsys
     evaluation loss. Checkpointing recomputes the same arithmetic (exact); compiling may
     reorder it (within 1e-5 relative). The thread count is said once, at the start."""
     eager = train_losses(tmp_path / "eager")  # default threads: the idle cores, at most torch's (1 here)
-    assert capsys.readouterr().err.count("torch CPU threads: 1 (one per idle core; --threads sets it)") == 1
+    assert capsys.readouterr().out.count("torch CPU threads: 1 (one per idle core; --threads sets it)") == 1
     assert train_losses(tmp_path / "checkpointed", "--grad-checkpointing", "--threads", "1") == eager
-    assert "torch CPU threads: 1 (--threads)" in capsys.readouterr().err
+    assert "torch CPU threads: 1 (--threads)" in capsys.readouterr().out
     assert train_losses(tmp_path / "compiled", "--compile", "aot_eager") == pytest.approx(eager, rel=1e-5)
     settings = json.loads((tmp_path / "compiled" / "metrics.json").read_text())["settings"]["train"]
     assert settings["compile"] == "aot_eager" and not settings["grad_checkpointing"]

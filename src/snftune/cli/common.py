@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +204,7 @@ def apply_threads(args: argparse.Namespace) -> int:
     threads = use_threads(getattr(args, "threads", None))
     if os.environ.get("RANK", "0") == "0":
         source = "--threads" if getattr(args, "threads", None) else "one per idle core; --threads sets it"
-        print(f"torch CPU threads: {threads} ({source})", file=sys.stderr, flush=True)
+        print(f"torch CPU threads: {threads} ({source})", flush=True)
     return threads
 
 
