@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 import snftune
 from snftune.backbones import UnsupportedModelError
 from snftune.cli import main
 from snftune.data import build_transform, resolve_task
-from snftune.engine import TrainConfig, evaluate
+from snftune.engine import TrainConfig, evaluate, train
 from snftune.engine.acceleration import AccelerationError, amp_dtype, autocast, grad_scaler
 from snftune.engine.features import extract_features
 from snftune.methods import NotApplicableError, ShortcutFlow
@@ -269,3 +269,16 @@ def test_train_amp_bf16_through_the_cli_records_the_autocast_used(tmp_path, caps
         assert main([*common, "--amp", "fp16", "--out", str(tmp_path / "refused")]) == 2
     assert capsys.readouterr().err.strip().endswith("--amp fp16: torch has no autocast for cpu; use --amp off")
     assert not (tmp_path / "refused").exists()  # refused before anything was written
+
+
+def test_the_trainer_runs_float16_through_its_gradient_scaler(tmp_path) -> None:
+    model, size = tuned_tiny("vit", "snf-deep")
+    images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(3))
+    data = TensorDataset(images, torch.arange(8) % 4)
+    config = TrainConfig(epochs=3, batch_size=4, warmup_epochs=0, workers=0, amp="fp16", progress=False)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    metrics = train(model, data, config, tmp_path, eval_set=data)
+    moved = [name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
+    assert moved  # the scaler found a scale at which the steps were taken
+    assert metrics["autocast"] == "float16" and all(math.isfinite(h["train_loss"]) for h in metrics["history"])
+    assert math.isfinite(metrics["history"][-1]["eval_loss"])
