@@ -65,7 +65,9 @@ def apply_adaptformer(model: nn.Module, config: AdaptFormerConfig) -> None:
     placement = factory_kwargs(model)
     for sites in anat.block_sites:
         site = sites[-1]  # the MLP residual (ConvNeXt: the block's one residual, ending in its MLP)
-        adapter = Adapter(site.channels, config.width, site.channel_dim, config.activation, float(config.scale), **placement)
+        adapter = Adapter(
+            site.channels, config.width, site.channel_dim, config.activation, float(config.scale), **placement
+        )
         nn.init.zeros_(adapter.down.bias)
         site.fill("shortcut", adapter)
 

@@ -68,7 +68,11 @@ class BranchScale(nn.Module):
     @property
     def mergeable(self) -> bool:
         layer = self._fold_into[0]
-        return layer is not None and getattr(layer, "weight", None) is not None and getattr(layer, "bias", None) is not None
+        return (
+            layer is not None
+            and getattr(layer, "weight", None) is not None
+            and getattr(layer, "bias", None) is not None
+        )
 
     @torch.no_grad()
     def merge(self) -> None:

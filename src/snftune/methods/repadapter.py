@@ -39,7 +39,9 @@ NOT_PRE_NORM = (
     "block has {what}"
 )
 UNSUPPORTED = {
-    **{f: NOT_PRE_NORM.format(family=f, what="no attention or MLP input") for f in ("resnet", "regnet", "efficientnet")},
+    **{
+        f: NOT_PRE_NORM.format(family=f, what="no attention or MLP input") for f in ("resnet", "regnet", "efficientnet")
+    },
     "convnext": NOT_PRE_NORM.format(family="convnext", what="a depthwise convolution ahead of its norm, no attention"),
     "swinv2": NOT_PRE_NORM.format(family="swinv2", what="post-norms (x + norm(F(x))), no norm ahead of its branch"),
 }
