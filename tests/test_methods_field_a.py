@@ -32,8 +32,9 @@ from snftune.methods import (
     unmerge,
 )
 from snftune.serving import MultiTaskModel, ServingError
-from conftest import TINY_MODELS
 from test_backbone_families import build, fixed_random_probe, images, shapes_batch, train
+
+from conftest import TINY_MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,7 +206,9 @@ def convpass_reference(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
     quick_gelu = lambda z: z * torch.sigmoid(1.702 * z)  # noqa: E731
     z = quick_gelu(F.linear(y, module.down.weight, module.down.bias))
     b, _, d = z.shape
-    patches = F.conv2d(z[:, 1:].reshape(b, 4, 4, d).permute(0, 3, 1, 2), module.conv.weight, module.conv.bias, padding=1)
+    patches = F.conv2d(
+        z[:, 1:].reshape(b, 4, 4, d).permute(0, 3, 1, 2), module.conv.weight, module.conv.bias, padding=1
+    )
     cls = F.conv2d(z[:, :1].reshape(b, 1, 1, d).permute(0, 3, 1, 2), module.conv.weight, module.conv.bias, padding=1)
     z = torch.cat([cls.permute(0, 2, 3, 1).reshape(b, 1, d), patches.permute(0, 2, 3, 1).reshape(b, 16, d)], dim=1)
     return F.linear(quick_gelu(z), module.up.weight, module.up.bias)
