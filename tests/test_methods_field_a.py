@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import snftune
+from snftune.bench.demo import TABLE_METHODS, DemoOptions, demo_suite
 from snftune.bench.params import count_tuned_parameters
+from snftune.bench.suites import load_suite
 from snftune.methods import (
     AdaptFormerConfig,
     ConvpassConfig,
@@ -363,3 +365,22 @@ def test_serving_refuses_them_as_capabilities_say(tmp_path) -> None:
     path = snftune.save_tuned(snftune.apply(build("vit"), "adaptformer"), tmp_path / "task.safetensors")
     with pytest.raises(ServingError, match="adaptformer"):
         MultiTaskModel(build("vit"), {"task": path})
+
+
+# ---------------------------------------------------------------- suites
+
+
+@pytest.mark.parametrize("name", ["vtab1k", "fgvc", "demo"])
+def test_the_suites_run_them_with_the_unified_studys_search(name: str) -> None:
+    suite = load_suite(name)
+    found = {m.label: suite.search_space(m) for m in suite.methods if m.method in METHODS}
+    assert sorted(found) == sorted(METHODS)
+    for space in found.values():
+        assert space.to_dict() == {"lr": [0.001, 0.01], "weight_decay": [0.0001, 0.001]}
+
+
+def test_the_demo_runs_the_papers_eight_unless_they_are_named() -> None:
+    assert [m.label for m in demo_suite(DemoOptions()).methods] == TABLE_METHODS
+    named = demo_suite(DemoOptions(methods=["ln-tune", "repadapter"])).methods
+    assert [m.label for m in named] == ["ln-tune", "repadapter"]
+    assert all(load_suite("demo").search_space(m) is not None for m in named)
