@@ -22,7 +22,7 @@ from torch import nn
 
 from ..backbones import install_sites
 from .adapter import ACTIVATIONS, Adapter
-from .common import factory_kwargs
+from .common import check_int, check_positive, factory_kwargs
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 NO_MLP = (
@@ -49,10 +49,8 @@ class AdaptFormerConfig(MethodConfig):
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
-            raise ValueError(f"width must be an int >= 1, got {self.width!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not self.scale > 0:
-            raise ValueError(f"scale must be a number > 0, got {self.scale!r}")
+        check_int(self.width, "width")
+        check_positive(self.scale, "scale")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
 

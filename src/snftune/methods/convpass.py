@@ -29,7 +29,7 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.eva import EvaPostNormSiteBlock
 from ..backbones.sites import Anatomy
-from .common import factory_kwargs
+from .common import check_int, check_positive, check_rate, factory_kwargs
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 CONVOLUTIONAL = (
@@ -58,12 +58,9 @@ class ConvpassConfig(MethodConfig):
     xavier_init: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
-            raise ValueError(f"width must be an int >= 1, got {self.width!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not self.scale > 0:
-            raise ValueError(f"scale must be a number > 0, got {self.scale!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.width, "width")
+        check_positive(self.scale, "scale")
+        check_rate(self.dropout, "dropout")
         if not isinstance(self.xavier_init, bool):
             raise ValueError(f"xavier_init must be true or false, got {self.xavier_init!r}")
 

@@ -31,7 +31,7 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.eva import EvaPostNormSiteBlock
 from ..backbones.sites import Anatomy
-from .common import factory_kwargs
+from .common import check_int, check_positive, check_rate, factory_kwargs
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 NOT_PRE_NORM = (
@@ -66,16 +66,12 @@ class RepAdapterConfig(MethodConfig):
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("width", "groups"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(self.width, "width")
+        check_int(self.groups, "groups")
         if self.width % self.groups:
             raise ValueError(f"groups ({self.groups}) must divide width ({self.width})")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not self.scale > 0:
-            raise ValueError(f"scale must be a number > 0, got {self.scale!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_positive(self.scale, "scale")
+        check_rate(self.dropout, "dropout")
 
 
 class GroupwiseAdapter(nn.Module):
