@@ -41,11 +41,11 @@ from conftest import TINY_MODELS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 METHODS = ("adaptformer", "convpass", "repadapter", "difffit", "ln-tune")
-TRANSFORMERS = ("vit", "deit", "eva02", "beit", "swin", "swinv2")
-FAMILIES = {  # method -> the tiny models (conftest.TINY_MODELS) of the families it fits
+TRANSFORMERS = ("vit", "eva02", "beit", "swin", "swinv2")
+FAMILIES = {  # method -> the tiny models (conftest.TINY_MODELS) of the families it fits (DeiT: ViT's blocks)
     "adaptformer": (*TRANSFORMERS, "convnext"),
-    "convpass": TRANSFORMERS,
-    "repadapter": ("vit", "deit", "eva02", "beit", "swin"),
+    "convpass": (*TRANSFORMERS, "deit"),
+    "repadapter": ("vit", "eva02", "beit", "swin"),
     "difffit": (*TRANSFORMERS, "convnext"),
     "ln-tune": (*TRANSFORMERS, "convnext"),
 }
