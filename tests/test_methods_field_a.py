@@ -102,6 +102,7 @@ def test_harness_starts_as_the_backbone_learns_and_saves_exactly(kind: str, meth
     with torch.no_grad():
         final = F.cross_entropy(model.eval()(x), y).item()
     assert final < 0.97 * losses[0], [*losses, final]
+    assert all((p.grad is None) != p.requires_grad for p in model.parameters())  # gradients reach tuned ones only
     assert all(torch.equal(model.get_parameter(n), t) for n, t in frozen.items())
     assert sum(not torch.equal(model.get_parameter(n), t) for n, t in own.items()) > len(own) / 2
     for parameter in model.get_classifier().parameters():
