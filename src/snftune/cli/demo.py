@@ -24,7 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="one task, two methods, one short epoch (for CI)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: the demo suite's, 2)")
     parser.add_argument("--tasks", nargs="+", help="generated tasks (e.g. shapes terrain count, or 'all')")
-    parser.add_argument("--methods", nargs="+", help="methods (default: the eight of the table)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="methods (default: the eight of the table; the suite has more, e.g. adaptformer ln-tune)",
+    )
     parser.add_argument("--suite", default="demo", help="suite name or YAML file (default: demo)")
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: the idle cores, from the load average; at least 1)"

@@ -1,11 +1,15 @@
 """Tuning methods: one module each, registered by name."""
 
 from .adapter import Adapter, AdapterConfig
+from .adaptformer import AdaptFormerConfig
 from .bitfit import BitFitConfig
 from .common import merge, unmerge
+from .convpass import Convpass, ConvpassConfig
+from .difffit import BranchScale, DiffFitConfig
 from .flows import ShortcutFlow
 from .full import FullConfig
 from .linear import LinearConfig
+from .ln_tune import LNTuneConfig
 from .lora import LoRAConfig, LoRALinear
 from .noah import NoahConfig, NoahSupernetConfig
 from .noah_subnets import Subnet, SubnetSpace
@@ -23,14 +27,24 @@ from .registry import (
     register_method,
     resolve_config,
 )
+from .repadapter import GroupwiseAdapter, RepAdaptedNorm, RepAdapterConfig
 from .sidetune import SideTuneConfig
 from .snf import SNFConfig
 from .ssf import ScaleShift, SSFConfig
 from .vpt import VPTConfig
 
 __all__ = [
+    "AdaptFormerConfig",
     "Adapter",
     "AdapterConfig",
+    "BranchScale",
+    "Convpass",
+    "ConvpassConfig",
+    "DiffFitConfig",
+    "GroupwiseAdapter",
+    "LNTuneConfig",
+    "RepAdaptedNorm",
+    "RepAdapterConfig",
     "BitFitConfig",
     "FullConfig",
     "LinearConfig",

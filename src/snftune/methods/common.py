@@ -79,3 +79,21 @@ def per_block(value: Size, num_blocks: int, name: str) -> list[int]:
             "give one int, or one size per block"
         )
     return list(value)
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> None:
+    """Refuses anything but an int >= ``minimum`` (a bool is not an int here), naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_positive(value: Any, name: str) -> None:
+    """Refuses anything but a finite number > 0, naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
+def check_rate(value: Any, name: str) -> None:
+    """Refuses anything but a number in [0, 1) (a dropout rate), naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
