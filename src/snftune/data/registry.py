@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .lists import ReadOptions
 
-PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "folder")
+PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "other", "folder")
 COMMON_OPTIONS = ("on_bad_image", "allow_outside_root")  # fields of ReadOptions, accepted for every spec
 
 DatasetFactory = Callable[[str, Callable | None, ReadOptions], Dataset]
