@@ -9,8 +9,8 @@ from snftune.data import DataError, ProtocolSettings, Task, list_tasks, protocol
 
 def test_unknown_prefix_lists_known():
     with pytest.raises(DataError) as err:
-        resolve_task("imagenet/foo", "/")
-    for prefix in ("vtab1k/", "fgvc/", "fewshot/", "dg/", "generated/", "folder:", "list:"):
+        resolve_task("nosuchset/foo", "/")
+    for prefix in ("vtab1k/", "fgvc/", "fewshot/", "dg/", "cifar100/", "imagenet/", "generated/", "folder:", "list:"):
         assert prefix in str(err.value)
     with pytest.raises(DataError, match="names no dataset"):
         resolve_task("vtab1k/", "/")
@@ -20,7 +20,7 @@ def test_unknown_prefix_lists_known():
 
 def test_list_tasks_all_families():
     names = list_tasks()
-    assert len(names) == 19 + 5 + 6 * 15 + 5 * 4 + 9  # vtab, fgvc, fewshot, dg, generated
+    assert len(names) == 19 + 5 + 6 * 15 + 5 * 4 + 5 + 4 + 9  # vtab, fgvc, fewshot, dg, cifar100, imagenet, generated
     assert len(set(names)) == len(names) and "generated/digits" in names
 
 

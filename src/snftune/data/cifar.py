@@ -211,11 +211,6 @@ def split_indices(fine: np.ndarray, per_class: int, seed: int) -> dict[str, np.n
     (each holds five fine classes).
     """
     order = class_balanced_order(fine, LABEL_KINDS["fine"], seed)
-    smallest = min(len(o) for o in order)
-    if per_class > smallest:
-        raise DataError(
-            f"{per_class} training images per class asked for; the archive holds only {smallest} of some class."
-        )
     val = [o[len(o) - max(1, len(o) // VAL_FRACTION) :] for o in order]
     tune = [o[: min(per_class, len(o) - len(v))] for o, v in zip(order, val, strict=True)]
     return {
@@ -301,6 +296,12 @@ def _dataset(archive: Archive, name: str, labels: str, per_class: int, seed: int
     if split == "test":
         images, targets = source.images, chosen
     else:
+        smallest = int(np.bincount(source.fine, minlength=LABEL_KINDS["fine"]).min())
+        if split == "train" and per_class > smallest:
+            raise DataError(
+                f"{name}: {per_class} training images per class asked for; the archive holds only {smallest} "
+                "of some class."
+            )
         index = split_indices(source.fine, per_class, seed)[split]
         images, targets = source.images[index], chosen[index]
     return CifarDataset(images, targets, transform, names[labels], f"{name}:{split}")

@@ -219,7 +219,7 @@ def source_samples(source: Source, split: str, name: str) -> list[Sample]:
     if trees:
         return _tree_samples(trees[0], name, None)
     if folders:
-        return flat_val_samples(folders[0], source.folders, name)
+        return flat_val_samples(folders[0], source.folders, imagenet_wnids(), name)
     looked = [f / VAL_LIST for f in source.folders] + image_candidates(source.folders, VAL_DIRS)
     raise DataError(
         f"{name}: no ImageNet validation data; looked for:{looked_in(looked)}\nAdd the ILSVRC2012 val "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 
 from .errors import DataError
@@ -34,25 +33,18 @@ VAL_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 _WNID = re.compile(r"^n\d{8}$")
 
 
-@cache
-def _wnid_index() -> dict[str, int]:
-    from .imagenet import imagenet_wnids  # the class order lives with the ImageNet reader
-
-    return {w: i for i, w in enumerate(imagenet_wnids())}
-
-
-def _label(value: str, origin: str) -> int:
-    """A wnid, or a 0-based index in the sorted-wnid order."""
+def _label(value: str, index: dict[str, int], origin: str) -> int:
+    """A wnid (``index`` maps the 1000 wnids to their class), or a 0-based class index."""
     if _WNID.match(value):
-        if value not in _wnid_index():
+        if value not in index:
             raise DataError(f"{origin}: {value} is not one of the 1000 ImageNet-1k wnids.")
-        return _wnid_index()[value]
+        return index[value]
     if value.isdigit() and int(value) < NUM_CLASSES:
         return int(value)
     raise DataError(f"{origin}: expected a wnid (n01440764) or a class index 0..999, found {value!r}.")
 
 
-def _kaggle(path: Path, folder: Path) -> list[Sample]:
+def _kaggle(path: Path, folder: Path, index: dict[str, int]) -> list[Sample]:
     samples = []
     with open(path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)
@@ -66,12 +58,17 @@ def _kaggle(path: Path, folder: Path) -> list[Sample]:
             if len(row) < 2 or not row[1].split():
                 raise DataError(f"{origin}: expected '<ImageId>,<wnid> <box> …', found {','.join(row)!r}.")
             samples.append(
-                Sample(str(folder / f"{row[0].strip()}.JPEG"), _label(row[1].split()[0], origin), origin, str(folder))
+                Sample(
+                    str(folder / f"{row[0].strip()}.JPEG"),
+                    _label(row[1].split()[0], index, origin),
+                    origin,
+                    str(folder),
+                )
             )
     return samples
 
 
-def _plain_list(path: Path, folder: Path) -> list[Sample]:
+def _plain_list(path: Path, folder: Path, index: dict[str, int]) -> list[Sample]:
     samples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -80,11 +77,11 @@ def _plain_list(path: Path, folder: Path) -> list[Sample]:
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
             raise DataError(f"{origin}: expected '<file name> <wnid or index>', found {line.strip()!r}.")
-        samples.append(Sample(str(folder / parts[0]), _label(parts[1], origin), origin, str(folder)))
+        samples.append(Sample(str(folder / parts[0]), _label(parts[1], index, origin), origin, str(folder)))
     return samples
 
 
-def devkit_wnids(meta: Path) -> dict[int, str]:
+def devkit_wnids(meta: Path, wnids: Sequence[str]) -> dict[int, str]:
     """``{ILSVRC2012_ID: wnid}`` of the 1000 classes, from the devkit's ``meta.mat`` (needs scipy)."""
     try:
         from scipy.io import loadmat
@@ -99,26 +96,26 @@ def devkit_wnids(meta: Path) -> dict[int, str]:
     except Exception as exc:  # scipy raises many kinds for a file that is not the devkit's
         raise DataError(f"{meta}: not the devkit's meta.mat ({type(exc).__name__}: {exc}).") from None
     mapping = {i: ids.get(i, "") for i in range(1, NUM_CLASSES + 1)}
-    if sorted(mapping.values()) != sorted(_wnid_index()):
+    if sorted(mapping.values()) != sorted(wnids):
         raise DataError(f"{meta}: its ILSVRC2012_IDs 1..1000 are not the 1000 ImageNet-1k wnids.")
     return mapping
 
 
-def _devkit(path: Path, folder: Path) -> list[Sample]:
+def _devkit(path: Path, folder: Path, index: dict[str, int]) -> list[Sample]:
     meta = path.parent / "meta.mat"
     if not meta.is_file():
         raise DataError(
             f"{path} holds ILSVRC2012_IDs, which the devkit's meta.mat maps to classes; it is not at {meta}. "
             f"Keep the devkit's data/ folder whole, or use Kaggle's {KAGGLE} or a val.txt instead."
         )
-    wnids = devkit_wnids(meta)
+    wnids = devkit_wnids(meta, list(index))
     samples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").split(), start=1):
         origin = f"{path} line {number}"
         if not line.isdigit() or not 1 <= int(line) <= NUM_CLASSES:
             raise DataError(f"{origin}: expected an ILSVRC2012_ID 1..1000, found {line!r}.")
         samples.append(
-            Sample(str(folder / VAL_NAME.format(number)), _label(wnids[int(line)], origin), origin, str(folder))
+            Sample(str(folder / VAL_NAME.format(number)), _label(wnids[int(line)], index, origin), origin, str(folder))
         )
     return samples
 
@@ -128,13 +125,15 @@ def _places(folder: Path, imagenet_folders: Sequence[Path]) -> list[Path]:
     return list(dict.fromkeys(b / d if d else b for b in bases for d in DEVKIT_DIRS))
 
 
-def flat_val_samples(folder: Path, imagenet_folders: Sequence[Path], name: str) -> list[Sample]:
-    """The samples of the flat val ``folder``, labelled by the first ground-truth file found."""
+def flat_val_samples(folder: Path, imagenet_folders: Sequence[Path], wnids: Sequence[str], name: str) -> list[Sample]:
+    """The samples of the flat val ``folder``, labelled by the first ground-truth file found; class i
+    is ``wnids[i]``."""
+    index = {w: i for i, w in enumerate(wnids)}
     places = _places(folder, imagenet_folders)
     for filename, reader in ((KAGGLE, _kaggle), *((n, _plain_list) for n in LISTS), (DEVKIT, _devkit)):
         for place in places:
             if (place / filename).is_file():
-                samples = reader(place / filename, folder)
+                samples = reader(place / filename, folder, index)
                 if not samples:
                     raise DataError(f"{place / filename}: no samples (empty file).")
                 return samples
