@@ -153,6 +153,15 @@ def payload_pickle(marker: Path, how: str) -> bytes:
         call = b"cos\nsystem\n" + _string(command) + b"\x85R"
     elif how == "posix.system":
         call = b"cposix\nsystem\n" + _string(command) + b"\x85R"
+    elif how == "__reduce__":  # the classic payload, pickled by Python 3 (protocol 4, STACK_GLOBAL)
+        import os
+        import pickle
+
+        class Payload:
+            def __reduce__(self):
+                return os.system, (command.decode(),)
+
+        return pickle.dumps({b"data": Payload()}, protocol=4)
     else:
         code = f"__import__('pathlib').Path({str(marker)!r}).touch()".encode()
         call = b"c__builtin__\neval\n" + _string(code) + b"\x85R"
