@@ -198,25 +198,27 @@ def write_meta_mat(path: Path, wnids) -> None:
 
 
 def write_imagenet(root: Path, wnids, val: str = "tree") -> Path:
-    """NOAH's 16-shot list (three images) and three val images in layout ``val``."""
+    """NOAH's 16-shot list (three images) and three val images in layout ``val`` (``kaggle``: Kaggle's
+    ``ILSVRC/Data/CLS-LOC/{train,val}`` with ``LOC_val_solution.csv`` beside ``ILSVRC/``)."""
     imagenet = root / "imagenet"
     (imagenet / "annotations").mkdir(parents=True)
+    images = imagenet / "ILSVRC/Data/CLS-LOC" if val == "kaggle" else imagenet
     lines = []
     for label in (0, 1, 999):
         rel = f"{wnids[label]}/{wnids[label]}_1.JPEG"
-        _jpeg(imagenet / "train" / rel, label % 256)
+        _jpeg(images / "train" / rel, label % 256)
         lines.append(f"{rel} {label}")
     (imagenet / "annotations" / "train_meta.list.num_shot_16.seed_0").write_text("\n".join(lines) + "\n")
     names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, len(VAL_LABELS) + 1)]
     for name, label in zip(names, VAL_LABELS, strict=True):
-        folder = imagenet / "val" / wnids[label] if val == "tree" else imagenet / "val"
+        folder = images / "val" / wnids[label] if val == "tree" else images / "val"
         _jpeg(folder / name, label % 256)
     if val == "kaggle":
         rows = [
             f"{n.removesuffix('.JPEG')},{wnids[c]} 1 2 5 5 {wnids[c]} 0 0 3 3"
             for n, c in zip(names, VAL_LABELS, strict=True)
         ]
-        (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+        (imagenet / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
     elif val in ("list-wnid", "list-index"):
         labels = [wnids[c] if val == "list-wnid" else str(c) for c in VAL_LABELS]
         (imagenet / "val.txt").write_text("".join(f"{n} {lab}\n" for n, lab in zip(names, labels, strict=True)))

@@ -79,13 +79,14 @@ def test_bench_dry_run_lists_the_other_grid(tmp_path, capsys):
     assert not (out / "results.json").exists() or not json.loads((out / "results.json").read_text()).get("cells")
 
 
-def test_a_payload_archive_is_one_line_on_the_command_line_and_nothing_runs(tmp_path, capsys):
+def test_data_check_reports_a_payload_archive_in_its_line_and_nothing_runs(tmp_path, capsys):
     from other_layouts import payload_pickle, python_members
 
     members = python_members()
     members["test"] = payload_pickle(tmp_path / "ran", "os.system")
     write_archive(tmp_path, "python", packed=False, members=members)
     code = main(["data", "check", "cifar100/full", "--data-dir", str(tmp_path)])
-    err = capsys.readouterr().err.strip()
-    assert code != 0 and len(err.splitlines()) == 1 and "asks for os.system" in err
+    out = capsys.readouterr().out.strip()
+    assert code == 1 and len(out.splitlines()) == 1 and "test: " in out and "refused to load" in out
+    assert "asks for os.system" in out and "nothing in the file was run" in out
     assert not (tmp_path / "ran").exists()

@@ -163,7 +163,7 @@ def check_task(
     and training/test duplicates by content. ``workers`` > 0 decodes in that many processes;
     ``progress`` shows a bar on a terminal for tasks of :data:`PROGRESS_FROM` images or more."""
     task = resolve_task(spec, data_dir, **(options or {}))
-    if task.root is not None and hasattr(task.dataset(task.eval_split or task.train_split), "content_key"):
+    if task.in_memory:
         return _check_in_memory(spec, task)
     listings = {split: _list_split(task, split) for split in task.splits}
     origins = _first_origins(listing.samples for listing in listings.values())

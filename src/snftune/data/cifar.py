@@ -67,11 +67,25 @@ class Archive:
     def top(self) -> str:
         return f"cifar-100-{self.kind}"
 
-    def state(self) -> tuple[str, int, int, int]:
-        """What identifies the archive's contents without reading it (as the image cache does for files)."""
-        probe = self.path / ("train" if self.kind == "python" else "train.bin") if self.path.is_dir() else self.path
-        stat = probe.stat()
-        return str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    @property
+    def members(self) -> tuple[str, ...]:
+        if self.kind == "python":
+            return ("train", "test", "meta")
+        return ("train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt")
+
+    def state(self) -> tuple[tuple[str, int, int, int], ...]:
+        """What identifies the archive's contents without reading it (as the image cache does for
+        files): path, size, modification and change time of the ``.tar.gz`` or of each member."""
+        files = [self.path / m for m in self.members] if self.path.is_dir() else [self.path]
+        states = []
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                states.append((str(path), -1, -1, -1))  # reading will say what is missing
+                continue
+            states.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+        return tuple(states)
 
 
 @dataclass(frozen=True)
@@ -183,14 +197,14 @@ def _read(archive: Archive, state: tuple) -> tuple[dict[str, Split], dict[str, t
     """Both splits and both name lists; kept per process while the archive is unchanged (``state``),
     so the runs of a grid read a 160 MB archive once."""
     if archive.kind == "python":
-        data = _members(archive, ("train", "test", "meta"))
+        data = _members(archive, archive.members)
         splits = {s: _python_split(data[s], f"{archive.path}:{s}") for s in ("train", "test")}
         meta = load_plain(data["meta"], f"{archive.path}:meta")
         if not isinstance(meta, dict):
             raise DataError(f"{archive.path}:meta: expected a pickled dict. Not a CIFAR-100 file.")
         values = {k: _key(meta, f"{k}_label_names", f"{archive.path}:meta") for k in LABEL_KINDS}
     else:
-        data = _members(archive, ("train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"))
+        data = _members(archive, archive.members)
         splits = {s: _binary_split(data[f"{s}.bin"], f"{archive.path}:{s}.bin") for s in ("train", "test")}
         values = {k: data[f"{k}_label_names.txt"].decode().split() for k in LABEL_KINDS}
     names = {k: _decode_names(values[k], n, f"{archive.path}: {k} label names") for k, n in LABEL_KINDS.items()}
@@ -283,6 +297,7 @@ def resolve_cifar(rest: str, data_dir: Path | None, labels: str = "fine", seed: 
         root=archive.path,
         options={"labels": labels, "seed": seed, "train_images": size, "archive": archive.kind},
         expected_sizes=expected,
+        in_memory=True,
         factory=partial(_dataset, archive, name, labels, per_class, seed),
     )
 

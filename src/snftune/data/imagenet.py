@@ -50,7 +50,9 @@ VAL_SIZE = 50_000  # ILSVRC-2012 val
 DG_SHOTS = 16
 SEEDS = (0, 1, 2)  # NOAH's list seeds
 SOURCE = DatasetInfo(
-    NUM_CLASSES, ("imagenet", "ImageNet", "imagenet-1k", "imagenet1k", "ILSVRC2012"), ("train", "images/train", "")
+    NUM_CLASSES,
+    ("imagenet", "ImageNet", "imagenet-1k", "imagenet1k", "ILSVRC2012"),
+    ("train", "images/train", "ILSVRC/Data/CLS-LOC/train", ""),  # NOAH, CoOp, Kaggle, the folder itself
 )
 VAL_DIRS = ("val", "images/val", "ILSVRC/Data/CLS-LOC/val")  # the last: Kaggle's layout
 VAL_LIST = "annotations/val_meta.list"
