@@ -42,6 +42,7 @@ from .safe_pickle import load_plain
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
 VAL_FRACTION = 10  # a tenth of each class is the validation split (5,000 images)
 VAL_PER_CLASS = 50  # of CIFAR-100's 500 training images per class
+TUNE_PER_CLASS = TRAIN_SIZE // 100 - VAL_PER_CLASS  # at most 450 per class train the trials
 MIN_SUBSET = 500
 PIXELS = 3 * 32 * 32
 RECORD = 2 + PIXELS  # binary archive: coarse label, fine label, pixels
@@ -285,7 +286,12 @@ def resolve_cifar(rest: str, data_dir: Path | None, labels: str = "fine", seed: 
     archive = find_archive(require_data_dir(data_dir, spec), spec)
     name = spec if labels == "fine" else f"{spec}/coarse"
     per_class = size // LABEL_KINDS["fine"]
-    expected = {"train": size, "tune": min(per_class, 450) * 100, "val": VAL_PER_CLASS * 100, "test": TEST_SIZE}
+    expected = {
+        "train": size,
+        "tune": min(per_class, TUNE_PER_CLASS) * 100,
+        "val": VAL_PER_CLASS * 100,
+        "test": TEST_SIZE,
+    }
     return Task(
         name=name,
         num_classes=LABEL_KINDS[labels],
