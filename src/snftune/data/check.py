@@ -163,6 +163,8 @@ def check_task(
     and training/test duplicates by content. ``workers`` > 0 decodes in that many processes;
     ``progress`` shows a bar on a terminal for tasks of :data:`PROGRESS_FROM` images or more."""
     task = resolve_task(spec, data_dir, **(options or {}))
+    if task.in_memory:
+        return _check_in_memory(spec, task)
     listings = {split: _list_split(task, split) for split in task.splits}
     origins = _first_origins(listing.samples for listing in listings.values())
     inspected = inspect_images(list(origins.items()), workers, progress, f"{task.name}: reading images")
@@ -170,6 +172,43 @@ def check_task(
     report.splits = [_split_report(task, split, listing, inspected) for split, listing in listings.items()]
     report.duplicates = _duplicates(task, listings, inspected)
     report.problems, report.notes = _findings(task, report, listings, inspected)
+    return report
+
+
+def _check_in_memory(spec: str, task: Task) -> TaskReport:
+    """A task read from an archive into memory (CIFAR-100): split sizes and classes, and test images
+    whose pixels equal a training image's. Nothing to find missing or undecodable."""
+    report = TaskReport(spec, task.name, str(task.root))
+    digests: dict[str, list[str]] = {}
+    for split in task.splits:
+        try:
+            dataset = task.dataset(split)
+        except DataError as exc:
+            error = _one_line(str(exc)).removeprefix(f"{task.name}: ")
+            report.splits.append(SplitReport(split, expected=task.expected_sizes.get(split), error=error))
+            continue
+        labels = {int(label) for label in dataset.labels}
+        report.splits.append(
+            SplitReport(
+                split,
+                lines=len(dataset),
+                images=len(dataset),
+                expected=task.expected_sizes.get(split),
+                classes=len(labels),
+                absent_classes=_class_names(task, labels, split),
+            )
+        )
+        digests[split] = [hashlib.sha256(image.tobytes()).hexdigest() for image in dataset.images]
+    training: dict[str, tuple[str, str]] = {}
+    for split, values in digests.items():
+        if split != task.eval_split:
+            for index, digest in enumerate(values):
+                training.setdefault(digest, (split, f"{split}[{index}]"))
+    for index, digest in enumerate(digests.get(task.eval_split or "", [])):
+        if digest in training:
+            split, image = training[digest]
+            report.duplicates.append(Duplicate(digest, split, image, f"{task.eval_split}[{index}]"))
+    report.problems, report.notes = _findings(task, report, {s: _Listing() for s in task.splits}, {})
     return report
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .lists import ReadOptions
 
-PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "folder")
+PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "other", "folder")
 COMMON_OPTIONS = ("on_bad_image", "allow_outside_root")  # fields of ReadOptions, accepted for every spec
 
 DatasetFactory = Callable[[str, Callable | None, ReadOptions], Dataset]
@@ -31,9 +31,11 @@ class Task:
     ``train_split``/``eval_split`` are the protocol's final-run pair; ``tuning_splits`` the pair
     for choosing hyper-parameters (None when the data has no validation split). ``class_subset``
     lists the logit indices a prediction is restricted to at evaluation (ImageNet-A/-R: 200 of
-    1000); None means all ``num_classes``. ``expected_sizes`` holds the number of distinct images
-    a split must have where the benchmark fixes it (VTAB-1k, VPT's FGVC splits, k-shot lists, the
-    DG test sets); ``snftune data check`` compares against it. ``on_bad_image`` and
+    1000); None means all ``num_classes``. ``in_memory``: the splits are read whole from an archive
+    into memory (CIFAR-100), so there are no image files to list or decode. ``expected_sizes`` holds
+    the number of distinct images a split must have where the benchmark fixes it (VTAB-1k, VPT's
+    FGVC splits, k-shot lists, the DG test sets, CIFAR-100); ``snftune data check`` compares
+    against it. ``on_bad_image`` and
     ``allow_outside_root`` are the task options of :class:`~snftune.data.lists.ReadOptions`.
     """
 
@@ -52,6 +54,7 @@ class Task:
     expected_sizes: dict[str, int] = field(default_factory=dict)
     on_bad_image: str = "error"
     allow_outside_root: bool = False
+    in_memory: bool = False
     factory: DatasetFactory | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -106,7 +106,7 @@ def _protocol_steps(
         else:
             crop = [T.Resize(resize, interpolation=mode), T.CenterCrop(size)]
         return [*crop, *_tail(mean, std)]
-    if protocol in ("fewshot", "dg"):
+    if protocol in ("fewshot", "dg", "other"):
         if train:
             timm_pipeline = create_transform(
                 input_size=(3, *size),
@@ -119,7 +119,7 @@ def _protocol_steps(
             )
             return bound_rand_augments(list(timm_pipeline.transforms))
         return [T.Resize(resize, interpolation=mode), T.CenterCrop(size), *_tail(mean, std)]
-    raise DataError(f"unknown protocol {protocol!r}; known: vtab, fgvc, fewshot, dg, folder")
+    raise DataError(f"unknown protocol {protocol!r}; known: vtab, fgvc, fewshot, dg, other, folder")
 
 
 # ---------------------------------------------------------------- what a pipeline does per call
