@@ -3,8 +3,11 @@
 from .adapter import Adapter, AdapterConfig
 from .bitfit import BitFitConfig
 from .common import merge, unmerge
+from .dora import DoRAConfig, DoRALinear
+from .fact import FacTLinear, FacTTKConfig, FacTTTConfig
 from .flows import ShortcutFlow
 from .full import FullConfig
+from .glora import GLoRAConfig, GLoRALinear
 from .linear import LinearConfig
 from .lora import LoRAConfig, LoRALinear
 from .noah import NoahConfig, NoahSupernetConfig
@@ -27,12 +30,20 @@ from .sidetune import SideTuneConfig
 from .snf import SNFConfig
 from .ssf import ScaleShift, SSFConfig
 from .vpt import VPTConfig
+from .vqt import QueryTokens, VQTConfig
 
 __all__ = [
     "Adapter",
     "AdapterConfig",
     "BitFitConfig",
+    "DoRAConfig",
+    "DoRALinear",
+    "FacTLinear",
+    "FacTTKConfig",
+    "FacTTTConfig",
     "FullConfig",
+    "GLoRAConfig",
+    "GLoRALinear",
     "LinearConfig",
     "LoRAConfig",
     "LoRALinear",
@@ -51,6 +62,8 @@ __all__ = [
     "SubnetSpace",
     "UnknownMethodError",
     "VPTConfig",
+    "QueryTokens",
+    "VQTConfig",
     "Capabilities",
     "capabilities",
     "config_from_dict",
