@@ -108,6 +108,13 @@ def apply_dora(model: nn.Module, config: DoRAConfig) -> None:
         plan = _plan(install_sites(model), config)
     except NotApplicableError as error:
         raise NotApplicableError(f"DoRA (LoRA's targets): {error}") from error
+    for target, _ in plan:
+        layer = getattr(target.owner, target.name)
+        if not isinstance(layer, nn.Linear):
+            raise NotApplicableError(
+                f"DoRA here decomposes linear layers; '{target.name}' of this backbone is a {type(layer).__name__} "
+                "(a ConvNeXt built with conv_mlp=True): build it with linear MLP layers"
+            )
     for target, rank in plan:
         _wrap(target, rank, config)
 

@@ -213,7 +213,7 @@ def apply_glora(model: nn.Module, config: GLoRAConfig) -> None:
         if type(layer) is not nn.Linear:
             raise NotApplicableError(
                 f"GLoRA re-parameterises linear layers; '{target.name}' of this {anat.family} backbone is a "
-                f"{type(layer).__name__}"
+                f"{type(layer).__name__} (a ConvNeXt built with conv_mlp=True): build it with linear MLP layers"
             )
     for target, _ in plan:
         layer = getattr(target.owner, target.name)

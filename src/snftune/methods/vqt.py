@@ -69,8 +69,8 @@ class QueryOutputs(nn.Module):
     def record(self, z: torch.Tensor) -> None:
         self._outputs.append(z)
 
-    def start(self, model: nn.Module, args: tuple) -> None:
-        """Forward pre-hook of the model: a new forward collects afresh."""
+    def start(self) -> None:
+        """A new forward (the first block's slot) collects afresh."""
         self._outputs = []
 
     def summarise(self, head: nn.Module, args: tuple) -> tuple:
@@ -112,6 +112,8 @@ class QueryTokens(nn.Module):
         p = self.num_prefix_tokens
         if self.replaces:
             self.outputs.record(x[:, p : p + self.replaces])
+        else:
+            self.outputs.start()
         queries = self.dropout(self.queries).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :p], queries, x[:, p + self.replaces :]], dim=1)
 
@@ -182,7 +184,6 @@ def apply_vqt(model: nn.Module, config: VQTConfig) -> None:
     for attention, slot in slots:
         attention.register_forward_pre_hook(slot.mask_queries, with_kwargs=True)
     model.vqt = outputs
-    model.register_forward_pre_hook(outputs.start)
 
 
 register_method(
