@@ -149,7 +149,10 @@ def _head_name(model: nn.Module) -> str:
     head = model.get_classifier()
     name = next((n for n, child in model.named_children() if child is head), None)
     if not isinstance(head, nn.Linear) or name is None:
-        raise NotApplicableError(f"VQT widens a linear classifier head; {type(model).__name__}'s head is not one")
+        raise NotApplicableError(
+            f"VQT widens the linear classifier head; {type(model).__name__}'s head is a {type(head).__name__} "
+            "(build the model with num_classes > 0)"
+        )
     return name
 
 
