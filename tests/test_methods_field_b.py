@@ -325,7 +325,7 @@ def vqt_reference(untuned: nn.Module, model: nn.Module, x: torch.Tensor) -> torc
     h = untuned.norm_pre(untuned._pos_embed(untuned.patch_embed(x)))
     summaries = []
     for block, tuned_block in zip(untuned.blocks, model.blocks, strict=True):
-        q = tuned_block.token_slot.queries.expand(h.shape[0], -1, -1)
+        q = tuned_block.token_slot.prompts.expand(h.shape[0], -1, -1)
         attn, heads = block.attn, block.attn.num_heads
         qkv_tokens = F.linear(block.norm1(h), attn.qkv.weight, attn.qkv.bias).unflatten(-1, (3, heads, -1))
         qkv_queries = F.linear(block.norm1(q), attn.qkv.weight, attn.qkv.bias).unflatten(-1, (3, heads, -1))
@@ -348,7 +348,7 @@ def test_vqt_matches_a_hand_written_forward_and_leaves_the_backbone_features() -
     assert model.get_classifier().in_features == C * (1 + L * 3)
     torch.manual_seed(2)
     for block in model.blocks:
-        nn.init.normal_(block.token_slot.queries)
+        nn.init.normal_(block.token_slot.prompts)
     seen = []
     model.norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     x = torch.randn(2, 3, 32, 32)
@@ -372,13 +372,13 @@ def test_vqt_on_eva_and_beit_reads_the_tokens_and_learns(kind, tmp_path) -> None
         pooled = model.forward_head(model.forward_features(x[:4]), pre_logits=True)
         assert torch.allclose(pooled, base.forward_head(base.forward_features(x[:4]), pre_logits=True), atol=1e-5)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    queries = [b.token_slot.queries.detach().clone() for b in model.blocks]
+    queries = [b.token_slot.prompts.detach().clone() for b in model.blocks]
     losses = families.train(model, x, y, steps=8)
     with torch.no_grad():
         final = F.cross_entropy(model.eval()(x), y).item()
     assert final < 0.97 * losses[0]
     assert all(torch.equal(model.get_parameter(n), t) for n, t in frozen.items())
-    assert all(not torch.equal(b.token_slot.queries, q) for b, q in zip(model.blocks, queries, strict=True))
+    assert all(not torch.equal(b.token_slot.prompts, q) for b, q in zip(model.blocks, queries, strict=True))
     path = snftune.save_tuned(model, tmp_path / "vqt.safetensors")
     fresh = snftune.load_tuned(build_family(families.FAMILIES[kind]), path)
     with torch.no_grad():

@@ -30,6 +30,7 @@ from ..backbones import install_sites
 from ..backbones.sites import fill_slot
 from .common import factory_kwargs
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
+from .vpt import PromptTokens, StripPrompts
 
 
 @dataclass
@@ -84,43 +85,28 @@ class QueryOutputs(nn.Module):
         return (torch.cat(groups, dim=-1), *args[1:])
 
 
-class QueryTokens(nn.Module):
-    """A block's token slot: takes the previous block's ``replaces`` query outputs away (to the
-    collector), inserts this block's queries after the prefix, and masks them out as keys."""
+class QueryTokens(PromptTokens):
+    """A block's token slot: VPT's prompt slot (:class:`~.vpt.PromptTokens`: drop the
+    ``replaces`` tokens carried in, insert this block's ``prompts`` after the prefix), whose
+    tokens are queries: the outputs carried in go to the collector first, and
+    :meth:`mask_queries` keeps every token from attending to them."""
 
-    def __init__(
-        self,
-        tokens: int,
-        dim: int,
-        num_prefix_tokens: int,
-        replaces: int,
-        init_range: float,
-        dropout: float,
-        outputs: QueryOutputs,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
-        self.replaces = replaces
-        self.queries = nn.Parameter(torch.empty(tokens, dim, device=device, dtype=dtype))
-        nn.init.uniform_(self.queries, -init_range, init_range)
-        self.dropout = nn.Dropout(dropout)
+    def __init__(self, *args, outputs: QueryOutputs, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         object.__setattr__(self, "outputs", outputs)  # shared with every block: not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.num_prefix_tokens
         if self.replaces:
+            p = self.num_prefix_tokens
             self.outputs.record(x[:, p : p + self.replaces])
         else:
             self.outputs.start()
-        queries = self.dropout(self.queries).expand(x.shape[0], -1, -1)
-        return torch.cat([x[:, :p], queries, x[:, p + self.replaces :]], dim=1)
+        return super().forward(x)
 
     def mask_queries(self, attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Forward pre-hook of the block's attention: no token attends to a query token."""
         x = args[0] if args else kwargs["x"]
-        p, n = self.num_prefix_tokens, self.queries.shape[0]
+        p, n = self.num_prefix_tokens, self.length
         keys = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
         keys[p : p + n] = False
         mask = keys.expand(1, 1, x.shape[1], -1)
@@ -130,19 +116,18 @@ class QueryTokens(nn.Module):
         return args, {**kwargs, "attn_mask": mask}
 
 
-class TakeQueryOutputs(nn.Module):
-    """The token exit's slot: takes the last block's query outputs away before the final norm."""
+class TakeQueryOutputs(StripPrompts):
+    """The token exit's slot: VPT's :class:`~.vpt.StripPrompts`, the last block's query outputs
+    going to the collector."""
 
     def __init__(self, num_prefix_tokens: int, count: int, outputs: QueryOutputs) -> None:
-        super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
-        self.count = count
+        super().__init__(num_prefix_tokens, count)
         object.__setattr__(self, "outputs", outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.num_prefix_tokens
         self.outputs.record(x[:, p : p + self.count])
-        return torch.cat([x[:, :p], x[:, p + self.count :]], dim=1)
+        return super().forward(x)
 
 
 def _head_name(model: nn.Module) -> str:
@@ -179,7 +164,7 @@ def apply_vqt(model: nn.Module, config: VQTConfig) -> None:
     p, t = anat.num_prefix_tokens, config.tokens
     slots = []
     for i, (block, attention) in enumerate(zip(anat.blocks, anat.attentions, strict=True)):
-        slot = QueryTokens(t, anat.embed_dim, p, t if i else 0, init_range, config.dropout, outputs, **kw)
+        slot = QueryTokens(t, anat.embed_dim, p, t if i else 0, init_range, config.dropout, outputs=outputs, **kw)
         fill_slot(block, "token_slot", slot)
         slots.append((attention, slot))
     fill_slot(model.token_exit, "slot", TakeQueryOutputs(p, t, outputs))
