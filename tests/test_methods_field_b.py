@@ -71,6 +71,11 @@ def glora_count(channels: list[int], rank: int = 4, hidden: int = 4) -> int:
     return total
 
 
+def deit(distilled: bool = False) -> nn.Module:
+    name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
+    return baselines.build(name, img_size=32, patch_size=8, depth=2)
+
+
 SLICES = 12  # per ViT block: q, k, v, o, and four C x C slices of fc1 and of fc2
 CASES = [
     Case("vit-fact-tt", vit, "fact-tt", expected=fact_tt_count(C, 8, SLICES * L)),
@@ -79,6 +84,8 @@ CASES = [
     Case("vit-dora", vit, "dora", expected=dora_count([C] * L)),
     Case("vit-glora", vit, "glora", expected=glora_count([C] * L)),
     Case("vit-vqt", vit, "vqt", expected=L * 5 * C, unchanged=False),  # a new, wider head
+    Case("deit-fact-tk", deit, "fact-tk", {"rank": 8}, expected=fact_tk_count(C, 8, SLICES * L)),
+    Case("deit-vqt", deit, "vqt", {"tokens": 2}, expected=L * 2 * C, unchanged=False),
     Case("swin-dora", swin, "dora", expected=dora_count(SWIN_CS)),
     Case("swin-glora", swin, "glora", expected=glora_count(SWIN_CS)),
 ]
@@ -445,6 +452,7 @@ def test_invalid_settings_are_rejected_at_config_time(method, overrides, message
         (resnet, "glora", "convolutions only"),
         (resnet, "vqt", "resnet backbone lacks"),
         (swin, "vqt", "swin backbone lacks"),
+        (lambda: deit(distilled=True), "vqt", "distilled DeiT"),
         (lambda: build_family("eva02"), "fact-tt", "targets=\\('attn',\\)"),
         (lambda: build_family("convnext"), "glora", "conv_mlp=True"),
     ],

@@ -132,6 +132,11 @@ class TakeQueryOutputs(StripPrompts):
 
 def _head_name(model: nn.Module) -> str:
     head = model.get_classifier()
+    if isinstance(head, tuple):
+        raise NotApplicableError(
+            f"VQT widens one linear classifier head; this {type(model).__name__} has {len(head)} (a distilled "
+            "DeiT: use its non-distilled form)"
+        )
     name = next((n for n, child in model.named_children() if child is head), None)
     if not isinstance(head, nn.Linear) or name is None:
         raise NotApplicableError(
