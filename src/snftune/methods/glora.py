@@ -12,7 +12,7 @@ are a vector, a constant or none. Everything is linear in the frozen weight and 
 GLoRA searches the forms per layer (a supernet, then an evolutionary search). snftune has no
 GLoRA search: the default is one fixed configuration for every layer, ``A`` vector, ``B``
 rank 4, ``C`` vector, ``D`` vector, ``E`` vector: 903,168 parameters on ViT-B/16, about the
-0.86M of GLoRA's searched VTAB-1k configurations (average over tasks). As in the official
+0.86M reported for GLoRA's searched VTAB-1k configurations (docs/methods-field-b.md). As in the official
 code, the rank-r factors are an (out x r) factor starting at zero times a Xavier-initialised
 (r x in) factor, vectors and constants start at zero: the model starts unchanged.
 """
