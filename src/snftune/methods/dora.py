@@ -12,7 +12,8 @@ and PEFT, the norm is treated as a constant in the backward pass. The forward is
 ``(m / n - 1) W0 x + (m / n) s B A x`` added to the frozen output, the bias not rescaled.
 
 DoRA reuses LoRA's layers (:class:`~.lora.LoRALinear`: chunks of a fused qkv, timm's split
-qkv biases) and its targets; only the magnitude ``m`` (one per updated output) is new.
+qkv biases, 1x1 convolutions of CNN blocks with ``targets=("conv1x1",)``, the ``dora-conv``
+preset) and its targets; only the magnitude ``m`` (one per updated output) is new.
 :func:`snftune.merge` writes ``W'`` into the frozen rows, exactly.
 """
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import install_sites
-from .lora import CONV_TARGET, LoRAConfig, LoRALinear, _plan, _Target
+from .lora import CONV_TARGET, LoRAConfig, LoRAConv1x1, LoRALinear, _plan, _Target
 from .registry import Capabilities, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
@@ -38,11 +39,6 @@ class DoRAConfig(LoRAConfig):
     are the settings of the LoRA it builds on, as in snftune's ``lora``."""
 
     method: ClassVar[str] = "dora"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if CONV_TARGET in self.targets:
-            raise ValueError("DoRA here decomposes linear layers; 'conv1x1' is not a DoRA target")
 
 
 class DoRALinear(LoRALinear):
@@ -84,6 +80,21 @@ class DoRALinear(LoRALinear):
         return self._gain(rows, delta).unsqueeze(-1) * (rows + delta) - rows
 
 
+class DoRAConv1x1(DoRALinear, LoRAConv1x1):
+    """DoRA on a 1x1 convolution of (B, C, H, W) maps (CNN blocks: ``targets=("conv1x1",)``):
+    the magnitude and norm per output channel, as PEFT's convolution DoRA with a 1x1 kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base(x)
+        if self.merged:
+            return out
+        rows = self._updated_rows()
+        gain = self._gain(rows, LoRALinear.delta_weight(self)).view(1, -1, 1, 1)
+        frozen = F.conv2d(x, rows[0][:, :, None, None])
+        low_rank = self._low_rank(self.dropout(x)) * self.scaling
+        return out.add_((gain - 1) * frozen + gain * low_rank)
+
+
 class DoRASplitBiasQKV(TakesOverQKVBiases, DoRALinear):
     """DoRA on a fused qkv whose biases timm keeps in the attention (EVA, BEiT, Swin V2)."""
 
@@ -95,7 +106,9 @@ class DoRASplitBiasQKV(TakesOverQKVBiases, DoRALinear):
 def _wrap(target: _Target, rank: int, config: DoRAConfig) -> None:
     layer = getattr(target.owner, target.name)
     args = (rank, config.alpha, target.chunks, target.updated, config.dropout)
-    if keeps_qkv_biases_apart(target.owner, target.name):
+    if isinstance(layer, nn.Conv2d):
+        wrapped = DoRAConv1x1(layer, *args)
+    elif keeps_qkv_biases_apart(target.owner, target.name):
         wrapped = DoRASplitBiasQKV(layer, target.owner, *args)
     else:
         wrapped = DoRALinear(layer, *args)
@@ -108,27 +121,20 @@ def apply_dora(model: nn.Module, config: DoRAConfig) -> None:
         plan = _plan(install_sites(model), config)
     except NotApplicableError as error:
         raise NotApplicableError(f"DoRA (LoRA's targets): {error}") from error
-    for target, _ in plan:
-        layer = getattr(target.owner, target.name)
-        if not isinstance(layer, nn.Linear):
-            raise NotApplicableError(
-                f"DoRA here decomposes linear layers; '{target.name}' of this backbone is a {type(layer).__name__} "
-                "(a ConvNeXt built with conv_mlp=True): build it with linear MLP layers"
-            )
     for target, rank in plan:
         _wrap(target, rank, config)
 
-
-CNN_ONLY = "DoRA here decomposes linear layers (attention and MLP); this CNN family's blocks have convolutions only"
 
 register_method(
     DoRAConfig,
     apply_dora,
     "DoRA: LoRA (rank 8, query and value) on the direction, a learned magnitude per output (mergeable)",
+    presets={
+        "dora-conv": ({"targets": (CONV_TARGET,)}, "DoRA on the 1x1 convolutions of each CNN block (rank 8)"),
+    },
     capabilities=Capabilities(
         mergeable=True,
         servable=False,
-        unsupported_families={family: CNN_ONLY for family in ("resnet", "regnet", "efficientnet")},
         why_not={
             "servable": "the magnitude rescales the frozen output row by row, which serving's per-sample LoRA "
             "path does not compute; the serving protocol is being reworked (merge one task's model instead)"
