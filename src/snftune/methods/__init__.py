@@ -6,8 +6,11 @@ from .bitfit import BitFitConfig
 from .common import merge, unmerge
 from .convpass import Convpass, ConvpassConfig
 from .difffit import BranchScale, DiffFitConfig
+from .dora import DoRAConfig, DoRALinear
+from .fact import FacTLinear, FacTTKConfig, FacTTTConfig
 from .flows import ShortcutFlow
 from .full import FullConfig
+from .glora import GLoRAConfig, GLoRALinear
 from .linear import LinearConfig
 from .ln_tune import LNTuneConfig
 from .lora import LoRAConfig, LoRALinear
@@ -32,6 +35,7 @@ from .sidetune import SideTuneConfig
 from .snf import SNFConfig
 from .ssf import ScaleShift, SSFConfig
 from .vpt import VPTConfig
+from .vqt import QueryTokens, VQTConfig
 
 __all__ = [
     "AdaptFormerConfig",
@@ -46,7 +50,14 @@ __all__ = [
     "RepAdaptedNorm",
     "RepAdapterConfig",
     "BitFitConfig",
+    "DoRAConfig",
+    "DoRALinear",
+    "FacTLinear",
+    "FacTTKConfig",
+    "FacTTTConfig",
     "FullConfig",
+    "GLoRAConfig",
+    "GLoRALinear",
     "LinearConfig",
     "LoRAConfig",
     "LoRALinear",
@@ -65,6 +76,8 @@ __all__ = [
     "SubnetSpace",
     "UnknownMethodError",
     "VPTConfig",
+    "QueryTokens",
+    "VQTConfig",
     "Capabilities",
     "capabilities",
     "config_from_dict",
