@@ -14,13 +14,11 @@ from .methods import (
     ShortcutFlow,
     SNFConfig,
     capabilities,
-    merge,
     method_names,
     resolve_config,
-    unmerge,
 )
 from .serving import MultiTaskModel
-from .tuning import TunedFileError, apply, load_tuned, save_tuned, trainable_summary, tuned_tensors
+from .tuning import TunedFileError, apply, load_tuned, merge, save_tuned, trainable_summary, tuned_tensors, unmerge
 
 __version__ = "0.1.0"
 

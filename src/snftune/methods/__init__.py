@@ -2,7 +2,7 @@
 
 from .adapter import Adapter, AdapterConfig
 from .bitfit import BitFitConfig
-from .common import merge, unmerge
+from .common import Mergeable
 from .flows import ShortcutFlow
 from .full import FullConfig
 from .linear import LinearConfig
@@ -54,11 +54,10 @@ __all__ = [
     "Capabilities",
     "capabilities",
     "config_from_dict",
-    "merge",
+    "Mergeable",
     "method_for",
     "method_names",
     "preset_names",
     "register_method",
     "resolve_config",
-    "unmerge",
 ]

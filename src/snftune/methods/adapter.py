@@ -23,7 +23,7 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, ResidualSite
 from .common import Size, factory_kwargs, normalise_size, per_block
-from .registry import MethodConfig, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 POSITIONS = ("mlp", "attn", "both")
 FORMS = ("sequential", "parallel")
@@ -130,4 +130,8 @@ register_method(
     presets={
         "adapter-parallel": ({"form": "parallel"}, "parallel adapter beside each MLP branch (AdaptFormer form)"),
     },
+    capabilities=Capabilities(
+        servable=True,
+        why_not={"mergeable": "its bottleneck has a nonlinear activation, which no frozen weight can absorb"},
+    ),
 )

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from .registry import MethodConfig, register_method
+from .registry import Capabilities, MethodConfig, register_method
 
 
 @dataclass
@@ -40,4 +40,10 @@ def apply_bitfit(model: nn.Module, config: BitFitConfig) -> None:
         bias.requires_grad_(True)
 
 
-register_method(BitFitConfig, apply_bitfit, "BitFit: every bias term of the backbone")
+register_method(
+    BitFitConfig,
+    apply_bitfit,
+    "BitFit: every bias term of the backbone",
+    # Mergeable with nothing to fold: the tuned biases are the backbone's own.
+    capabilities=Capabilities(mergeable=True, servable=True),
+)

@@ -32,7 +32,7 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, is_pointwise
 from .common import Size, normalise_size, per_block
-from .registry import MethodConfig, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
 QKV_PARTS = ("q", "k", "v")
@@ -114,6 +114,9 @@ class LoRALinear(nn.Module):
         self.register_buffer("_index", torch.tensor(self.updated, device=kw["device"]), persistent=False)
         self.merged = False
         self._original: torch.Tensor | None = None
+
+    mergeable = True
+    """``scaling * B A`` folds into the frozen weight (see :class:`~snftune.methods.Mergeable`)."""
 
     @staticmethod
     def _shape_of(base_layer: nn.Module) -> tuple[int, int]:
@@ -331,4 +334,5 @@ register_method(
         ),
         "lora-conv": ({"targets": (CONV_TARGET,)}, "LoRA on the 1x1 convolutions of each CNN block (rank 8)"),
     },
+    capabilities=Capabilities(mergeable=True, servable=True),
 )

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from .registry import MethodConfig, NotApplicableError, UnknownMethodError, register_method
+from .registry import Capabilities, MethodConfig, NotApplicableError, UnknownMethodError, register_method
 
 PEFT_REQUIREMENT = "peft==0.21.2"
 
@@ -112,4 +112,10 @@ register_method(
     presets={
         f"peft:{name}": ({"tuner": name}, f"HF PEFT's {name} on {DEFAULT_OPTIONS[name]}") for name in DEFAULT_OPTIONS
     },
+    capabilities=Capabilities(
+        why_not={
+            "mergeable": "PEFT's layers merge through PEFT itself (merge_and_unload), whose unmerge is not exact",
+            "servable": "PEFT's layers have no per-sample form in snftune (PEFT's own mixed batches need a PeftModel)",
+        },
+    ),
 )

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ __all__ = [
     "register_method",
     "method_for",
     "capabilities",
+    "refuse_unsupported_family",
     "resolve_config",
     "config_from_dict",
     "method_names",
@@ -153,6 +153,14 @@ def capabilities(name: str | MethodConfig) -> Capabilities:
     if name not in _METHODS:
         raise UnknownMethodError(f"unknown method '{name}'. Known methods: {', '.join(method_names())}")
     return _METHODS[name].capabilities
+
+
+def refuse_unsupported_family(config: MethodConfig, family: str) -> None:
+    """Raises :class:`NotApplicableError` with the method's declared reason when it does not
+    support the backbone family ``family`` (``snftune.apply`` calls it before the method edits the model)."""
+    reason = method_for(config).capabilities.unsupported_families.get(family)
+    if reason is not None:
+        raise NotApplicableError(reason)
 
 
 def method_names() -> list[str]:

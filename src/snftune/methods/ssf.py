@@ -19,7 +19,7 @@ import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from .registry import MethodConfig, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
 KINDS: dict[str, tuple[type[nn.Module], ...]] = {
@@ -180,4 +180,8 @@ register_method(
     SSFConfig,
     apply_ssf,
     "SSF: a per-channel scale and shift after every linear, convolution and norm layer (mergeable)",
+    capabilities=Capabilities(
+        mergeable=True,
+        why_not={"servable": "its scale and shift have no per-sample form yet (merge it, or serve it on its own)"},
+    ),
 )

@@ -24,9 +24,27 @@ import torch
 from torch import nn
 
 from ..backbones import install_sites
-from ..backbones.sites import fill_slot
+from ..backbones.sites import NO_TOKENS_IN_FEATURE_MAPS, fill_slot
+from ..backbones.swin import NO_TOKEN_SEQUENCE
 from .common import Size, factory_kwargs, normalise_size, per_block
-from .registry import MethodConfig, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, NotApplicableError, capabilities, register_method
+
+
+def _no_prompts_on(family: str, why: str) -> str:
+    return (
+        f"VPT inserts prompt tokens into a token sequence, which this {family} backbone lacks: {why}. "
+        "Use a token model (ViT/DeiT, EVA, BEiT), or a method that works on any backbone (snf, adapter, bitfit)."
+    )
+
+
+UNSUPPORTED_FAMILIES = {
+    **{family: _no_prompts_on(family, NO_TOKEN_SEQUENCE) for family in ("swin", "swinv2")},
+    **{
+        family: _no_prompts_on(family, NO_TOKENS_IN_FEATURE_MAPS)
+        for family in ("resnet", "regnet", "convnext", "efficientnet")
+    },
+}
+"""The backbone families without a token sequence, and why (VPT's declared capabilities)."""
 
 
 @dataclass
@@ -120,9 +138,7 @@ def apply_vpt(model: nn.Module, config: VPTConfig) -> None:
     anat = install_sites(model)
     if anat.embed_dim is None:
         raise NotApplicableError(
-            f"VPT inserts prompt tokens into a token sequence, which this {anat.family} backbone lacks: "
-            f"{anat.no_token_sequence}. Use a token model (ViT/DeiT, EVA, BEiT), or a method that works "
-            "on any backbone (snf, adapter, bitfit)."
+            capabilities(config).reason(anat.family) or _no_prompts_on(anat.family, anat.no_token_sequence)
         )
     kw = factory_kwargs(model)
     patch_h, patch_w = anat.patch_size
@@ -147,4 +163,9 @@ register_method(
         "vpt-shallow": ({"deep": False}, "VPT-shallow: 10 prompt tokens inserted at the input"),
         "vpt-deep": ({"deep": True}, "VPT-deep: 10 prompt tokens replaced in every block"),
     },
+    capabilities=Capabilities(
+        servable=True,
+        unsupported_families=UNSUPPORTED_FAMILIES,
+        why_not={"mergeable": "its prompt tokens lengthen the sequence; they are no update of a frozen weight"},
+    ),
 )

@@ -20,14 +20,11 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import ResidualSite
-from ..methods import Adapter, LoRALinear, ShortcutFlow
+from ..methods import Adapter, LoRALinear, ShortcutFlow, capabilities
 from ..methods.vpt import PromptTokens
 from ..tuning import TunedFileError, head_parameter_names, load_tuned, read_tuned_metadata
 
-__all__ = ["SERVABLE_METHODS", "ServingError", "TaskParts", "load_task", "meta_copy"]
-
-SERVABLE_METHODS = ("snf", "lora", "adapter", "vpt", "bitfit", "linear")
-"""Methods whose every tuned tensor has a per-sample form (the registry names in tuned files)."""
+__all__ = ["ServingError", "TaskParts", "load_task", "meta_copy"]
 
 
 class ServingError(TunedFileError):
@@ -89,11 +86,11 @@ def load_task(skeleton: nn.Module, name: str, path: str | os.PathLike) -> TaskPa
     path = Path(path)
     metadata = read_tuned_metadata(path)
     method = metadata["method"]
-    if method not in SERVABLE_METHODS:
+    declared = capabilities(method)
+    if not declared.servable:
         raise ServingError(
             f"{path} (task '{name}') is tuned with '{metadata.get('label', method)}', which cannot be served "
-            f"in a mixed batch: MultiTaskModel serves {', '.join(SERVABLE_METHODS)}. Serve it with a model "
-            "of its own (snftune.load_tuned)."
+            f"in a mixed batch: {declared.reason('servable')}. Serve it with a model of its own (snftune.load_tuned)."
         )
     tensors = load_file(str(path))
     donor = meta_copy(skeleton)
