@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from .registry import NotApplicableError
@@ -41,6 +42,21 @@ class Mergeable(Protocol):
     def merge(self) -> None: ...
 
     def unmerge(self) -> None: ...
+
+
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, LayerNorm2d)
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
+
+
+def output_channel_dim(layer: nn.Module) -> int | None:
+    """Where ``layer``'s output channels (and so its bias) lie: 1 (convolutions, batch and group
+    norms, timm's channels-first ``LayerNorm2d``), -1 (linear layers, layer norms), or None for a
+    layer of no known kind."""
+    if isinstance(layer, _CHANNELS_FIRST):
+        return 1
+    if isinstance(layer, _CHANNELS_LAST):
+        return -1
+    return None
 
 
 def normalise_size(value: int | Sequence[int], name: str) -> Size:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import yaml
 from torch import nn
 
+from .mixed import mixed_parts as outermost_mixed_forms
+
 __all__ = [
     "Capabilities",
     "MethodConfig",
@@ -98,11 +100,20 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method.
+
+    Attributes:
+        mixed_parts: a tuned model -> the modules holding its tuned tensors, by path, each
+            implementing :class:`~snftune.methods.mixed.MixedForm` (what ``MultiTaskModel``
+            serves). Default: the outermost modules that implement it.
+    """
+
     name: str
     config_cls: type[MethodConfig]
     apply: Callable[[nn.Module, MethodConfig], None]
     description: str
     capabilities: Capabilities = Capabilities()
+    mixed_parts: Callable[[nn.Module], dict[str, nn.Module]] = outermost_mixed_forms
 
 
 _METHODS: dict[str, Method] = {}
@@ -115,8 +126,13 @@ def register_method(
     description: str,
     presets: dict[str, tuple[dict[str, Any], str]] | None = None,
     capabilities: Capabilities | None = None,
+    mixed_parts: Callable[[nn.Module], dict[str, nn.Module]] | None = None,
 ) -> Method:
     """Registers ``config_cls.method`` and its presets ({name: (overrides, description)}).
+
+    ``capabilities`` declares what the method can do beyond training (merge, serve, families);
+    ``mixed_parts`` is needed only by a servable method whose tuned tensors are not held by
+    modules of its own (see :class:`Method`).
 
     A name already taken by a method or a preset is refused, as HF PEFT refuses a duplicate
     adapter name: silently replacing a method would change what a saved config means.
@@ -130,7 +146,9 @@ def register_method(
             raise ValueError(f"the method name '{new}' is already registered; choose another name")
     if name in presets:
         raise ValueError(f"preset '{name}' has the name of its own method")
-    method = Method(name, config_cls, apply, description, capabilities or Capabilities())
+    method = Method(
+        name, config_cls, apply, description, capabilities or Capabilities(), mixed_parts or outermost_mixed_forms
+    )
     _METHODS[name] = method
     for preset, (overrides, preset_description) in presets.items():
         _PRESETS[preset] = (name, overrides, preset_description)

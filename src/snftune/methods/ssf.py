@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from timm.layers import LayerNorm2d
 from torch import nn
 
+from .common import output_channel_dim
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
@@ -27,7 +27,6 @@ KINDS: dict[str, tuple[type[nn.Module], ...]] = {
     "conv": (nn.Conv2d,),
     "norm": (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm),
 }
-CHANNELS_FIRST = (nn.Conv2d, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, LayerNorm2d)
 
 
 @dataclass
@@ -75,7 +74,7 @@ class ScaleShift(nn.Module):
         reference = next(base_layer.parameters(), None)
         kw = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
         self.base_layer = base_layer
-        self.channel_dim = 1 if isinstance(base_layer, CHANNELS_FIRST) else -1
+        self.channel_dim = output_channel_dim(base_layer) or -1
         self.scale = nn.Parameter(torch.ones(channels, **kw))
         self.shift = nn.Parameter(torch.zeros(channels, **kw))
         if init_std:
