@@ -8,6 +8,7 @@
 """
 
 from .backbones import anatomy, create_model
+from .errors import SnftuneError
 from .methods import (
     Capabilities,
     MethodConfig,
@@ -27,6 +28,7 @@ __all__ = [
     "MethodConfig",
     "MultiTaskModel",
     "SNFConfig",
+    "SnftuneError",
     "ShortcutFlow",
     "TunedFileError",
     "anatomy",

@@ -23,6 +23,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from .backbones import anatomy, install_sites
+from .errors import SnftuneError
 from .methods.common import Mergeable
 from .methods.registry import (
     MethodConfig,
@@ -51,7 +52,7 @@ __all__ = [
 FORMAT_VERSION = "1"
 
 
-class TunedFileError(ValueError):
+class TunedFileError(SnftuneError, ValueError):
     """A tuned-weights file that does not fit the model (or is not one)."""
 
 
@@ -343,7 +344,7 @@ def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-class NotMergeableError(ValueError):
+class NotMergeableError(SnftuneError, ValueError):
     """``snftune.merge`` on a model whose method did not declare itself mergeable."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import yaml
 from torch import nn
 
+from ..errors import SnftuneError
 from .mixed import mixed_parts as outermost_mixed_forms
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(SnftuneError, ValueError):
     """A method name, preset or config field that snftune does not know."""
 
 
@@ -45,7 +46,7 @@ class MethodSettingsError(UnknownMethodError):
     """A method setting with a value the method rejects (e.g. ``planar_steps=-1``)."""
 
 
-class NotApplicableError(ValueError):
+class NotApplicableError(SnftuneError, ValueError):
     """A method that does not fit the given backbone (e.g. prompt tokens on a ResNet)."""
 
 
