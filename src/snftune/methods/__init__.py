@@ -7,12 +7,14 @@ from .flows import ShortcutFlow
 from .full import FullConfig
 from .linear import LinearConfig
 from .lora import LoRAConfig, LoRALinear
+from .mixed import MixedForm, MixedModule, TaskRouting, channel_view, replace_each
 from .noah import NoahConfig, NoahSupernetConfig
 from .noah_subnets import Subnet, SubnetSpace
 from .peft_bridge import PeftBridgeConfig, PeftUnavailableError
 from .registry import (
     Capabilities,
     MethodConfig,
+    MethodSettingsError,
     NotApplicableError,
     UnknownMethodError,
     capabilities,
@@ -37,9 +39,15 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "MethodConfig",
+    "MixedForm",
+    "MixedModule",
+    "TaskRouting",
+    "channel_view",
+    "replace_each",
     "NoahConfig",
     "NoahSupernetConfig",
     "NotApplicableError",
+    "MethodSettingsError",
     "PeftBridgeConfig",
     "PeftUnavailableError",
     "SNFConfig",
