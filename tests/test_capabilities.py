@@ -104,7 +104,7 @@ def test_a_method_not_declared_mergeable_is_refused_with_its_reason(method) -> N
     model = tuned(method)
     with pytest.raises(NotMergeableError) as error:
         snftune.merge(model)
-    assert snftune.capabilities(method).why_not["mergeable"] in str(error.value)
+    assert snftune.capabilities(method).reason("mergeable") in str(error.value)
 
 
 def _file(folder: Path, method: str, classes: int, seed: int) -> Path:
@@ -133,7 +133,7 @@ def test_a_method_not_declared_servable_is_refused_with_its_reason(tmp_path, met
     files = {"own": _file(tmp_path, method, 3, seed=1)}
     with pytest.raises(ServingError) as error:
         MultiTaskModel(tiny(), files)
-    assert snftune.capabilities(method).why_not["servable"] in str(error.value)
+    assert snftune.capabilities(method).reason("servable") in str(error.value)
 
 
 DECLARED_FAMILIES = sorted(

@@ -62,7 +62,8 @@ def test_a_missing_extra_names_the_pip_line_that_installs_it(monkeypatch) -> Non
 def test_a_missing_peft_through_the_cli_is_one_line_exit_2(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.setitem(sys.modules, "peft", None)
     args = ["--model", "snftune-vit-tiny", "--pretrained", "random", "--method", "peft:lora"]
-    args += ["--data", "generated/shapes", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--workers", "0", "--no-progress"]
+    args += ["--data", "generated/shapes", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4"]
+    args += ["--workers", "0", "--no-progress"]
     assert main(["train", *args, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("snftune train: error: ") and err.count("\n") == 1 and "Traceback" not in err

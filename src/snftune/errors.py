@@ -26,16 +26,17 @@ class SnftuneError(Exception):
 class MissingExtraError(SnftuneError, ImportError):
     """An optional dependency that is not installed: the message names the extra that installs it.
 
-    Subclasses set ``extra`` (the ``[project.optional-dependencies]`` name) and ``needs`` (what
-    needs it, e.g. ``"the 'peft' methods"``).
+    Subclasses set ``package`` (what is missing), ``used_by`` (what needs it) and ``extra`` (the
+    ``[project.optional-dependencies]`` name that installs it).
     """
 
+    package: ClassVar[str] = ""
+    used_by: ClassVar[str] = ""
     extra: ClassVar[str] = ""
-    needs: ClassVar[str] = ""
 
     def __init__(self, detail: str = "") -> None:
         found = f" ({detail})" if detail else ""
         super().__init__(
-            f"{self.needs} needs the optional '{self.extra}' dependencies, which are not installed{found}: "
+            f"{self.package} is not installed{found}, and {self.used_by} cannot run without it: "
             f"pip install 'snftune[{self.extra}]'"
         )

@@ -37,8 +37,9 @@ INSTALL_HINT = 'pip install -e ".[ray]"'
 class RayUnavailableError(MissingExtraError, RuntimeError):
     """Ray is not installed in this environment."""
 
+    package = "Ray"
+    used_by = "--executor ray"
     extra = "ray"
-    needs = "--executor ray"
 
 
 def import_ray() -> Any:

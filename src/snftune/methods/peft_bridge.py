@@ -33,8 +33,9 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 class PeftUnavailableError(MissingExtraError):
     """HF PEFT is not installed."""
 
+    package = "HF PEFT"
+    used_by = "the 'peft' methods"
     extra = "peft"
-    needs = "the 'peft' methods (HF PEFT)"
 
 
 def import_peft() -> ModuleType:
