@@ -62,11 +62,11 @@ def tiny(kind: str = "vit") -> nn.Module:
     return copy.deepcopy(_built(kind))
 
 
-def tuned(method: str, classes: int = 5, seed: int = 0) -> nn.Module:
-    """The method on a tiny ViT, its tuned tensors moved away from their initialisation."""
+def tuned(method: str, classes: int = 5, seed: int = 0, kind: str = "vit") -> nn.Module:
+    """The method on a tiny model (ViT by default), its tuned tensors moved away from their initialisation."""
     if method in NEEDS and importlib.util.find_spec(NEEDS[method]) is None:
         pytest.skip(f"{method} needs the optional package {NEEDS[method]}")
-    model = tiny()
+    model = tiny(kind)
     model.reset_classifier(classes)
     snftune.apply(model, method, **OPTIONS.get(method, {}))
     generator = torch.Generator().manual_seed(seed)
@@ -107,25 +107,36 @@ def test_a_method_not_declared_mergeable_is_refused_with_its_reason(method) -> N
     assert snftune.capabilities(method).reason("mergeable") in str(error.value)
 
 
-def _file(folder: Path, method: str, classes: int, seed: int) -> Path:
-    return snftune.save_tuned(tuned(method, classes, seed), folder / f"{method}-{seed}.safetensors")
+def _file(folder: Path, method: str, classes: int, seed: int, kind: str = "vit") -> Path:
+    return snftune.save_tuned(tuned(method, classes, seed, kind), folder / f"{kind}-{method}-{seed}.safetensors")
 
 
-@pytest.mark.parametrize("method", methods("servable", True))
-def test_a_method_declared_servable_serves_in_a_mixed_batch(tmp_path, method) -> None:
-    files = {"own": _file(tmp_path, method, 3, seed=1), "other": _file(tmp_path, "snf", 4, seed=2)}
-    served = MultiTaskModel(tiny(), files)
-    torch.manual_seed(3)
-    images = torch.randn(6, 3, 32, 32)
+def check_mixed_batch(folder: Path, method: str, kind: str = "vit") -> None:
+    """``method`` served beside an SNF task: each row equals its own task's single-task model."""
+    files = {"own": _file(folder, method, 3, 1, kind), "other": _file(folder, "snf", 4, 2, kind)}
+    served = MultiTaskModel(tiny(kind), files)
+    size = TINY_MODELS[kind][2]
+    images = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(3))
     ids = torch.tensor([0, 1, 1, 0, 0, 1])
     with torch.no_grad():
         logits = served(images, ids).logits
         for task, (path, classes) in enumerate(((files["own"], 3), (files["other"], 4))):
-            own = tiny()
+            own = tiny(kind)
             own.reset_classifier(classes)
             snftune.load_tuned(own, path)
             rows = (ids == task).nonzero().flatten()
             torch.testing.assert_close(logits[rows, :classes], own.eval()(images[rows]), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", methods("servable", True))
+def test_a_method_declared_servable_serves_in_a_mixed_batch(tmp_path, method) -> None:
+    check_mixed_batch(tmp_path, method)
+
+
+@pytest.mark.parametrize(("method", "kind"), [("ssf", "swin"), ("ssf", "resnet-basic"), ("bitfit", "swin")])
+def test_wrapped_layers_serve_on_windows_and_feature_maps(tmp_path, method, kind) -> None:
+    # Swin's attention sees a batch of windows; ResNet's layers (B, C, H, W) maps.
+    check_mixed_batch(tmp_path, method, kind)
 
 
 @pytest.mark.parametrize("method", methods("servable", False))
