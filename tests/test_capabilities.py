@@ -159,3 +159,11 @@ def test_a_declared_unsupported_family_is_refused_with_the_declared_reason(metho
         snftune.apply(model, method, **OPTIONS.get(method, {}))
     assert str(error.value) == snftune.capabilities(method).unsupported_families[family]
     assert snftune.capabilities(method).supports("vit") and not snftune.capabilities(method).supports(family)
+
+
+def test_a_bias_under_timms_norm_act_layer_is_refused_not_served_wrong(tmp_path) -> None:
+    # RegNet's BatchNormAct2d applies its activation after the bias: a per-sample bias added to its
+    # output would not be the task's own model, so the file is refused with the part's reason.
+    files = {"own": _file(tmp_path, "bitfit", 3, 1, "regnet")}
+    with pytest.raises(ServingError, match="no per-sample form \\(an activation follows it\\)"):
+        MultiTaskModel(tiny("regnet"), files)
