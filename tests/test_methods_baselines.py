@@ -36,12 +36,10 @@ from snftune.methods import (
     SideTuneConfig,
     VPTConfig,
     config_from_dict,
-    merge,
     method_names,
     resolve_config,
-    unmerge,
 )
-from snftune.tuning import head_parameter_names
+from snftune.tuning import head_parameter_names, merge, unmerge
 
 # ---------------------------------------------------------------- tiny models and their sizes
 

@@ -8,19 +8,18 @@
 """
 
 from .backbones import anatomy, create_model
+from .errors import SnftuneError
 from .methods import (
     Capabilities,
     MethodConfig,
     ShortcutFlow,
     SNFConfig,
     capabilities,
-    merge,
     method_names,
     resolve_config,
-    unmerge,
 )
 from .serving import MultiTaskModel
-from .tuning import TunedFileError, apply, load_tuned, save_tuned, trainable_summary, tuned_tensors
+from .tuning import TunedFileError, apply, load_tuned, merge, save_tuned, trainable_summary, tuned_tensors, unmerge
 
 __version__ = "0.1.0"
 
@@ -29,6 +28,7 @@ __all__ = [
     "MethodConfig",
     "MultiTaskModel",
     "SNFConfig",
+    "SnftuneError",
     "ShortcutFlow",
     "TunedFileError",
     "anatomy",

@@ -38,6 +38,7 @@ from .engine import (
 )
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import amp_dtype
+from .errors import RUN_FAILED, SnftuneError
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -95,12 +96,14 @@ RUN_KEYS = (
 )
 
 
-class SettingsError(ValueError):
+class SettingsError(SnftuneError, ValueError):
     """A run setting that is missing, unknown or inconsistent with the task or the folder."""
 
 
-class RunFailedError(RuntimeError):
+class RunFailedError(SnftuneError, RuntimeError):
     """A run that started and failed (not bad input): the message says where the details are."""
+
+    exit_code = RUN_FAILED
 
 
 def known_keys() -> list[str]:

@@ -22,8 +22,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_write
-from .backbones import anatomy
-from .methods.registry import MethodConfig, config_from_dict, method_for, resolve_config
+from .backbones import anatomy, install_sites
+from .errors import SnftuneError
+from .methods.common import Mergeable
+from .methods.registry import (
+    MethodConfig,
+    capabilities,
+    config_from_dict,
+    method_for,
+    refuse_unsupported_family,
+    resolve_config,
+)
 
 __all__ = [
     "TuningState",
@@ -35,12 +44,15 @@ __all__ = [
     "trainable_summary",
     "save_tuned",
     "load_tuned",
+    "merge",
+    "unmerge",
+    "NotMergeableError",
 ]
 
 FORMAT_VERSION = "1"
 
 
-class TunedFileError(ValueError):
+class TunedFileError(SnftuneError, ValueError):
     """A tuned-weights file that does not fit the model (or is not one)."""
 
 
@@ -136,6 +148,8 @@ def apply(model: nn.Module, method: str | MethodConfig, **overrides: Any) -> nn.
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     try:
+        if spec.capabilities.unsupported_families:
+            refuse_unsupported_family(config, install_sites(model).family)
         spec.apply(model, config)
     except Exception:
         # Methods check that they fit before editing the model; leave the caller's flags as they were.
@@ -328,3 +342,38 @@ def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         for name, tensor in loaded.items():
             expected[name].copy_(tensor)
     return model
+
+
+class NotMergeableError(SnftuneError, ValueError):
+    """``snftune.merge`` on a model whose method did not declare itself mergeable."""
+
+
+def _mergeable_layers(model: nn.Module, action: str) -> list[Mergeable]:
+    """The layers of a tuned model that fold into their frozen weights, once its method's
+    declaration (:class:`~snftune.Capabilities`) says it is mergeable."""
+    state = getattr(model, "snftune_state", None)
+    if state is None:
+        raise NotMergeableError(f"only a model tuned with snftune.apply (or load_tuned) can be {action}d")
+    declared = capabilities(state.config)
+    if not declared.mergeable:
+        raise NotMergeableError(f"'{state.label}' cannot be merged into the backbone: {declared.reason('mergeable')}")
+    return [m for m in model.modules() if isinstance(m, Mergeable) and m.mergeable]
+
+
+def merge(model: nn.Module) -> int:
+    """Folds every update of a tuned model into its frozen layers (each layer's own ``merge()``);
+    returns the layers merged. The outputs stay the same (to rounding) and inference costs what
+    the backbone's does. Methods whose tuned tensors already live in the backbone's own layers
+    (linear, bitfit, full) merge 0 layers. A method not declared mergeable is refused with its reason."""
+    layers = _mergeable_layers(model, "merge")
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
+def unmerge(model: nn.Module) -> int:
+    """Undoes :func:`merge` exactly (each layer kept its original weights); returns the layers unmerged."""
+    layers = _mergeable_layers(model, "unmerge")
+    for layer in layers:
+        layer.unmerge()
+    return len(layers)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import SnftuneError
+
 __all__ = ["WeightsUnavailableError"]
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(SnftuneError, RuntimeError):
     """Pretrained weights could not be loaded (missing file, a file that does not fit, or a
     hub download that failed)."""

@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import SnftuneError
 from ..provenance import common_fields, differences, flatten
 
 __all__ = ["ResultsError", "compare_results", "read_results"]
 
 
-class ResultsError(ValueError):
+class ResultsError(SnftuneError, ValueError):
     """A file that is not a results.json written by snftune bench."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import SnftuneError
 from ..selection import SearchSpace
 
 __all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
@@ -40,7 +41,7 @@ SUITE_KEYS |= {"methods", "groups", "tasks", "data_options", "table", "search", 
 TASK_KEYS = {"data", "column", "group", "train_from", "meta"}
 
 
-class SuiteError(ValueError):
+class SuiteError(SnftuneError, ValueError):
     """A suite file that is malformed, or a selection that matches nothing."""
 
 

@@ -8,9 +8,9 @@ import os
 import sys
 import warnings
 
+from ..errors import BAD_INPUT, SnftuneError
 from . import analyze, bench, data, demo, params, plot, predict, pretrain, search, train
 from . import eval as eval_command
-from .common import RUN_FAILURES, USER_ERRORS
 
 COMMANDS = [demo, params, train, eval_command, predict, bench, search, plot, pretrain, data, analyze]
 
@@ -32,13 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         return args.run(args) or 0
-    except USER_ERRORS as error:
-        # Bad input, not a bug: one line saying what is wrong and what to do, no traceback.
+    except SnftuneError as error:
+        # Raised on purpose, not a bug: one line saying what is wrong and what to do, no traceback;
+        # bad input exits 2, a run that started and could not finish exits 1.
+        outcome = "error" if error.exit_code == BAD_INPUT else "failed"
+        print(f"snftune {args.command}: {outcome}: {error}", file=sys.stderr)
+        return error.exit_code
+    except FileNotFoundError as error:  # a path given on the command line: the library's own words
         print(f"snftune {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except RUN_FAILURES as error:
-        print(f"snftune {args.command}: failed: {error}", file=sys.stderr)
-        return 1
+        return BAD_INPUT
     except OSError as error:  # a full disk, a folder that cannot be written: the system's own words
         if os.environ.get("SNFTUNE_TRACEBACK"):
             raise

@@ -10,46 +10,14 @@ from typing import Any
 
 import yaml
 
-from ..analysis import AnalysisFileError
 from ..atomic import atomic_write_json
-from ..backbones import UnsupportedModelError
-from ..backbones.errors import WeightsUnavailableError
-from ..backbones.sites import SlotTakenError
-from ..bench.compare import ResultsError
-from ..bench.suites import SuiteError
-from ..data import DataError
-from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
-from ..methods.registry import NotApplicableError, UnknownMethodError
-from ..runs import RunFailedError, SettingsError, known_keys, load_settings_file
-from ..tuning import TunedFileError
+from ..errors import SnftuneError
+from ..runs import known_keys, load_settings_file
 
 
-class CLIError(Exception):
-    """A problem with what the user asked for: printed as one line, exit status 2."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    AnalysisFileError,
-    CheckpointError,
-    CLIError,
-    ConfigError,
-    DataError,
-    FileNotFoundError,
-    NotApplicableError,
-    ResultsError,
-    ResumeError,
-    SettingsError,
-    SlotTakenError,
-    SuiteError,
-    TunedFileError,
-    UnknownMethodError,
-    UnsupportedModelError,
-    WeightsUnavailableError,
-)
-"""Exceptions that mean bad input (a message for the user), not a bug (a traceback)."""
-
-RUN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError, RunFailedError, RunLockedError)
-"""Exceptions of a run that started and could not finish: one line, exit status 1."""
+class CLIError(SnftuneError):
+    """A problem with what the user asked for: printed as one line, exit status 2 (like every
+    :class:`~snftune.errors.SnftuneError`, which the CLI prints as one line with its exit code)."""
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:

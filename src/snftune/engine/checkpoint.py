@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..errors import SnftuneError
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -35,7 +36,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SnftuneError, ValueError):
     """A checkpoint file that cannot be read safely (damaged, or not written by snftune)."""
 
 

@@ -8,13 +8,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import SnftuneError
+
 __all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 REPORTS = ("final", "best")
 
 
-class ConfigError(ValueError):
+class ConfigError(SnftuneError, ValueError):
     """A training setting that is unknown or out of range."""
 
 

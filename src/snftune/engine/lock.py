@@ -17,13 +17,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import RUN_FAILED, SnftuneError
+
 __all__ = ["LOCK_NAME", "RunLockedError", "lock_holder", "run_lock"]
 
 LOCK_NAME = ".lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(SnftuneError, RuntimeError):
     """Another live process is writing the run folder."""
+
+    exit_code = RUN_FAILED
 
 
 def _alive(pid: int) -> bool:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
+from ..errors import RUN_FAILED, SnftuneError
 from ..tuning import save_tuned, trainable_summary, tuned_tensors
 from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint, restore_rng_states, rng_states
 from .config import TrainConfig
@@ -57,12 +58,14 @@ CHECKPOINT_FORMAT = 2  # 2: tensors and plain data only (loads with weights_only
 RESUMABLE_CHANGES = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
 
 
-class ResumeError(RuntimeError):
+class ResumeError(SnftuneError, RuntimeError):
     """A checkpoint that cannot continue the requested run."""
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(SnftuneError, FloatingPointError):
     """The loss or the tuned weights stopped being finite: the run has no result to report."""
+
+    exit_code = RUN_FAILED
 
 
 def _diverged(what: str, epoch: int, step: int | None) -> DivergenceError:

@@ -3,7 +3,7 @@
 from .adapter import Adapter, AdapterConfig
 from .adaptformer import AdaptFormerConfig
 from .bitfit import BitFitConfig
-from .common import merge, unmerge
+from .common import Mergeable
 from .convpass import Convpass, ConvpassConfig
 from .difffit import BranchScale, DiffFitConfig
 from .dora import DoRAConfig, DoRALinear
@@ -14,12 +14,14 @@ from .glora import GLoRAConfig, GLoRALinear
 from .linear import LinearConfig
 from .ln_tune import LNTuneConfig
 from .lora import LoRAConfig, LoRALinear
+from .mixed import MixedForm, MixedModule, TaskRouting, channel_view, replace_each
 from .noah import NoahConfig, NoahSupernetConfig
 from .noah_subnets import Subnet, SubnetSpace
 from .peft_bridge import PeftBridgeConfig, PeftUnavailableError
 from .registry import (
     Capabilities,
     MethodConfig,
+    MethodSettingsError,
     NotApplicableError,
     UnknownMethodError,
     capabilities,
@@ -62,9 +64,15 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "MethodConfig",
+    "MixedForm",
+    "MixedModule",
+    "TaskRouting",
+    "channel_view",
+    "replace_each",
     "NoahConfig",
     "NoahSupernetConfig",
     "NotApplicableError",
+    "MethodSettingsError",
     "PeftBridgeConfig",
     "PeftUnavailableError",
     "SNFConfig",
@@ -81,11 +89,10 @@ __all__ = [
     "Capabilities",
     "capabilities",
     "config_from_dict",
-    "merge",
+    "Mergeable",
     "method_for",
     "method_names",
     "preset_names",
     "register_method",
     "resolve_config",
-    "unmerge",
 ]

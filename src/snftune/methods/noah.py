@@ -31,12 +31,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..backbones import install_sites
-from ..backbones.sites import Anatomy, fill_slot
+from ..backbones.sites import Anatomy, families, fill_slot
 from .adapter import Adapter, AdapterConfig, apply_adapter
 from .common import Size, factory_kwargs, normalise_size, per_block
 from .lora import LoRALinear
 from .noah_subnets import MODULES, NOAH_SIZES, Subnet, SubnetSpace, quarter_depths, read_noah_subnet
-from .registry import MethodConfig, MethodSettingsError, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, MethodSettingsError, NotApplicableError, register_method
 from .vpt import PromptTokens, StripPrompts, VPTConfig, apply_vpt
 
 __all__ = [
@@ -60,13 +60,20 @@ def _check_dropout(value: float) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {value}")
 
 
+def _only_vit(method: str) -> dict[str, str]:
+    """Every family but ViT/DeiT, and why: NOAH's declared unsupported families."""
+    return {
+        family: f"{method} puts prompt tokens, LoRA and adapters in ViT blocks; this is a {family} backbone. "
+        "Use a ViT/DeiT model."
+        for family in families()
+        if family != "vit"
+    }
+
+
 def _vit_anatomy(model: nn.Module, method: str) -> Anatomy:
     anat = install_sites(model)
     if anat.family != "vit":
-        raise NotApplicableError(
-            f"{method} puts prompt tokens, LoRA and adapters in ViT blocks; this is a {anat.family} backbone. "
-            "Use a ViT/DeiT model."
-        )
+        raise NotApplicableError(_only_vit(method)[anat.family])
     return anat
 
 
@@ -367,9 +374,21 @@ register_method(
     NoahSupernetConfig,
     apply_noah_supernet,
     "NOAH's supernet: prompts, LoRA and adapter at size 100 in every block, a random subnet per training step",
+    capabilities=Capabilities(
+        unsupported_families=_only_vit("noah-supernet"),
+        why_not={
+            "mergeable": "its update changes with the active subnet: there is nothing fixed to fold in",
+            "servable": "its modules change with the active subnet; serve a retrained subnet ('noah') instead",
+        },
+    ),
 )
 register_method(
     NoahConfig,
     apply_noah,
     "NOAH: prompts, LoRA (qkv) and adapter with per-block sizes (subnet=<NOAH subnet YAML>, or a search's result)",
+    capabilities=Capabilities(
+        servable=True,
+        unsupported_families=_only_vit("noah"),
+        why_not={"mergeable": "its prompts and adapters are no update of a frozen weight"},
+    ),
 )

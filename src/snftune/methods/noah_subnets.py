@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
+from ..errors import SnftuneError
 
 __all__ = [
     "MODULES",
@@ -49,7 +50,7 @@ Draw = Callable[[int], int]
 """A source of randomness: ``draw(n)`` is an index in ``[0, n)``."""
 
 
-class SubnetFileError(ValueError):
+class SubnetFileError(SnftuneError, ValueError):
     """A NOAH subnet file that cannot be read as one."""
 
 

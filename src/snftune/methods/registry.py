@@ -17,6 +17,9 @@ from typing import Any, ClassVar
 import yaml
 from torch import nn
 
+from ..errors import SnftuneError
+from .mixed import mixed_parts as outermost_mixed_forms
+
 __all__ = [
     "Capabilities",
     "MethodConfig",
@@ -27,6 +30,7 @@ __all__ = [
     "register_method",
     "method_for",
     "capabilities",
+    "refuse_unsupported_family",
     "resolve_config",
     "config_from_dict",
     "method_names",
@@ -34,7 +38,7 @@ __all__ = [
 ]
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(SnftuneError, ValueError):
     """A method name, preset or config field that snftune does not know."""
 
 
@@ -42,7 +46,7 @@ class MethodSettingsError(UnknownMethodError):
     """A method setting with a value the method rejects (e.g. ``planar_steps=-1``)."""
 
 
-class NotApplicableError(ValueError):
+class NotApplicableError(SnftuneError, ValueError):
     """A method that does not fit the given backbone (e.g. prompt tokens on a ResNet)."""
 
 
@@ -97,11 +101,20 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method.
+
+    Attributes:
+        mixed_parts: a tuned model -> the modules holding its tuned tensors, by path, each
+            implementing :class:`~snftune.methods.mixed.MixedForm` (what ``MultiTaskModel``
+            serves). Default: the outermost modules that implement it.
+    """
+
     name: str
     config_cls: type[MethodConfig]
     apply: Callable[[nn.Module, MethodConfig], None]
     description: str
     capabilities: Capabilities = Capabilities()
+    mixed_parts: Callable[[nn.Module], dict[str, nn.Module]] = outermost_mixed_forms
 
 
 _METHODS: dict[str, Method] = {}
@@ -114,8 +127,13 @@ def register_method(
     description: str,
     presets: dict[str, tuple[dict[str, Any], str]] | None = None,
     capabilities: Capabilities | None = None,
+    mixed_parts: Callable[[nn.Module], dict[str, nn.Module]] | None = None,
 ) -> Method:
     """Registers ``config_cls.method`` and its presets ({name: (overrides, description)}).
+
+    ``capabilities`` declares what the method can do beyond training (merge, serve, families);
+    ``mixed_parts`` is needed only by a servable method whose tuned tensors are not held by
+    modules of its own (see :class:`Method`).
 
     A name already taken by a method or a preset is refused, as HF PEFT refuses a duplicate
     adapter name: silently replacing a method would change what a saved config means.
@@ -129,7 +147,9 @@ def register_method(
             raise ValueError(f"the method name '{new}' is already registered; choose another name")
     if name in presets:
         raise ValueError(f"preset '{name}' has the name of its own method")
-    method = Method(name, config_cls, apply, description, capabilities or Capabilities())
+    method = Method(
+        name, config_cls, apply, description, capabilities or Capabilities(), mixed_parts or outermost_mixed_forms
+    )
     _METHODS[name] = method
     for preset, (overrides, preset_description) in presets.items():
         _PRESETS[preset] = (name, overrides, preset_description)
@@ -152,6 +172,14 @@ def capabilities(name: str | MethodConfig) -> Capabilities:
     if name not in _METHODS:
         raise UnknownMethodError(f"unknown method '{name}'. Known methods: {', '.join(method_names())}")
     return _METHODS[name].capabilities
+
+
+def refuse_unsupported_family(config: MethodConfig, family: str) -> None:
+    """Raises :class:`NotApplicableError` with the method's declared reason when it does not
+    support the backbone family ``family`` (``snftune.apply`` calls it before the method edits the model)."""
+    reason = method_for(config).capabilities.unsupported_families.get(family)
+    if reason is not None:
+        raise NotApplicableError(reason)
 
 
 def method_names() -> list[str]:

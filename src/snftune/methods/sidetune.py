@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .common import factory_kwargs
-from .registry import MethodConfig, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 
 @dataclass
@@ -107,4 +107,10 @@ register_method(
     SideTuneConfig,
     apply_sidetune,
     "Side-tuning: a 4-layer conv side network blended with the frozen features by a learned alpha",
+    capabilities=Capabilities(
+        why_not={
+            "mergeable": "its side network runs beside the backbone; there is no frozen weight to fold it into",
+            "servable": "its side network and blend hooks have no per-sample form yet",
+        },
+    ),
 )

@@ -19,7 +19,7 @@ from ..backbones.sites import ResidualSite
 from .adapter import Adapter
 from .common import factory_kwargs
 from .flows import ShortcutFlow
-from .registry import MethodConfig, register_method
+from .registry import Capabilities, MethodConfig, register_method
 
 PLACEMENTS = ("shortcut", "residual")
 MODULES = ("flow", "bottleneck")
@@ -93,4 +93,11 @@ register_method(
         "snf-bottleneck": ({"module": "bottleneck"}, "ablation (Table 7): bottleneck MLP on the shortcut"),
         "snf-residual": ({"placement": "residual", "planar_steps": 0}, "ablation (Table 6): flow on the branch"),
     },
+    capabilities=Capabilities(
+        servable=True,
+        why_not={
+            "mergeable": "the flow acts on the identity shortcut, which has no weight to fold it into "
+            "(and its planar steps are not linear)"
+        },
+    ),
 )
