@@ -157,7 +157,8 @@ def test_a_declared_unsupported_family_is_refused_with_the_declared_reason(metho
     model = tiny(FAMILY_MODELS[family])
     with pytest.raises(snftune.methods.NotApplicableError) as error:
         snftune.apply(model, method, **OPTIONS.get(method, {}))
-    assert str(error.value) == snftune.capabilities(method).unsupported_families[family]
+    assert str(error.value).endswith(snftune.capabilities(method).unsupported_families[family])
+    assert family in str(error.value)
     assert snftune.capabilities(method).supports("vit") and not snftune.capabilities(method).supports(family)
 
 

@@ -29,11 +29,10 @@ from snftune.methods import (
     RepAdapterConfig,
     capabilities,
     config_from_dict,
-    merge,
     resolve_config,
-    unmerge,
 )
 from snftune.serving import MultiTaskModel, ServingError
+from snftune.tuning import merge, unmerge
 from test_backbone_families import build, fixed_random_probe, images, shapes_batch, train
 
 from conftest import TINY_MODELS

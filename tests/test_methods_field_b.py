@@ -32,10 +32,9 @@ from snftune.methods import (
     VQTConfig,
     capabilities,
     config_from_dict,
-    merge,
-    unmerge,
 )
 from snftune.methods.dora import DoRAConv1x1
+from snftune.tuning import merge, unmerge
 from test_backbone_families import build as build_family
 from test_methods_baselines import VIT_C, VIT_L, Case, resnet, swin, vit
 
@@ -467,8 +466,8 @@ def test_invalid_settings_are_rejected_at_config_time(method, overrides, message
         (swin, "fact-tk", "one width"),
         (resnet, "dora", "DoRA .*resnet backbone has none"),
         (resnet, "glora", "convolutions only"),
-        (resnet, "vqt", "resnet backbone lacks"),
-        (swin, "vqt", "swin backbone lacks"),
+        (resnet, "vqt", "vqt does not fit resnet"),
+        (swin, "vqt", "vqt does not fit swin"),
         (lambda: deit(distilled=True), "vqt", "distilled DeiT"),
         (lambda: build_family("eva02"), "fact-tt", "targets=\\('attn',\\)"),
         (lambda: build_family("convnext"), "glora", "conv_mlp=True"),

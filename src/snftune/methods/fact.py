@@ -126,6 +126,8 @@ class FacTLinear(nn.Module):
     under TK it reads its ``a * b`` cores from the shared Tucker factors at ``first_slice``.
     """
 
+    mergeable = True
+
     def __init__(
         self,
         base_layer: nn.Linear,

@@ -179,7 +179,7 @@ def refuse_unsupported_family(config: MethodConfig, family: str) -> None:
     support the backbone family ``family`` (``snftune.apply`` calls it before the method edits the model)."""
     reason = method_for(config).capabilities.unsupported_families.get(family)
     if reason is not None:
-        raise NotApplicableError(reason)
+        raise NotApplicableError(f"{config.method} does not fit {family}: {reason}")
 
 
 def method_names() -> list[str]:

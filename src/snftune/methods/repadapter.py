@@ -35,7 +35,7 @@ from .common import check_int, check_positive, check_rate, factory_kwargs
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 NOT_PRE_NORM = (
-    "RepAdapter sits between a transformer block's pre-norm and the attention or MLP it feeds; a {family} "
+    "RepAdapter sits between a block's pre-norm and the attention or MLP it feeds; a {family} "
     "block has {what}"
 )
 UNSUPPORTED = {
