@@ -19,6 +19,7 @@ import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from ..inputs import check_value
 from .registry import MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
@@ -50,8 +51,7 @@ class SSFConfig(MethodConfig):
         unknown = sorted(set(self.targets) - set(KINDS))
         if not self.targets or unknown:
             raise ValueError(f"targets must be a non-empty subset of {tuple(KINDS)}, got {list(self.targets)}")
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        self.init_std = check_value(self.init_std, "init_std", float, 0.0, 10.0)
 
 
 def _out_channels(layer: nn.Module) -> int:
