@@ -95,8 +95,15 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _kind_words(kind: type | tuple[type, ...]) -> str:
-    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "an object",
-             list: "a list", type(None): "null"}
+    names = {
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "an object",
+        list: "a list",
+        type(None): "null",
+    }
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 

@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
-from . import _render as R
 from ..inputs import check_value
+from . import _render as R
 from .errors import DataError
 from .registry import Task, register_reader, reject_options
 
@@ -40,7 +40,8 @@ SPLIT_SIZES = {"train800": 800, "val200": 200}
 SPLITS = ("train800", "val200", "train800val200", "test")
 MIN_SIZE, MAX_SIZE = 16, 64
 MAX_N_TEST = 100_000
-"""A split is drawn into memory whole: 100,000 images of 64 px are 1.2 GB; ``n_test=1e12`` is refused before allocating."""
+"""A split is drawn into memory whole: 100,000 images of 64 px are 1.2 GB; ``n_test=1e12`` is refused
+before anything is allocated."""
 _CHUNK = 250
 _SUPERSAMPLE_BELOW = 48  # larger images are drawn at their own size: 4x less work, edges still fine
 

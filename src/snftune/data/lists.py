@@ -267,16 +267,18 @@ def to_rgb(img: Image.Image, where: str) -> Image.Image:
     (``where`` names the file in the error). Other modes convert as timm's loader does."""
     mode = img.mode
     if mode in _NO_FAITHFUL_RGB:
-        raise UnreadableImageError(f"image {where} is in colour space {mode}, which Pillow cannot convert to RGB; "
-                                   "save it as RGB")
+        raise UnreadableImageError(
+            f"image {where} is in colour space {mode}, which Pillow cannot convert to RGB; save it as RGB"
+        )
     if mode.startswith("I") or mode == "F":
         values = np.asarray(img, dtype=np.float64)
         top = 1.0 if mode == "F" else 65535.0
-        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= top):
-            low, high = (float(np.nanmin(values)), float(np.nanmax(values))) if np.isfinite(values).any() else (0, 0)
+        finite = np.isfinite(values)
+        if values.size and not (finite.all() and values.min() >= 0 and values.max() <= top):
+            found = f"{values[finite].min():g}..{values[finite].max():g}" if finite.any() else "none finite"
             raise UnreadableImageError(
-                f"image {where} is mode {mode} with values {low:g}..{high:g}{'' if np.isfinite(values).all() else ' and NaN or infinity'}; "
-                f"snftune reads mode {mode} as 0..{top:g} (scaled to 0..255), so save it scaled to that range or as 8-bit"
+                f"image {where} is mode {mode} with values {found}{'' if finite.all() else ' and NaN or infinity'}; "
+                f"snftune reads mode {mode} as 0..{top:g} (scaled to 0..255): save it in that range or as 8-bit"
             )
         grey = np.rint(values * (255.0 / top)).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")

@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from .augment import bound_rand_augments
 from .errors import DataError
+from .lists import to_rgb
 from .protocols import ProtocolSettings, protocol_settings
 
 DEFAULT_DATA_CONFIG: dict[str, Any] = {

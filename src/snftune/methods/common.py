@@ -66,9 +66,7 @@ def normalise_size(value: int | Sequence[int], name: str, maximum: int = MAX_SIZ
         raise ValueError(f"{name} must be an int or a list of ints (one per block), got {value!r}")
     if isinstance(value, int):
         if not 1 <= value <= maximum:
-            raise ValueError(
-                f"{name} must be in 1..{maximum}, got {value}; use a per-block list with 0 to skip blocks"
-            )
+            raise ValueError(f"{name} must be in 1..{maximum}, got {value}; use a per-block list with 0 to skip blocks")
         return value
     sizes = tuple(value)
     if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= maximum for v in sizes):

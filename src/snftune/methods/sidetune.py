@@ -44,7 +44,9 @@ class SideTuneConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
-        if not self.channels or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_SIZE for c in self.channels):
+        if not self.channels or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_SIZE for c in self.channels
+        ):
             raise ValueError(f"channels must be a non-empty list of ints in 1..{MAX_SIZE}, got {list(self.channels)}")
         self.alpha_init = check_value(self.alpha_init, "alpha_init", float, -1e3, 1e3)
 

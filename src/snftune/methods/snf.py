@@ -16,8 +16,8 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import ResidualSite
-from .adapter import Adapter
 from ..inputs import check_value
+from .adapter import Adapter
 from .common import MAX_SIZE, factory_kwargs
 from .flows import ShortcutFlow
 from .registry import MethodConfig, register_method

@@ -29,7 +29,6 @@ from ..inputs import check_value
 from .common import Size, factory_kwargs, normalise_size, per_block
 from .registry import MethodConfig, NotApplicableError, register_method
 
-
 MAX_PROMPT_LENGTH = 1024
 """Every prompt token joins the attention sequence of every block (the paper uses up to 200 on a
 sequence of 197): ``length=100000`` would be accepted and never finish an epoch."""
