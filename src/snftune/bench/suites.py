@@ -175,8 +175,14 @@ class Suite:
         }
 
 
+MAX_FOLDER_NAME = 120
+"""File systems refuse names over 255 bytes; a cell's folder also gets ``.previous-N`` suffixes."""
+
+
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "_"
+    """A folder name made of letters, digits, '.', '_' and '-' that never starts with '.': so never
+    ``..`` or ``.`` (a cell written outside ``--out``) nor a hidden name such as ``.lock``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-").rstrip("-") or "_"
 
 
 def _short(spec: str) -> str:
@@ -276,6 +282,16 @@ def _check_folders(models: list[SuiteModel], methods: list[SuiteMethod], tasks: 
     for kind, names in (("row", rows), ("task", [t.data for t in tasks])):
         seen: dict[str, str] = {}
         for name in names:
+            if (
+                not isinstance(name, str)
+                or name.startswith(".")
+                or len(name) > MAX_FOLDER_NAME
+                or slug(name) == "_" != name
+            ):
+                raise SuiteError(
+                    f"{source}: the {kind} {str(name)[:60]!r} cannot name a folder (labels are strings of at most "
+                    f"{MAX_FOLDER_NAME} characters, with letters or digits, not starting with '.')"
+                )
             folder = slug(name)
             if folder in seen:
                 if seen[folder] == name:
