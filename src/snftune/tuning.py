@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -240,7 +240,7 @@ def save_tuned(model: nn.Module, path: str | os.PathLike) -> Path:
         "architecture": state.architecture,
         "fingerprint": state.fingerprint,
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), io_errors=(SafetensorError,))
 
 
 def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
