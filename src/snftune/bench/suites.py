@@ -29,8 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..inputs import load_yaml, read_text
 from ..selection import SearchSpace
 
 __all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
@@ -201,17 +200,13 @@ def load_suite(name_or_path: str) -> Suite:
         path = Path(name_or_path)
         if not path.is_file():
             raise SuiteError(f"suite file {path} does not exist")
-        text, source = path.read_text(), str(path)
+        text, source = read_text(path, SuiteError, "suite file"), str(path)
     else:
         if name_or_path not in suite_names():
             raise SuiteError(f"unknown suite '{name_or_path}'; known: {', '.join(suite_names())}, or a YAML file")
         text = (resources.files("snftune.bench") / "suites" / f"{name_or_path}.yaml").read_text()
         source = f"suite {name_or_path}"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SuiteError(f"{source} is not valid YAML: {error}") from error
-    return parse_suite(data, source)
+    return parse_suite(load_yaml(text=text, source=source, error=SuiteError), source)
 
 
 def parse_suite(data: Any, source: str = "suite") -> Suite:

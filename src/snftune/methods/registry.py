@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from torch import nn
+
+from ..inputs import load_yaml
 
 __all__ = [
     "Capabilities",
@@ -189,10 +189,7 @@ def _build(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConf
 
 
 def _load_config_file(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UnknownMethodError(f"{path} is not valid YAML: {error}") from error
+    data = load_yaml(path, error=UnknownMethodError)
     if not isinstance(data, dict) or "method" not in data:
         raise UnknownMethodError(f"{path} must be a mapping with a 'method' key, e.g. 'method: snf-deep'")
     data = dict(data)
