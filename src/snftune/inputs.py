@@ -17,7 +17,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["check_value", "read_json_record", "read_text", "load_yaml", "yaml_problem"]
+__all__ = ["DamagedFileError", "check_value", "read_json_record", "read_text", "load_yaml", "yaml_problem"]
+
+
+class DamagedFileError(ValueError):
+    """A file snftune wrote and reads back (metrics.json, selection.json, results.json, ...) that is
+    cut short, edited or of another shape: the message names the file, what is wrong and how to recover."""
 
 
 def read_text(path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "file") -> str:
@@ -67,7 +72,7 @@ def load_yaml(
 def read_json_record(
     path: str | os.PathLike,
     required: Mapping[str, type | tuple[type, ...]],
-    error: type[Exception] = ValueError,
+    error: type[Exception] = DamagedFileError,
     recover: str = "delete it to have it written again",
 ) -> dict[str, Any]:
     """A JSON object written by snftune, with every ``required`` key of its declared type.

@@ -17,7 +17,7 @@ from ..bench.compare import ResultsError
 from ..bench.suites import SuiteError
 from ..data import DataError
 from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
-from ..inputs import load_yaml
+from ..inputs import DamagedFileError, load_yaml
 from ..methods.registry import NotApplicableError, UnknownMethodError
 from ..runs import RunFailedError, SettingsError, known_keys, load_settings_file
 from ..tuning import TunedFileError
@@ -32,6 +32,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     CLIError,
     ConfigError,
+    DamagedFileError,
     DataError,
     FileNotFoundError,
     NotApplicableError,
