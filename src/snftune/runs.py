@@ -373,6 +373,7 @@ def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> lis
 def recorded_values(out: Path) -> dict[str, Any]:
     """A run folder's settings as values for :func:`resolve_settings`, so that ``--resume --out
     DIR`` alone continues the run as it was started (given values still override them)."""
+    read_run_config(out)  # a damaged config.yaml is named as such, not as a missing option
     values = load_settings_file(Path(out) / CONFIG_NAME)
     values.pop("num_classes", None)  # derived from the task, and checked against it again
     return values

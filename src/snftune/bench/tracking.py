@@ -96,7 +96,7 @@ def read_cell_record(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return read_json_record(path, CELL_RECORD_SCHEMA, recover="ignored; the cell's next run writes it again")
+        return read_json_record(path, CELL_RECORD_SCHEMA, recover="ignored, the cell's next run writes it again")
     except (DamagedFileError, OSError) as error:
         warnings.warn(str(error), stacklevel=2)
         return None
