@@ -8,7 +8,6 @@ one line on stderr, no traceback, and files unchanged."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from snftune.data.lists import UnreadableImageError, load_rgb, to_rgb
 from snftune.engine import LOCK_NAME, TrainConfig, lock_holder, run_lock, train
 from snftune.engine.checkpoint import atomic_torch_save
 from snftune.tuning import TunedFileError
+from test_reliability import fails, snapshot, suite_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,52 +40,12 @@ TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_s
 CELL = Path("snf-shallow") / "generated-shapes"
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def fails(capsys, args: list[str], code: int, message: str) -> str:
-    """The CLI exits ``code`` with one line on stderr holding ``message``, and no traceback."""
-    assert main(args) == code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("snftune: warning:")]
-    assert len(lines) == 1, err
-    assert message in lines[0] and "Traceback" not in err, err
-    return lines[0]
-
-
-def suite_yaml(folder: Path, **changes) -> Path:
-    suite = {
-        "name": "mini",
-        "model": "vit_tiny_patch16_224",
-        "model_kwargs": {"depth": 2, "patch_size": 8},
-        "img_size": 32,
-        "train": {
-            "epochs": 1,
-            "warmup_epochs": 0.2,
-            "batch_size": 64,
-            "train_split": "train800",
-            "eval_split": "val200",
-        },
-        "methods": ["snf-shallow"],
-        "tasks": [{"data": "generated/shapes", "column": "Shapes"}],
-        **changes,
-    }
-    path = folder / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    return path
-
-
 @pytest.fixture(scope="module")
 def grid_once(tmp_path_factory) -> Path:
     """One finished benchmark of one cell (the cell folder is a run folder): results.json, cell.json,
     metrics.json, config.yaml, tuned.safetensors."""
     root = tmp_path_factory.mktemp("grid")
-    suite_yaml(root)
+    suite_file(root)
     assert (
         main(
             [
@@ -306,7 +266,7 @@ def test_data_check_reports_the_modes_it_found(tmp_path, capsys):
     ],
 )
 def test_labels_that_would_leave_out_are_refused(tmp_path, capsys, label, message):
-    suite = suite_yaml(tmp_path, methods=[{"label": label, "method": "linear"}])
+    suite = suite_file(tmp_path, methods=[{"label": label, "method": "linear"}])
     fails(capsys, ["bench", "--suite", str(suite), "--out", str(tmp_path / "B")], 2, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]
 
