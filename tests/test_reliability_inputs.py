@@ -103,6 +103,8 @@ def bench(grid: Path, *extra: str) -> list[str]:
         ("vpt-deep", ["length=100000"], "length must be in 1..1024, got 100000"),
         ("lora", ["alpha=-.inf"], "alpha must be a finite number in 0..1000000, got -inf"),
         ("lora", ["dropout=x"], "dropout must be a finite number in 0..1, got 'x'"),
+        ("lora", ["targets=5"], "targets must be a non-empty list, each a string, got 5"),
+        ("sidetune", ["channels=[16, 0]"], "channels must be a non-empty list, each a whole number in 1..4096"),
     ],
 )
 def test_method_option_values_are_typed_and_ranged(tmp_path, capsys, method, options, message):

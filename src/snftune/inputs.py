@@ -17,7 +17,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DamagedFileError", "check_value", "read_json_record", "read_text", "load_yaml", "yaml_problem"]
+__all__ = [
+    "DamagedFileError",
+    "check_sequence",
+    "check_value",
+    "read_json_record",
+    "read_text",
+    "load_yaml",
+    "yaml_problem",
+]
 
 
 class DamagedFileError(ValueError):
@@ -141,6 +149,25 @@ def check_value(
     if (low is not None and value < low) or (high is not None and value > high):
         raise error(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+def check_sequence(
+    value: Any,
+    name: str,
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    error: type[Exception] = ValueError,
+) -> tuple[Any, ...]:
+    """``value`` as a non-empty tuple of ``kind`` items, each checked as :func:`check_value` checks
+    one; a single item stands for a list of one (``targets=q`` is ``targets=[q]``)."""
+    items = (value,) if isinstance(value, str | int | float) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise error(f"{name} must be a non-empty list, each {_allowed(kind, low, high)}, got {value!r}")
+    try:
+        return tuple(check_value(item, name, kind, low, high, error) for item in items)
+    except error:
+        raise error(f"{name} must be a non-empty list, each {_allowed(kind, low, high)}, got {value!r}") from None
 
 
 def _allowed(kind: type, low: float | None, high: float | None) -> str:

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, is_pointwise
-from ..inputs import check_value
+from ..inputs import check_sequence, check_value
 from .common import Size, normalise_size, per_block
 from .registry import MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
@@ -67,7 +67,7 @@ class LoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         self.rank = normalise_size(self.rank, "rank")
-        self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        self.targets = check_sequence(self.targets, "targets", str)
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets must be distinct names from {TARGETS}, got {list(self.targets)}")

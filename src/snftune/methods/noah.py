@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, fill_slot
-from ..inputs import check_value
+from ..inputs import check_sequence, check_value
 from .adapter import Adapter, AdapterConfig, apply_adapter
 from .common import MAX_SIZE, Size, factory_kwargs, normalise_size, per_block
 from .lora import LoRALinear
@@ -189,9 +189,7 @@ class NoahSupernetConfig(MethodConfig):
             value = getattr(self, name)
             if value is None:
                 continue
-            value = (value,) if isinstance(value, int) else tuple(value)
-            if not value or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIZE for v in value):
-                raise ValueError(f"{name} must be ints in 1..{MAX_SIZE}, got {list(value)}")
+            value = check_sequence(value, name, int, 1, MAX_SIZE)
             if len(set(value)) != len(value):
                 raise ValueError(f"{name} lists a value twice: {list(value)}")
             setattr(self, name, tuple(sorted(value)))
@@ -328,6 +326,7 @@ class NoahConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.subnet is not None:
+            check_value(self.subnet, "subnet", str)
             if any(getattr(self, m) is not None for m in MODULES):
                 raise ValueError("give either subnet=<NOAH subnet YAML> or prompt/lora/adapter sizes, not both")
             found = read_noah_subnet(self.subnet)

@@ -19,7 +19,7 @@ import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from ..inputs import check_value
+from ..inputs import check_sequence, check_value
 from .registry import MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
@@ -47,7 +47,7 @@ class SSFConfig(MethodConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        self.targets = tuple(self.targets)
+        self.targets = check_sequence(self.targets, "targets", str)
         unknown = sorted(set(self.targets) - set(KINDS))
         if not self.targets or unknown:
             raise ValueError(f"targets must be a non-empty subset of {tuple(KINDS)}, got {list(self.targets)}")
