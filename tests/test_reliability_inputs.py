@@ -593,3 +593,21 @@ def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         atomic_write(target, half)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_predict_reads_an_image_list_with_a_byte_order_mark(grid, capsys):
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(grid / "one.png")
+    (grid / "images.txt").write_text("\ufeffone.png\n", encoding="utf-8")
+    out = grid / "predictions.csv"
+    assert (
+        main(["predict", "--tuned", str(grid / "out" / CELL), "--images", str(grid / "images.txt"), "--out", str(out)])
+        == 0
+    )
+    assert "one.png" in out.read_text() and "\ufeff" not in out.read_text()
+    (grid / "images.txt").write_bytes("caf\xe9.png\n".encode("latin-1"))
+    fails(
+        capsys,
+        ["predict", "--tuned", str(grid / "out" / CELL), "--images", str(grid / "images.txt"), "--out", str(out)],
+        2,
+        "is not UTF-8 text (byte 0xe9 on line 1)",
+    )
