@@ -13,6 +13,7 @@ PACKAGE = Path(snftune.__file__).parent
 LAYERS = {
     "atomic": 0,
     "errors": 0,
+    "inputs": 0,
     "data": 1,
     "backbones": 2,
     "methods": 3,

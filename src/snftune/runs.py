@@ -39,6 +39,7 @@ from .engine import (
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import amp_dtype
 from .errors import RUN_FAILED, SnftuneError
+from .inputs import load_yaml
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -117,10 +118,7 @@ def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"settings file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SettingsError(f"settings file {path} is not valid YAML: {error}") from error
+    data = load_yaml(path, source=f"settings file {path}", error=SettingsError) or {}
     if not isinstance(data, dict):
         raise SettingsError(f"settings file {path} must be a mapping of settings, e.g. 'lr: 0.001'")
     if "train" in data and isinstance(data["train"], dict):
@@ -329,12 +327,15 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise SettingsError(f"{run_dir} is not a run folder: {CONFIG_NAME} is missing")
-    try:
-        record = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SettingsError(f"{path} is not valid YAML ({error}); the run folder is damaged") from error
+    record = load_yaml(path, error=SettingsError)
     if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
         raise SettingsError(f"{path} is not a run's config.yaml (no 'train' settings); the run folder is damaged")
+    for key in ("model", "method", "data"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise SettingsError(
+                f"{path} is damaged ('{key}' is {record.get(key)!r}, expected a name); restore the run's "
+                "config.yaml, or start the run again in another --out"
+            )
     return record
 
 
@@ -375,6 +376,7 @@ def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> lis
 def recorded_values(out: Path) -> dict[str, Any]:
     """A run folder's settings as values for :func:`resolve_settings`, so that ``--resume --out
     DIR`` alone continues the run as it was started (given values still override them)."""
+    read_run_config(out)  # a damaged config.yaml is named as such, not as a missing option
     values = load_settings_file(Path(out) / CONFIG_NAME)
     values.pop("num_classes", None)  # derived from the task, and checked against it again
     return values

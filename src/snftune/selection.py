@@ -20,7 +20,6 @@ Everything resumes: finished trials and seeds are skipped, interrupted ones cont
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from collections.abc import Callable
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
-from .engine import METRICS_NAME, DistInfo
+from .engine import DistInfo, read_metrics
+from .inputs import DamagedFileError, read_json_record
 from .runs import (
     CONFIG_NAME,
     ResolvedRun,
@@ -149,9 +149,31 @@ def final_folders(folder: Path, seeds: tuple[int, ...] | None) -> list[Path]:
     return [folder] if not seeds else [folder / f"seed{seed}" for seed in seeds]
 
 
+SELECTION_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "space": dict,
+    "chosen": dict,
+    "chosen_val_top1": (int, float),
+    "selected_on": str,
+    "trials": list,
+}
+
+
 def read_selection(folder: Path) -> dict[str, Any] | None:
+    """The cell's ``selection.json`` (None when it has none), its shape checked: a damaged one is
+    one line naming it (delete it, and the trials' finished runs are read again to choose)."""
     path = folder / SELECTION_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    recover = "delete it and rerun: the finished trials are reused and the choice made again"
+    record = read_json_record(path, SELECTION_SCHEMA, recover=recover)
+    for trial in record["trials"]:
+        if (
+            not isinstance(trial, dict)
+            or not isinstance(trial.get("values"), dict)
+            or not isinstance(trial.get("val_top1"), int | float)
+        ):
+            raise DamagedFileError(f"{path} is damaged (a trial reads {trial!r}); {recover}")
+    return record
 
 
 def cell_state(folder: Path, plan: CellPlan) -> str:
@@ -203,7 +225,7 @@ def _select(
             doing = "resuming" if state == "resume" else "training"
             log(f"  trial {index}/{len(space)} {trial_label(trial)} on {trial_run.settings.train_split}: {doing}")
             train_run(trial_run, run, state == "resume", dist)
-        metrics = json.loads((run / METRICS_NAME).read_text())
+        metrics = read_metrics(run)
         trials.append(
             {
                 "values": trial,
@@ -253,5 +275,5 @@ def run_cell(
             if plan.seeds:
                 log(f"  seed {seed}: {'resuming' if state == 'resume' else 'training'}")
             train_run(resolve_settings(plan.final_values(chosen, seed)), run, state == "resume", dist)
-        results.append(json.loads((run / METRICS_NAME).read_text()))
+        results.append(read_metrics(run))
     return results

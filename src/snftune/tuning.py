@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -254,7 +254,7 @@ def save_tuned(model: nn.Module, path: str | os.PathLike) -> Path:
         "architecture": state.architecture,
         "fingerprint": state.fingerprint,
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), io_errors=(SafetensorError,))
 
 
 def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -277,14 +277,35 @@ def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise TunedFileError(
             f"{path} has snftune format {metadata['snftune_format']}; this version reads {FORMAT_VERSION}"
         )
+    recover = "its metadata was edited or cut; use the file as save_tuned wrote it, or train again"
+    for key in ("method", "config", "architecture", "fingerprint"):
+        if not metadata.get(key):
+            raise TunedFileError(f"{path}: the snftune metadata has no '{key}'; {recover}")
+    try:
+        config = json.loads(metadata["config"])
+    except ValueError:
+        raise TunedFileError(f"{path}: the metadata's 'config' is not JSON; {recover}") from None
+    if not isinstance(config, dict):
+        raise TunedFileError(
+            f"{path}: the metadata's 'config' is a JSON {type(config).__name__}, not an object; {recover}"
+        )
     return metadata
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors, every one finite: NaN weights (a run that diverged, a damaged copy) would
+    otherwise evaluate to a plausible chance-level top-1 and predict NaN probabilities without a word."""
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as error:  # safetensors raises several types for damaged files
         raise TunedFileError(f"{path} is damaged or truncated ({error}); it cannot be loaded") from None
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise TunedFileError(
+            f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}); "
+            "the run that wrote it diverged or the file is damaged: train again (a lower --lr, --grad-clip)"
+        )
+    return tensors
 
 
 def _check_fits(model: nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:

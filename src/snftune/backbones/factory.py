@@ -68,8 +68,9 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
     if looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
+            problem = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise WeightsUnavailableError(
-                f"weights file {path} does not exist. Pass the path of a local .npz/.pth/.safetensors file."
+                f"weights file {path} {problem}. Pass the path of a local .npz/.pth/.safetensors file."
             )
         if path.suffix == ".npz":  # the original ViT release: timm's own reader (numpy, no pickle)
             overlay = {"file": str(path), "custom_load": True}

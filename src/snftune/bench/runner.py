@@ -14,7 +14,6 @@ rewrites the tables.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError
+from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError, read_metrics
 from ..engine.distributed import broadcast_object
 from ..runs import (
     SettingsError,
@@ -258,7 +257,7 @@ def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[s
     for source, target in zip(final_folders(source_folder, seeds), final_folders(cell.folder(out), seeds), strict=True):
         if not (source / TUNED_NAME).is_file():
             raise SettingsError(f"{cell.task.data} is evaluated with the weights of {source}, which has not finished")
-        source_metrics = json.loads((source / METRICS_NAME).read_text())
+        source_metrics = read_metrics(source)
         settings = settings_from_record(read_run_config(source))
         settings.data, settings.eval_split = cell.task.data, None
         settings.data_options = {**suite.data_options, **overrides.get("data_options", {})}

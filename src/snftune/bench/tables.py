@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..engine import METRICS_NAME
+from ..engine import METRICS_NAME, read_metrics
 from ..provenance import common_fields
-from ..selection import SELECTION_NAME, final_folders
+from ..selection import final_folders, read_selection
 from .suites import Suite
 
 __all__ = ["CellResult", "collect_results", "build_table", "format_table", "write_tables", "PLAIN_MEAN", "GROUP_MEAN"]
@@ -53,10 +53,9 @@ class CellResult:
 
 
 def _selection_summary(folder: Path) -> dict[str, Any] | None:
-    path = folder / SELECTION_NAME
-    if not path.is_file():
+    record = read_selection(folder)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     return {
         "chosen": record["chosen"],
         "chosen_val_top1": record["chosen_val_top1"],
@@ -76,8 +75,8 @@ def collect_results(suite: Suite, out: Path) -> list[CellResult]:
             path = run / METRICS_NAME
             if not path.is_file():
                 continue
-            metrics = json.loads(path.read_text())
-            settings = metrics.get("settings") or {}
+            metrics = read_metrics(path)
+            settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
             results.append(
                 CellResult(
                     row=cell.row,

@@ -8,10 +8,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..atomic import atomic_write_json
 from ..errors import SnftuneError
+from ..inputs import load_yaml
 from ..runs import known_keys, load_settings_file
 
 
@@ -27,10 +26,7 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CLIError(f"{flag} takes KEY=VALUE pairs, got '{item}' (e.g. {flag} depth=2)")
-        try:
-            values[key] = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise CLIError(f"{flag} {item}: the value is not valid YAML ({error})") from error
+        values[key] = load_yaml(text=raw, source=f"{flag} {item}", error=CLIError)
     return values
 
 
@@ -42,10 +38,9 @@ def parse_search(items: list[str]) -> dict[str, list[Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--search takes KEY=V1,V2 pairs, got '{item}' (e.g. --search lr=0.001,0.005)")
-        try:
-            space[key] = [yaml.safe_load(v) for v in raw.split(",")] if raw else []
-        except yaml.YAMLError as error:
-            raise CLIError(f"--search {item}: a value is not valid YAML ({error})") from error
+        space[key] = (
+            [load_yaml(text=v, source=f"--search {item}", error=CLIError) for v in raw.split(",")] if raw else []
+        )
     return space
 
 

@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from .augment import bound_rand_augments
 from .errors import DataError
+from .lists import to_rgb
 from .protocols import ProtocolSettings, protocol_settings
 
 DEFAULT_DATA_CONFIG: dict[str, Any] = {
@@ -60,7 +61,7 @@ class ToRGB:
     """Any PIL mode (L, P, RGBA, CMYK, …) to RGB, so every step after it sees three 8-bit channels."""
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return img if img.mode == "RGB" else to_rgb(img, f"of mode {img.mode}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

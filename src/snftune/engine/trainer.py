@@ -33,7 +33,14 @@ from tqdm import tqdm
 from ..atomic import atomic_write_json
 from ..errors import RUN_FAILED, SnftuneError
 from ..tuning import save_tuned, trainable_summary, tuned_tensors
-from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint, restore_rng_states, rng_states
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    check_checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .sampling import SeededSamples, StepBatchSampler, derive_seed, seed_worker
@@ -287,6 +294,7 @@ def train(
     elapsed, images_seen, log_offset = 0.0, 0, None
     if resume and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
+        check_checkpoint(state, checkpoint_path, tuned_tensors(model))
         _check_resumable(state, config, len(train_set), checkpoint_path)
         with torch.no_grad():
             for name, tensor in tuned_tensors(model).items():

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, ResidualSite
+from ..inputs import check_value
 from .common import Size, factory_kwargs, normalise_size, per_block
 from .mixed import MixedModule, Placed, TaskRouting, replace_each, shared_setting
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
@@ -55,6 +56,7 @@ class AdapterConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         self.width = normalise_size(self.width, "width")
+        self.scale = check_value(self.scale, "scale", float, -1e3, 1e3)
         for name, value, allowed in (
             ("position", self.position, POSITIONS),
             ("form", self.form, FORMS),

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, is_pointwise
+from ..inputs import check_sequence, check_value
 from .common import Size, normalise_size, per_block
 from .mixed import MixedModule, Placed, TaskRouting, replace_each
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
@@ -71,12 +72,14 @@ class LoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         self.rank = normalise_size(self.rank, "rank")
-        self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        self.targets = check_sequence(self.targets, "targets", str)
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets must be distinct names from {TARGETS}, got {list(self.targets)}")
         if "qkv" in self.targets and set(QKV_PARTS) & set(self.targets):
             raise ValueError("target either 'qkv' (one update of the fused layer) or some of 'q', 'k', 'v', not both")
+        self.alpha = check_value(self.alpha, "alpha", float, 0.0, 1e6)
+        self.dropout = check_value(self.dropout, "dropout", float, 0.0, 1.0)
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:

@@ -32,8 +32,9 @@ from torch.nn.utils import parametrize
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, families, fill_slot
+from ..inputs import check_sequence, check_value
 from .adapter import Adapter, AdapterConfig, apply_adapter
-from .common import Size, factory_kwargs, normalise_size, per_block
+from .common import MAX_SIZE, Size, factory_kwargs, normalise_size, per_block
 from .lora import LoRALinear
 from .noah_subnets import MODULES, NOAH_SIZES, Subnet, SubnetSpace, quarter_depths, read_noah_subnet
 from .registry import Capabilities, MethodConfig, MethodSettingsError, NotApplicableError, register_method
@@ -56,6 +57,7 @@ NOAH_DROPOUT = 0.1
 
 
 def _check_dropout(value: float) -> None:
+    check_value(value, "dropout", float, 0.0, 1.0)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {value}")
 
@@ -194,9 +196,7 @@ class NoahSupernetConfig(MethodConfig):
             value = getattr(self, name)
             if value is None:
                 continue
-            value = (value,) if isinstance(value, int) else tuple(value)
-            if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-                raise ValueError(f"{name} must be ints >= 1, got {list(value)}")
+            value = check_sequence(value, name, int, 1, MAX_SIZE)
             if len(set(value)) != len(value):
                 raise ValueError(f"{name} lists a value twice: {list(value)}")
             setattr(self, name, tuple(sorted(value)))
@@ -333,6 +333,7 @@ class NoahConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.subnet is not None:
+            check_value(self.subnet, "subnet", str)
             if any(getattr(self, m) is not None for m in MODULES):
                 raise ValueError("give either subnet=<NOAH subnet YAML> or prompt/lora/adapter sizes, not both")
             found = read_noah_subnet(self.subnet)

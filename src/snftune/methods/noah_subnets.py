@@ -25,6 +25,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import SnftuneError
+from ..inputs import load_yaml
 
 __all__ = [
     "MODULES",
@@ -198,10 +199,7 @@ def read_noah_subnet(path: str | os.PathLike) -> Subnet:
     path = Path(path).expanduser()
     if not path.is_file():
         raise SubnetFileError(f"subnet file {path} does not exist; pass a NOAH subnet YAML (with a RETRAIN: block)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SubnetFileError(f"subnet file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    data = load_yaml(path, source=f"subnet file {path}", error=SubnetFileError)
     block = data.get("RETRAIN") if isinstance(data, dict) else None
     if not isinstance(block, dict):
         raise SubnetFileError(

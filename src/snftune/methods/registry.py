@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from torch import nn
 
 from ..errors import SnftuneError
+from ..inputs import load_yaml
 from .mixed import mixed_parts as outermost_mixed_forms
 
 __all__ = [
@@ -216,10 +216,7 @@ def _build(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConf
 
 
 def _load_config_file(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UnknownMethodError(f"{path} is not valid YAML: {error}") from error
+    data = load_yaml(path, error=UnknownMethodError)
     if not isinstance(data, dict) or "method" not in data:
         raise UnknownMethodError(f"{path} must be a mapping with a 'method' key, e.g. 'method: snf-deep'")
     data = dict(data)

@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..inputs import check_sequence, check_value
 from .common import output_channel_dim
 from .mixed import MixedModule, Placed, TaskRouting, channel_view, replace_each, shared_setting
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
@@ -50,12 +51,11 @@ class SSFConfig(MethodConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        self.targets = tuple(self.targets)
+        self.targets = check_sequence(self.targets, "targets", str)
         unknown = sorted(set(self.targets) - set(KINDS))
         if not self.targets or unknown:
             raise ValueError(f"targets must be a non-empty subset of {tuple(KINDS)}, got {list(self.targets)}")
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        self.init_std = check_value(self.init_std, "init_std", float, 0.0, 10.0)
 
 
 def _out_channels(layer: nn.Module) -> int:

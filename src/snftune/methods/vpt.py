@@ -39,6 +39,7 @@ from torch import nn
 from ..backbones import anatomy, install_sites
 from ..backbones.sites import NO_TOKENS_IN_FEATURE_MAPS, Anatomy, fill_slot
 from ..backbones.swin import NO_TOKEN_SEQUENCE
+from ..inputs import check_value
 from .common import Size, factory_kwargs, normalise_size, per_block
 from .mixed import Placed, TaskRouting
 from .registry import Capabilities, MethodConfig, NotApplicableError, capabilities, register_method
@@ -59,6 +60,10 @@ UNSUPPORTED_FAMILIES = {
     },
 }
 """The backbone families without a token sequence, and why (VPT's declared capabilities)."""
+
+MAX_PROMPT_LENGTH = 1024
+"""Every prompt token joins the attention sequence of every block (the paper uses up to 200 on a
+sequence of 197): ``length=100000`` would be accepted and never finish an epoch."""
 
 
 @dataclass
@@ -82,7 +87,11 @@ class VPTConfig(MethodConfig):
     init_range: float | None = None
 
     def __post_init__(self) -> None:
-        self.length = normalise_size(self.length, "length")
+        self.length = normalise_size(self.length, "length", MAX_PROMPT_LENGTH)
+        check_value(self.deep, "deep", bool)
+        self.dropout = check_value(self.dropout, "dropout", float, 0.0, 1.0)
+        if self.init_range is not None:
+            self.init_range = check_value(self.init_range, "init_range", float, 0.0, 10.0)
         if isinstance(self.length, tuple) and not self.deep:
             raise ValueError("per-block prompt lengths need deep=True; VPT-shallow prompts exist only at the input")
         if not 0.0 <= self.dropout < 1.0:

@@ -33,7 +33,7 @@ from ..atomic import atomic_write_json
 from ..backbones import anatomy
 from ..backbones.embedded import RANDOM, is_embedded, sha256_of
 from ..data import build_transform, resolve_task
-from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, TrainConfig, evaluate, run_lock
+from ..engine import TUNED_NAME, DistInfo, TrainConfig, evaluate, read_metrics, run_lock
 from ..engine.trainer import amp_dtype
 from ..methods.noah import NoahSupernetConfig, set_active_subnet, supernet_space
 from ..methods.noah_subnets import Subnet, SubnetSpace, subnet_parameters, write_noah_subnet
@@ -260,7 +260,7 @@ def _train_phase(values: dict[str, Any], folder: Path, name: str, log: Callable[
     else:
         log(f"{name}: {'resuming' if state == 'resume' else 'training'} in {folder}")
         train_run(resolved, folder, state == "resume")
-    return json.loads((folder / METRICS_NAME).read_text())
+    return read_metrics(folder)
 
 
 @dataclass
