@@ -12,6 +12,7 @@ import snftune
 PACKAGE = Path(snftune.__file__).parent
 LAYERS = {
     "atomic": 0,
+    "suggest": 0,
     "data": 1,
     "backbones": 2,
     "methods": 3,

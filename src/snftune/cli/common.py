@@ -13,7 +13,7 @@ import yaml
 from ..analysis import AnalysisFileError
 from ..atomic import atomic_write_json
 from ..backbones import UnsupportedModelError
-from ..backbones.errors import WeightsUnavailableError
+from ..backbones.errors import UnknownModelError, WeightsUnavailableError
 from ..backbones.sites import SlotTakenError
 from ..bench.compare import ResultsError
 from ..bench.suites import SuiteError
@@ -43,6 +43,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SuiteError,
     TunedFileError,
     UnknownMethodError,
+    UnknownModelError,
     UnsupportedModelError,
     WeightsUnavailableError,
 )
