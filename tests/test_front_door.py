@@ -4,11 +4,17 @@ shipped model names, each subcommand's options and choices)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import snftune
 from snftune.cli import main
+
+SRC = Path(snftune.__file__).absolute().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,3 +83,41 @@ def test_options_and_choices_are_suggested_by_the_subcommand_that_got_them(capsy
     err = refusal(capsys, argv)
     assert err.startswith(f"{prog}: error:") and expected in err and f"see '{prog} --help'" in err
     assert "usage:" not in err
+
+
+HELP_WITHOUT_TORCH = """
+import sys
+from snftune.cli import build_parser, main
+commands = [[]] + [[name] for name in build_parser()._subparsers._group_actions[0].choices]
+for argv in commands + [["data", "check"], ["plot", "tradeoff"], ["search", "noah"]]:
+    try:
+        main([*argv, "--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0, argv
+heavy = sorted(name for name in ("torch", "timm", "numpy", "matplotlib") if name in sys.modules)
+print(len(commands), heavy)
+"""
+
+
+def test_help_of_every_command_imports_neither_torch_nor_timm():
+    """``snftune --help`` and each subcommand's ``--help`` take well under a second because building
+    the parser imports no heavy library (checked by what is imported, not by a clock)."""
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, env=_env(), check=True
+    )
+    count, heavy = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(count) >= 12 and heavy == "[]", result.stdout[-500:]
+
+
+def test_import_snftune_is_lazy_and_every_public_name_resolves():
+    code = (
+        "import sys, snftune; assert 'torch' not in sys.modules; "
+        "missing = [n for n in snftune.__all__ if getattr(snftune, n, None) is None]; "
+        "from snftune import apply, create_model; print(missing, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
+    assert result.stdout.split() == ["[]", "True"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}

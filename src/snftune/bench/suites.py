@@ -27,11 +27,12 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..selection import SearchSpace
+if TYPE_CHECKING:  # imported where used: suite_names() serves `snftune bench --help`, which must not load torch
+    from ..selection import SearchSpace
 
 __all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
 
@@ -101,6 +102,8 @@ class Suite:
     def search_space(self, method: SuiteMethod) -> SearchSpace | None:
         """The method's own search space, else the suite's; None when there is nothing to search."""
         space = self.search if method.search is None else method.search
+        from ..selection import SearchSpace
+
         return SearchSpace.parse(space, f"suite {self.name}, search of {method.label}") if space else None
 
     def with_search(self, search: dict[str, Any]) -> Suite:

@@ -12,7 +12,7 @@ from typing import NoReturn
 from ..suggest import did_you_mean
 from . import analyze, bench, data, demo, params, plot, predict, pretrain, search, train
 from . import eval as eval_command
-from .common import RUN_FAILURES, USER_ERRORS
+from .common import run_failures, user_errors
 
 COMMANDS = [demo, params, train, eval_command, predict, bench, search, plot, pretrain, data, analyze]
 
@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         return args.run(args) or 0
-    except USER_ERRORS as error:
+    except user_errors() as error:
         # Bad input, not a bug: one line saying what is wrong and what to do, no traceback.
         print(f"snftune {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except RUN_FAILURES as error:
+    except run_failures() as error:
         print(f"snftune {args.command}: failed: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # a full disk, a folder that cannot be written: the system's own words

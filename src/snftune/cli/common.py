@@ -10,47 +10,57 @@ from typing import Any
 
 import yaml
 
-from ..analysis import AnalysisFileError
 from ..atomic import atomic_write_json
-from ..backbones import UnsupportedModelError
-from ..backbones.errors import UnknownModelError, WeightsUnavailableError
-from ..backbones.sites import SlotTakenError
-from ..bench.compare import ResultsError
-from ..bench.suites import SuiteError
-from ..data import DataError
-from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
-from ..methods.registry import NotApplicableError, UnknownMethodError
-from ..runs import RunFailedError, SettingsError, known_keys, load_settings_file
-from ..tuning import TunedFileError
+
+# The library is imported inside the functions that need it, so that building the parser
+# (``snftune --help``) does not import torch and timm.
 
 
 class CLIError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    AnalysisFileError,
-    CheckpointError,
-    CLIError,
-    ConfigError,
-    DataError,
-    FileNotFoundError,
-    NotApplicableError,
-    ResultsError,
-    ResumeError,
-    SettingsError,
-    SlotTakenError,
-    SuiteError,
-    TunedFileError,
-    UnknownMethodError,
-    UnknownModelError,
-    UnsupportedModelError,
-    WeightsUnavailableError,
-)
-"""Exceptions that mean bad input (a message for the user), not a bug (a traceback)."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a message for the user), not a bug (a traceback)."""
+    from ..analysis import AnalysisFileError
+    from ..backbones import UnsupportedModelError
+    from ..backbones.errors import UnknownModelError, WeightsUnavailableError
+    from ..backbones.sites import SlotTakenError
+    from ..bench.compare import ResultsError
+    from ..bench.suites import SuiteError
+    from ..data import DataError
+    from ..engine import CheckpointError, ConfigError, ResumeError
+    from ..methods.registry import NotApplicableError, UnknownMethodError
+    from ..runs import SettingsError
+    from ..tuning import TunedFileError
 
-RUN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError, RunFailedError, RunLockedError)
-"""Exceptions of a run that started and could not finish: one line, exit status 1."""
+    return (
+        AnalysisFileError,
+        CheckpointError,
+        CLIError,
+        ConfigError,
+        DataError,
+        FileNotFoundError,
+        NotApplicableError,
+        ResultsError,
+        ResumeError,
+        SettingsError,
+        SlotTakenError,
+        SuiteError,
+        TunedFileError,
+        UnknownMethodError,
+        UnknownModelError,
+        UnsupportedModelError,
+        WeightsUnavailableError,
+    )
+
+
+def run_failures() -> tuple[type[BaseException], ...]:
+    """Exceptions of a run that started and could not finish: one line, exit status 1."""
+    from ..engine import DivergenceError, RunLockedError
+    from ..runs import RunFailedError
+
+    return (DivergenceError, RunFailedError, RunLockedError)
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -175,6 +185,8 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Merged settings: the --config file, then every option given on the command line."""
+    from ..runs import known_keys, load_settings_file
+
     values = load_settings_file(args.config) if getattr(args, "config", None) else {}
     given = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     for key, flag in (("model_kwargs", "--model-kwargs"), ("data_options", "--data-options")):
