@@ -54,6 +54,11 @@ def test_a_near_miss_names_the_nearest_right_name(tmp_path, capsys, extra, expec
     assert not (tmp_path / "run").exists()
 
 
+def test_params_refuses_an_unknown_model_with_the_nearest_name(capsys):
+    err = refusal(capsys, ["params", "--models", "vit_base_patch16_22", "--methods", "linear"])
+    assert err.startswith("snftune params: error:") and "did you mean 'vit_base_patch16_224'?" in err
+
+
 def test_an_existing_folder_without_its_prefix_suggests_folder(tmp_path, capsys, monkeypatch):
     (tmp_path / "shapes3" / "circle").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

@@ -17,7 +17,7 @@ from .embedded import create_embedded, embedded_names, is_embedded
 from .errors import UnknownModelError, WeightsUnavailableError
 from .weights import load_weights, read_state_dict
 
-__all__ = ["UnknownModelError", "WeightsUnavailableError", "create_model", "looks_like_path"]
+__all__ = ["UnknownModelError", "WeightsUnavailableError", "create_model", "looks_like_path", "require_known_model"]
 
 WEIGHT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
 
@@ -46,6 +46,13 @@ def _hub_offline_mode() -> Iterator[None]:
         yield
     finally:
         hub_constants.HF_HUB_OFFLINE = saved
+
+
+def require_known_model(name: str) -> None:
+    """Refuses, before anything is built, a name that is neither shipped nor a timm model
+    (``hf-hub:``/``local-dir:`` names are timm's to resolve)."""
+    if not (is_embedded(name) or ":" in name or timm.is_model(name)):
+        raise unknown_model(name)
 
 
 def unknown_model(name: str) -> UnknownModelError:
@@ -80,8 +87,7 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
     """
     if is_embedded(name):
         return create_embedded(name, pretrained, **kwargs)
-    if ":" not in name and not timm.is_model(name):  # hf-hub:, local-dir: names are timm's to resolve
-        raise unknown_model(name)
+    require_known_model(name)
     if pretrained is None:
         return timm.create_model(name, pretrained=False, **kwargs)
     if looks_like_path(pretrained):

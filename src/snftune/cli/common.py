@@ -107,7 +107,9 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     """Options shared by ``train`` and ``bench``; every default is None (= not given), so
     that YAML files and protocol defaults can fill them."""
     if with_run:
-        parser.add_argument("--model", help="timm model name, e.g. vit_base_patch16_224")
+        parser.add_argument(
+            "--model", help="timm model name (e.g. vit_base_patch16_224), or snftune-vit-tiny: shipped, offline"
+        )
         parser.add_argument("--method", help="method or preset name (snf-deep, lora, ...) or a method YAML file")
         parser.add_argument("--data", help="task spec, e.g. vtab1k/cifar, fgvc/cub, generated/shapes")
     if with_run:

@@ -32,8 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backbones.factory import require_known_model
     from ..bench.params import PAPER_BACKBONES, PAPER_METHODS, format_table, noah_subnet_table, parameter_table
 
+    for name in args.models or ():
+        require_known_model(name)
     methods = PAPER_METHODS if args.methods is None else tuple(args.methods)
     backbones = PAPER_BACKBONES if args.models is None else {name: name for name in args.models}
     rows = parameter_table(methods, backbones) + noah_subnet_table(args.noah_subnets, backbones)

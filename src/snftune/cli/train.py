@@ -28,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out and not args.config:  # refused before torch is imported: at once
+        raise CLIError("missing --out (the run folder to write)")
     from ..engine import cleanup_distributed, setup_distributed
     from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
 
