@@ -54,6 +54,11 @@ def test_a_near_miss_names_the_nearest_right_name(tmp_path, capsys, extra, expec
     assert not (tmp_path / "run").exists()
 
 
+def test_bench_refuses_an_unknown_suite_with_the_nearest_name(tmp_path, capsys):
+    err = refusal(capsys, ["bench", "--suite", "dmeo", "--out", str(tmp_path / "b"), "--dry-run"])
+    assert err.startswith("snftune bench: error:") and "unknown suite 'dmeo' (did you mean 'demo'?)" in err
+
+
 def test_params_refuses_an_unknown_model_with_the_nearest_name(capsys):
     err = refusal(capsys, ["params", "--models", "vit_base_patch16_22", "--methods", "linear"])
     assert err.startswith("snftune params: error:") and "did you mean 'vit_base_patch16_224'?" in err

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..suggest import did_you_mean
+
 if TYPE_CHECKING:  # imported where used: suite_names() serves `snftune bench --help`, which must not load torch
     from ..selection import SearchSpace
 
@@ -201,7 +203,8 @@ def load_suite(name_or_path: str) -> Suite:
         text, source = path.read_text(), str(path)
     else:
         if name_or_path not in suite_names():
-            raise SuiteError(f"unknown suite '{name_or_path}'; known: {', '.join(suite_names())}, or a YAML file")
+            hint = did_you_mean(name_or_path, suite_names())
+            raise SuiteError(f"unknown suite '{name_or_path}'{hint}; known: {', '.join(suite_names())}, or a YAML file")
         text = (resources.files("snftune.bench") / "suites" / f"{name_or_path}.yaml").read_text()
         source = f"suite {name_or_path}"
     try:
