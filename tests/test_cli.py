@@ -77,7 +77,7 @@ def test_eval_reproduces_the_accuracy_from_a_run_folder_and_from_a_tuned_file(ru
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "snf-wide"], "unknown method 'snf-wide'. Known methods:"),
+        (["--method", "snf-wide"], "unknown method 'snf-wide' (did you mean 'snf-deep'?). Known methods:"),
         (["--data", "generated/spirals"], "generated/spirals: unknown generated task; known: digits"),
         (["--num-classes", "10"], "--num-classes 10 does not match generated/shapes, which has 8 classes"),
         (["--pretrained", "hub"], "pass its local path instead"),

@@ -14,6 +14,7 @@ LAYERS = {
     "atomic": 0,
     "errors": 0,
     "inputs": 0,
+    "suggest": 0,
     "data": 1,
     "backbones": 2,
     "methods": 3,

@@ -27,11 +27,14 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SnftuneError
 from ..inputs import load_yaml, read_text
-from ..selection import SearchSpace
+from ..suggest import did_you_mean
+
+if TYPE_CHECKING:  # imported where used: suite_names() serves `snftune bench --help`, which must not load torch
+    from ..selection import SearchSpace
 
 __all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
 
@@ -101,6 +104,8 @@ class Suite:
     def search_space(self, method: SuiteMethod) -> SearchSpace | None:
         """The method's own search space, else the suite's; None when there is nothing to search."""
         space = self.search if method.search is None else method.search
+        from ..selection import SearchSpace
+
         return SearchSpace.parse(space, f"suite {self.name}, search of {method.label}") if space else None
 
     def with_search(self, search: dict[str, Any]) -> Suite:
@@ -204,7 +209,8 @@ def load_suite(name_or_path: str) -> Suite:
         text, source = read_text(path, SuiteError, "suite file"), str(path)
     else:
         if name_or_path not in suite_names():
-            raise SuiteError(f"unknown suite '{name_or_path}'; known: {', '.join(suite_names())}, or a YAML file")
+            hint = did_you_mean(name_or_path, suite_names())
+            raise SuiteError(f"unknown suite '{name_or_path}'{hint}; known: {', '.join(suite_names())}, or a YAML file")
         text = (resources.files("snftune.bench") / "suites" / f"{name_or_path}.yaml").read_text()
         source = f"suite {name_or_path}"
     return parse_suite(load_yaml(text=text, source=source, error=SuiteError), source)

@@ -11,12 +11,14 @@ from typing import Any
 from ..atomic import atomic_write_json
 from ..errors import SnftuneError
 from ..inputs import load_yaml
-from ..runs import known_keys, load_settings_file
 
 
 class CLIError(SnftuneError):
     """A problem with what the user asked for: printed as one line, exit status 2 (like every
     :class:`~snftune.errors.SnftuneError`, which the CLI prints as one line with its exit code)."""
+
+# The library is imported inside the functions that need it, so that building the parser
+# (``snftune --help``) does not import torch and timm.
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -59,7 +61,9 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     """Options shared by ``train`` and ``bench``; every default is None (= not given), so
     that YAML files and protocol defaults can fill them."""
     if with_run:
-        parser.add_argument("--model", help="timm model name, e.g. vit_base_patch16_224")
+        parser.add_argument(
+            "--model", help="timm model name (e.g. vit_base_patch16_224), or snftune-vit-tiny: shipped, offline"
+        )
         parser.add_argument("--method", help="method or preset name (snf-deep, lora, ...) or a method YAML file")
         parser.add_argument("--data", help="task spec, e.g. vtab1k/cifar, fgvc/cub, generated/shapes")
     if with_run:
@@ -137,6 +141,8 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Merged settings: the --config file, then every option given on the command line."""
+    from ..runs import known_keys, load_settings_file
+
     values = load_settings_file(args.config) if getattr(args, "config", None) else {}
     given = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     for key, flag in (("model_kwargs", "--model-kwargs"), ("data_options", "--data-options")):

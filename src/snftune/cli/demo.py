@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench.demo import FIGURE_NAME, SUMMARY_NAME, DemoOptions, run_demo
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -41,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench.demo import FIGURE_NAME, SUMMARY_NAME, DemoOptions, run_demo
+
     options = DemoOptions(
         out=Path(args.out),
         quick=args.quick,
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(options, log=lambda line: print(line, flush=True))
     print()
     print(summary["table"], end="")
-    written = ["results.md", "results.csv", "results.json", *([FIGURE_NAME] if summary["figure"] else []), SUMMARY_NAME]
+    tables = [Path(path).name for path in summary["tables"].values()]
+    written = [*tables, *([FIGURE_NAME] if summary["figure"] else []), SUMMARY_NAME]
     print(f"\ndone in {summary['wall_s']:.0f}s. Results in {options.out}/: {', '.join(written)}")
     return 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..runs import RunSettings, evaluate_tuned, evaluation_settings
 from .common import check_output_file, parse_key_values, write_json_result
+
+if TYPE_CHECKING:
+    from ..runs import RunSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
+    from ..runs import evaluation_settings
+
     return evaluation_settings(
         args.source,
         data=args.data,
@@ -49,6 +54,8 @@ def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runs import evaluate_tuned
+
     check_output_file(args.json, "--json")
     settings, tuned = _settings_for(args)
     result = evaluate_tuned(settings, tuned, args.split, args.batch_size, args.workers, args.device)

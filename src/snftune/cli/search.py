@@ -8,7 +8,6 @@ import json
 import statistics
 from pathlib import Path
 
-from ..search.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah, run_noah
 from .common import CLIError, add_train_options, parse_key_values, values_from_args
 
 SEARCH_OPTIONS = {
@@ -66,6 +65,8 @@ def _noah_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..search.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah, run_noah
+
     values = values_from_args(args)
     if values.get("method") not in (None, "noah"):
         raise CLIError(f"snftune search noah tunes with NOAH's modules; drop --method {values['method']}")

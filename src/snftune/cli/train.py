@@ -8,9 +8,6 @@ import argparse
 import statistics
 from pathlib import Path
 
-from ..engine import cleanup_distributed, setup_distributed
-from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
-from ..selection import CellPlan, SearchSpace, read_selection, run_cell
 from .common import CLIError, add_train_options, parse_search, values_from_args
 
 
@@ -31,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out and not args.config:  # refused before torch is imported: at once
+        raise CLIError("missing --out (the run folder to write)")
+    from ..engine import cleanup_distributed, setup_distributed
+    from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
+
     values = values_from_args(args)
     if not values.get("out"):
         raise CLIError("missing --out (the run folder to write)")
@@ -59,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_cell(args: argparse.Namespace, values: dict, resolved) -> int:
     """``--search`` and/or ``--seeds``: selection on validation, then one final run per seed."""
+    from ..engine import cleanup_distributed, setup_distributed
+    from ..selection import CellPlan, SearchSpace, read_selection, run_cell
+
     values = {k: v for k, v in values.items() if k != "out"}
     plan = CellPlan(
         values,

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
 from ..inputs import check_value
+from ..suggest import did_you_mean
 from . import _render as R
 from .errors import DataError
 from .registry import Task, register_reader, reject_options
@@ -419,7 +420,8 @@ def resolve_generated(rest: str, data_dir: Path | None, **options: Any) -> Task:
     """``generated/<task>``, in memory; options ``seed`` (0), ``image_size`` (32), ``n_test`` (1000)."""
     spec = f"generated/{rest}"
     if rest not in GENERATED_TASKS:
-        raise DataError(f"{spec}: unknown generated task; known: {', '.join(GENERATED_TASKS)}.")
+        hint = did_you_mean(rest, GENERATED_TASKS, prefix="generated/")
+        raise DataError(f"{spec}: unknown generated task{hint}; known: {', '.join(GENERATED_TASKS)}.")
     reject_options(spec, options, ("seed", "image_size", "n_test"))
     opts = _options(**options)
     info = GENERATED_TASKS[rest]

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..suggest import did_you_mean
 from .errors import DataError
 from .lists import ReadOptions
 
@@ -105,8 +106,21 @@ def _split_spec(spec: str) -> tuple[str, str]:
         head = prefix + reader.separator
         if spec.startswith(head):
             return prefix, spec[len(head) :]
-    known = ", ".join(f"{p}{r.separator}…" for p, r in sorted(_READERS.items()))
-    raise DataError(f"unknown task spec {spec!r}; expected one of: {known}. See list_tasks() for names.")
+    raise DataError(f"unknown task spec {spec!r}{_suggestion(spec)}; expected one of: {_known_forms()}")
+
+
+def _known_forms() -> str:
+    return ", ".join(f"{p}{r.separator}…" for p, r in sorted(_READERS.items()))
+
+
+def _suggestion(spec: str) -> str:
+    """An existing folder or file given without its prefix, else the nearest task name."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and "folder" in _READERS:
+        return f" (did you mean 'folder:{spec}'? {spec} is a folder)"
+    if path.is_file() and "list" in _READERS:
+        return f" (did you mean 'list:{spec}'? {spec} is a file)"
+    return did_you_mean(spec, [*list_tasks(), *_READERS])
 
 
 def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Task:
@@ -119,7 +133,9 @@ def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options
     """
     prefix, rest = _split_spec(spec.strip())
     if not rest:
-        raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}; see list_tasks({prefix!r}).")
+        names = _READERS[prefix].names()
+        examples = f", e.g. {', '.join(names[:3])}" if names else f", e.g. {prefix}{_READERS[prefix].separator}<path>"
+        raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}{examples}")
     reading = ReadOptions(**{k: options.pop(k) for k in COMMON_OPTIONS if k in options})
     task = _READERS[prefix].resolve(rest, Path(data_dir) if data_dir is not None else None, **options)
     return replace(task, on_bad_image=reading.on_bad_image, allow_outside_root=reading.allow_outside_root)

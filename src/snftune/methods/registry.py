@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import SnftuneError
 from ..inputs import load_yaml
+from ..suggest import did_you_mean
 from .mixed import mixed_parts as outermost_mixed_forms
 
 __all__ = [
@@ -170,7 +171,7 @@ def capabilities(name: str | MethodConfig) -> Capabilities:
     if name in _PRESETS:
         name = _PRESETS[name][0]
     if name not in _METHODS:
-        raise UnknownMethodError(f"unknown method '{name}'. Known methods: {', '.join(method_names())}")
+        raise unknown_method(name)
     return _METHODS[name].capabilities
 
 
@@ -180,6 +181,11 @@ def refuse_unsupported_family(config: MethodConfig, family: str) -> None:
     reason = method_for(config).capabilities.unsupported_families.get(family)
     if reason is not None:
         raise NotApplicableError(f"{config.method} does not fit {family}: {reason}")
+def unknown_method(name: str) -> UnknownMethodError:
+    """The error for a method name nobody registered: the nearest known name first, then all of them."""
+    return UnknownMethodError(
+        f"unknown method '{name}'{did_you_mean(name, method_names())}. Known methods: {', '.join(method_names())}"
+    )
 
 
 def method_names() -> list[str]:
@@ -195,13 +201,14 @@ def preset_names() -> dict[str, str]:
 def config_from_dict(method: str, values: dict[str, Any]) -> MethodConfig:
     """Builds a registered method's config, naming any field it does not have."""
     if method not in _METHODS:
-        raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")
+        raise unknown_method(method)
     config_cls = _METHODS[method].config_cls
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise UnknownMethodError(
-            f"method '{method}' has no setting {', '.join(map(repr, unknown))}. "
+            f"method '{method}' has no setting {', '.join(map(repr, unknown))}"
+            f"{did_you_mean(unknown[0], fields) if len(unknown) == 1 else ''}. "
             f"Its settings: {', '.join(sorted(fields)) or 'none'}"
         )
     return _build(config_cls, values)
@@ -245,4 +252,4 @@ def resolve_config(method: str | MethodConfig, **overrides: Any) -> MethodConfig
         return config_from_dict(name, {**preset_values, **overrides})
     if method in _METHODS:
         return config_from_dict(method, overrides)
-    raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")
+    raise unknown_method(method)
