@@ -32,7 +32,8 @@ from snftune.methods import ShortcutFlow
 
 from conftest import TINY_MODELS, make_tiny
 
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 FEW = ["--samples", "4", "--iterations", "4", "--threads", "1", "--no-progress"]
 
 

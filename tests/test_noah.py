@@ -469,6 +469,7 @@ def test_bench_runs_noah_per_cell_and_tables_its_retrained_subnet(tmp_path, caps
     suite = {
         "name": "noah-check",
         "model": "vit_tiny_patch16_224",
+        "pretrained": "random",
         "model_kwargs": {"depth": 2, "patch_size": 8},
         "img_size": 32,
         "train": {"epochs": 1, "warmup_epochs": 0.2, "batch_size": 64, "workers": 0, "drop_path": 0.0},

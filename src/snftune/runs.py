@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 import yaml
 
 from .atomic import atomic_write_json, atomic_write_text
+from .backbones.embedded import RANDOM, is_embedded
 from .backbones.factory import create_model, looks_like_path
 from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
 from .data.image_cache import CACHE_MODES, ImageCache
@@ -61,12 +63,14 @@ __all__ = [
     "input_config",
     "known_keys",
     "load_settings_file",
+    "merge_layers",
     "probes_cached_features",
     "read_run_config",
     "resolve_settings",
     "run_state",
     "settings_from_record",
     "train_run",
+    "train_settings",
     "write_run_config",
 ]
 
@@ -161,15 +165,79 @@ class RunSettings:
 
 @dataclass
 class ResolvedRun:
-    """A run's settings with the task and method config they name, checked."""
+    """A run's settings with the task and method config they name, checked; ``notes`` are
+    one-line remarks for the user about settings derived from others (a scaled warm-up)."""
 
     settings: RunSettings
     task: Task
     method_config: MethodConfig
+    notes: tuple[str, ...] = ()
+
+
+MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
+"""Settings that are mappings: a later source adds to and replaces keys of an earlier one."""
+
+
+def _scaled_warmup(below: dict[str, Any], layer: dict[str, Any]) -> float | None:
+    """The warm-up that keeps ``below``'s fraction of the schedule when ``layer`` changes the
+    number of epochs without setting a warm-up (None: nothing to scale)."""
+    epochs, warmup = below.get("epochs"), below.get("warmup_epochs")
+    new_epochs = layer.get("epochs")
+    if new_epochs is None or layer.get("warmup_epochs") is not None or epochs is None or warmup is None:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (epochs, warmup, new_epochs)):
+        return None  # a wrong type is refused, naming the key, when the settings are checked
+    if epochs <= 0 or new_epochs == epochs:
+        return None
+    return float(warmup) * float(new_epochs) / float(epochs)
+
+
+def _warmup_note(warmup: float, epochs: Any, source: str, old_warmup: Any, old_epochs: Any) -> str:
+    return (
+        f"warm-up: {warmup:g} of {epochs} epochs ({source}'s {old_warmup:g} of {old_epochs}, scaled with the "
+        "run's length; --warmup-epochs sets it)"
+    )
+
+
+def merge_layers(*layers: dict[str, Any], names: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Settings from sources of rising precedence (a suite, a settings file, the command line,
+    a trial): later values win, mappings (:data:`MERGED_KEYS`) merge key by key, and a source
+    that changes ``epochs`` without a warm-up keeps the warm-up's fraction of the schedule
+    (10 of 100 epochs -> 1 of 10). Returns the values and a note per scaled warm-up."""
+    merged: dict[str, Any] = {}
+    notes = []
+    for index, layer in enumerate(layers):
+        scaled = _scaled_warmup(merged, layer)
+        if scaled is not None:
+            source = names[index - 1] if 0 < index <= len(names) else "the settings"
+            notes.append(_warmup_note(scaled, layer["epochs"], source, merged["warmup_epochs"], merged["epochs"]))
+            merged["warmup_epochs"] = scaled
+        for key, value in layer.items():
+            if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return merged, notes
 
 
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path is not None else None
+
+
+def train_settings(protocol: str, values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The training loop's settings: the protocol's, then ``values``; a changed length without
+    a warm-up keeps the protocol's warm-up fraction (10 of 100 epochs -> 0.1 of 1), said in the
+    note returned."""
+    train = protocol_settings(protocol).train
+    given = {k: values[k] for k in TrainConfig.field_names() if values.get(k) is not None}
+    defaults = {**TrainConfig().to_dict(), **train}
+    notes = []
+    scaled = _scaled_warmup(defaults, given)
+    if scaled is not None:
+        source = f"the {protocol} protocol"
+        notes.append(_warmup_note(scaled, given["epochs"], source, defaults["warmup_epochs"], defaults["epochs"]))
+        given["warmup_epochs"] = scaled
+    return TrainConfig.from_dict({**train, **given}), notes
 
 
 def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
@@ -189,13 +257,18 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
             "classes; drop --num-classes (it is read from the task) or pick the task you meant"
         )
     protocol = protocol_settings(task.protocol)
-    given = {k: values[k] for k in TrainConfig.field_names() if values.get(k) is not None}
-    train_config = TrainConfig.from_dict({**protocol.train, **given})
+    train_config, notes = train_settings(task.protocol, values)
     train_split = values.get("train_split") or task.train_split
     eval_split = values.get("eval_split") or task.eval_split
     for flag, split in (("--split", train_split), ("--eval-split", eval_split)):
         if split is not None and split not in task.splits:
             raise SettingsError(f"{flag} {split}: {task.name} has the splits {', '.join(task.splits)}")
+    if train_config.report == "best" and eval_split is not None and eval_split == task.eval_split:
+        raise SettingsError(
+            f"report best picks the epoch with the best score on the split it reports, and {task.name}'s "
+            f"{eval_split} split is read once, at the end: use report final, or --eval-split with a validation "
+            "split to report the best validation score"
+        )
     check_device(values.get("device"))
     cache, feature_cache = values.get("cache") or "auto", values.get("feature_cache")
     if cache not in CACHE_MODES:
@@ -203,6 +276,7 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
     if feature_cache is not None and not isinstance(feature_cache, bool):
         raise SettingsError(f"feature_cache must be true or false, got {feature_cache!r}")
     pretrained = values.get("pretrained")
+    _check_weights_named(str(values["model"]), pretrained)
     method = str(values["method"])
     settings = RunSettings(
         model=values["model"],
@@ -224,7 +298,19 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         cache_dir=_absolute(values.get("cache_dir")),
         feature_cache=feature_cache is not False,
     )
-    return ResolvedRun(settings, task, method_config)
+    return ResolvedRun(settings, task, method_config, tuple(notes))
+
+
+def _check_weights_named(model: str, pretrained: Any) -> None:
+    """A timm backbone trains from the weights it is given: without any, the run would tune a
+    random network and report it like a pretrained one, so random initialisation must be asked
+    for by name (``pretrained: random``). The shipped backbones carry their own weights."""
+    if pretrained is None and not is_embedded(model):
+        raise SettingsError(
+            f"--model {model} has no weights: pass --pretrained FILE (a local .npz/.pth/.safetensors file) or "
+            f"--pretrained TAG (a timm hub tag, e.g. orig_in21k; needs network), or --pretrained {RANDOM} to tune "
+            "a randomly initialised backbone on purpose"
+        )
 
 
 def build_backbone(settings: RunSettings, drop_path: float | None = None) -> torch.nn.Module:
@@ -237,8 +323,11 @@ def build_backbone(settings: RunSettings, drop_path: float | None = None) -> tor
     if rate:
         kwargs["drop_path_rate"] = rate
     torch.manual_seed(settings.train.seed)
+    weights = settings.pretrained
+    if weights == RANDOM and not is_embedded(settings.model):
+        weights = None  # timm's own initialisation
     try:
-        return create_model(settings.model, settings.pretrained, num_classes=settings.num_classes, **kwargs)
+        return create_model(settings.model, weights, num_classes=settings.num_classes, **kwargs)
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise SettingsError(
@@ -267,17 +356,32 @@ def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any
     return model_data_config(model, input_size=size) if size is not None else model_data_config(model)
 
 
-def build_datasets(model: torch.nn.Module, settings: RunSettings, task: Task):
-    """(train set, eval set or None) with the protocol's transforms, served from the decoded-image
-    cache of ``settings.cache`` (``snftune.data.image_cache``: the same tensors, decoded once)."""
-    data_config = input_config(model, settings)
-    train_set = task.dataset(settings.train_split, transform=build_transform(task.protocol, data_config, train=True))
-    eval_set = None
-    if settings.eval_split is not None:
-        eval_set = task.dataset(settings.eval_split, transform=build_transform(task.protocol, data_config, train=False))
+def monitored_split(settings: RunSettings, task: Task) -> str | None:
+    """The split evaluated during training: a tuning split only. The task's validation split
+    when the run trains on the split it is held out from (train -> val; VTAB-1k's train800 ->
+    val200), an evaluation split the run chose itself (a trial's val200); none when the run
+    trains on the validation images too (VTAB-1k's train800val200). The protocol's evaluation
+    split (test) is read once, after the last epoch (:func:`train_run`)."""
+    if settings.eval_split is not None and settings.eval_split != task.eval_split:
+        return settings.eval_split
+    if task.tuning_splits is not None and settings.train_split == task.tuning_splits[0]:
+        return task.tuning_splits[1]
+    return None
+
+
+def build_dataset(model: torch.nn.Module, settings: RunSettings, task: Task, split: str, train: bool):
+    """One split with the protocol's transforms, served from the decoded-image cache of
+    ``settings.cache`` (``snftune.data.image_cache``: the same tensors, decoded once)."""
+    dataset = task.dataset(split, transform=build_transform(task.protocol, input_config(model, settings), train=train))
     cache = ImageCache(settings.cache, Path(settings.cache_dir) if settings.cache_dir else None)
-    workers = settings.train.workers
-    return cache.wrap(train_set, workers), cache.wrap(eval_set, workers) if eval_set is not None else None
+    return cache.wrap(dataset, settings.train.workers)
+
+
+def build_datasets(model: torch.nn.Module, settings: RunSettings, task: Task):
+    """(train set, the set evaluated during training or None: :func:`monitored_split`)."""
+    train_set = build_dataset(model, settings, task, settings.train_split, train=True)
+    monitor = monitored_split(settings, task)
+    return train_set, build_dataset(model, settings, task, monitor, train=False) if monitor else None
 
 
 def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_set) -> bool:
@@ -292,10 +396,22 @@ def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_
     )
 
 
+def _awaits_final_evaluation(folder: Path) -> bool:
+    """Training finished but the reported split (test) was not read yet: ``metrics.json`` holds
+    the training's figures, whose split differs from the one the run reports."""
+    try:
+        metrics = json.loads((folder / METRICS_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    reported = (metrics.get("settings") or {}).get("reported_split") if isinstance(metrics, dict) else None
+    return reported is not None and metrics.get("eval_split") != reported
+
+
 def run_state(folder: Path) -> str:
-    """``"done"`` (metrics written), ``"resume"`` (a checkpoint waits) or ``"todo"``."""
+    """``"done"`` (metrics written), ``"resume"`` (a checkpoint waits, or training ended and the
+    final evaluation is left) or ``"todo"``."""
     if (folder / METRICS_NAME).is_file():
-        return "done"
+        return "resume" if _awaits_final_evaluation(folder) else "done"
     if (folder / CHECKPOINT_NAME).is_file():
         return "resume"
     return "todo"
@@ -419,7 +535,12 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
         return None
     settings, task, method_config = resolved.settings, resolved.task, resolved.method_config
     model = build_model(settings)
-    train_set, eval_set = build_datasets(model, settings, task)
+    if _awaits_final_evaluation(out):
+        load_tuned(model, out / TUNED_NAME)
+        with run_lock(out) if dist.is_main else contextlib.nullcontext():
+            return _final_evaluation(model, settings, task, out, dist)
+    train_set, monitor_set = build_datasets(model, settings, task)
+    monitor = monitored_split(settings, task)
     with run_lock(out) if dist.is_main else contextlib.nullcontext():
         state = _check_folder(resolved, out, resume)  # again: another writer may have finished meanwhile
         if state == "done":
@@ -445,6 +566,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
             "method_config": {"method": method_config.method, **method_config.to_dict()},
             "data": task.name,
             "train_split": settings.train_split,
+            "reported_split": settings.eval_split,
             "protocol": task.protocol,
             "class_subset": "restricted to the task's classes" if task.class_subset else None,
             "drop_path": settings.drop_path,
@@ -452,19 +574,57 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
         }
         # Linear probing on features computed once; --no-feature-cache trains end to end.
         trainer = train_head_on_features if probes_cached_features(model, settings, train_set) else train
-        return trainer(
+        metrics = trainer(
             model,
             train_set,
             settings.train,
             out,
-            eval_set=eval_set,
-            eval_split=settings.eval_split or "none",
+            eval_set=monitor_set,
+            eval_split=monitor or "none",
             class_subset=task.class_subset,
             num_classes=task.num_classes,
             dist=dist,
             resume=state == "resume",
             record=record,
         )
+        if settings.eval_split is None or settings.eval_split == monitor:
+            return metrics
+        return _final_evaluation(model, settings, task, out, dist)
+
+
+def _final_evaluation(
+    model: torch.nn.Module, settings: RunSettings, task: Task, out: Path, dist: DistInfo
+) -> dict[str, Any]:
+    """The reported split (test) read once, with the trained weights: its top-1 becomes the
+    run's headline in ``metrics.json``, beside the figures of the split watched in training."""
+    metrics = json.loads((out / METRICS_NAME).read_text())
+    split = settings.eval_split
+    dataset = build_dataset(model, settings, task, split, train=False)
+    result = evaluate(
+        model.to(dist.device),
+        dataset,
+        batch_size=settings.train.eval_batch_size or settings.train.batch_size,
+        device=dist.device,
+        workers=settings.train.workers,
+        class_subset=task.class_subset,
+        dtype=amp_dtype(settings.train, dist.device),
+        dist=dist,
+    )
+    monitored = metrics.get("eval_split")
+    epochs = settings.train.epochs
+    metrics.update(
+        top1=result["top1"],
+        eval_split=split,
+        monitored_on=monitored,
+        final={"epoch": epochs, "top1": result["top1"], "loss": result["loss"]},
+        reported="final",
+        reported_as=f"top-1 on '{split}' after the final epoch ({epochs}), read once at the end"
+        + (f"; training watched '{monitored}'" if monitored != "none" else ""),
+    )
+    metrics.pop("best", None)
+    if dist.is_main:
+        atomic_write_json(out / METRICS_NAME, metrics)
+    return metrics
 
 
 def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:

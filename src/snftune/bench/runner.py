@@ -31,6 +31,7 @@ from ..runs import (
     SettingsError,
     evaluate_tuned,
     known_keys,
+    merge_layers,
     read_run_config,
     resolve_settings,
     run_state,
@@ -57,10 +58,10 @@ __all__ = [
     "run_suite",
     "set_aside",
     "state_of",
+    "weights_by_backbone",
 ]
 
 ERROR_LOG_NAME = "error.log"
-MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,12 @@ class CellFailure:
 
 
 def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Settings of one cell: the suite's, then the overrides (a settings file and the command line)."""
+    """Settings of one cell: the suite's, then the overrides (a settings file and the command
+    line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the warm-up)."""
+    return _cell_values(suite, cell, overrides)[0]
+
+
+def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     values: dict[str, Any] = {
         "model": cell.model.model,
         "pretrained": cell.model.pretrained,
@@ -92,24 +98,56 @@ def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str
         "data_options": dict(suite.data_options),
         **suite.train,
     }
-    for key, value in overrides.items():
-        values[key] = {**values[key], **value} if key in MERGED_KEYS else value
-    return values
+    return merge_layers(values, overrides, names=(f"suite {suite.name}",))
 
 
-def _pretrained_for(cell: Cell, pretrained: list[str] | None) -> str | None:
-    """One weights file for every backbone, or ``LABEL=FILE`` pairs for multi-backbone suites."""
-    if not pretrained:
-        return cell.model.pretrained
-    pairs = dict(item.split("=", 1) for item in pretrained if "=" in item)
-    if pairs:
-        return pairs.get(cell.model.label, pairs.get(cell.model.model, cell.model.pretrained))
-    return pretrained[0]
+def _split_weights_item(item: str) -> tuple[str | None, str]:
+    """``LABEL=FILE`` -> (label, file); a bare file or hub tag -> (None, item). A path that exists
+    is a file even when its name holds ``=``."""
+    label, sep, path = item.partition("=")
+    if not sep or Path(item).expanduser().exists() or not label:
+        return None, item
+    return label, path
 
 
-def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | None = None) -> list[PlannedCell]:
+def weights_by_backbone(suite: Suite, pretrained: list[str] | None) -> dict[str, str | None]:
+    """Backbone label -> weights: the suite's own, replaced by one file (or hub tag) for every
+    backbone, or by ``LABEL=FILE`` pairs (labels or timm names of the suite's backbones). A label
+    that names no backbone, two files for one backbone, or a bare file beside pairs is refused."""
+    chosen = {model.label: model.pretrained for model in suite.models}
+    items = [_split_weights_item(item) for item in pretrained or []]
+    bare = [path for label, path in items if label is None]
+    pairs = [(label, path) for label, path in items if label is not None]
+    if bare and (pairs or len(bare) > 1):
+        raise SettingsError(
+            f"--pretrained {' '.join(pretrained or [])}: give one file for every backbone, or LABEL=FILE pairs "
+            f"(labels: {', '.join(chosen)})"
+        )
+    if bare:
+        return dict.fromkeys(chosen, bare[0])
+    given: dict[str, str] = {}
+    for label, path in pairs:
+        matches = [m.label for m in suite.models if label in (m.label, m.model)]
+        if not matches:
+            raise SettingsError(
+                f"--pretrained {label}={path}: {label!r} names no backbone of suite {suite.name}; "
+                f"its backbones: {', '.join(f'{m.label} ({m.model})' for m in suite.models)}"
+            )
+        for match in matches:
+            if match in given and given[match] != path:
+                raise SettingsError(f"--pretrained gives two files for {match}: {given[match]} and {path}; give one")
+            given[match] = path
+    return {**chosen, **given}
+
+
+def plan_suite(
+    suite: Suite,
+    overrides: dict[str, Any],
+    pretrained: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[PlannedCell]:
     """Every cell with its resolved settings: unknown methods, tasks or settings fail here,
-    before any cell trains."""
+    before any cell trains. ``log`` hears each note on derived settings (a scaled warm-up) once."""
     unknown = sorted(set(suite.train) - set(known_keys()))
     if unknown:
         raise SettingsError(
@@ -117,16 +155,22 @@ def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | 
         )
     if not suite.methods:
         raise SettingsError(f"suite {suite.name} lists no methods; pass --methods")
+    weights = weights_by_backbone(suite, pretrained)
+    said: set[str] = set()
     planned = []
     for cell in suite.cells():
         if cell.task.train_from:
             planned.append(PlannedCell(cell, None))
             continue
-        values = cell_values(suite, cell, overrides)
-        values["pretrained"] = _pretrained_for(cell, pretrained)
+        values, notes = _cell_values(suite, cell, overrides)
+        values["pretrained"] = weights[cell.model.label]
         seeds = tuple(suite.seeds) if suite.seeds else None
         plan = plan_cell(values, suite.search_space(cell.method), seeds)
         resolved = resolve_settings(plan.values)
+        for note in (*notes, *resolved.notes):
+            if log is not None and note not in said:
+                said.add(note)
+                log(note)
         for trial in plan.space.trials() if plan.space else ():  # a trial the settings refuse fails now
             resolve_settings(plan.trial_values(resolved, trial))
         planned.append(PlannedCell(cell, plan))

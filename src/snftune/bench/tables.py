@@ -149,9 +149,16 @@ def build_table(suite: Suite, results: list[CellResult]) -> dict[str, Any]:
         selection = {
             r.column: r.selection["chosen"] for found in by_cell.values() for r in found if r.row == row and r.selection
         }
+        random_init = any(
+            ((r.provenance or {}).get("weights") or {}).get("source") == "random"
+            for found in by_cell.values()
+            for r in found
+            if r.row == row
+        )
         table_rows.append(
             {
                 "row": row,
+                "random_backbone": random_init,
                 "tuned_parameters": min(counts) if len(counts) == 1 else (sorted(counts) or None),
                 "cells": {c: _summary(replicates[c]) for c in columns},
                 "runs": {c: replicates[c] for c in columns},
@@ -218,6 +225,8 @@ def _caption(table: dict[str, Any]) -> list[str]:
     if "best" in table["reported"]:
         text += "; cells marked † report the best evaluation instead, selected on that same split"
     lines = [text + ". Tuned parameters in millions, classifier head excluded. – : not run yet."]
+    if any(row.get("random_backbone") for row in table["rows"]):
+        lines.append("‡ tuned from a randomly initialised backbone (--pretrained random), not from pretrained weights.")
     lines.append(f"Hyper-parameters: {table['selection']}.")
     if table["seeds"]:
         lines.append(
@@ -246,9 +255,10 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     for row in table["rows"]:
         dagger = "†" if fmt == "markdown" else ""
         marked = [_pct(row["cells"][c]) + (dagger if c in row["best_on_eval"] else "") for c in columns]
+        random_mark = " ‡" if fmt == "markdown" and row.get("random_backbone") else ""
         body.append(
             [
-                row["row"],
+                row["row"] + random_mark,
                 _params(row["tuned_parameters"]),
                 *marked,
                 *[_pct(row["groups"][g]) for g in groups],

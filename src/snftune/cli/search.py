@@ -66,7 +66,7 @@ def _noah_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = values_from_args(args)
+    values, notes = values_from_args(args)
     if values.get("method") not in (None, "noah"):
         raise CLIError(f"snftune search noah tunes with NOAH's modules; drop --method {values['method']}")
     if args.search:
@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     values["method_options"] = {**(values.get("method_options") or {}), **_noah_options(args)}
     seeds = tuple(args.seeds) if args.seeds else None
     plan = plan_noah({**values, "method": "noah"}, seeds)
+    for note in notes:
+        print(note, flush=True)
     results = run_noah(plan, out, log=lambda line: print(line, flush=True))
     search = out / SEARCH_DIR
     found = json.loads((search / RESULT_NAME).read_text())["best"]

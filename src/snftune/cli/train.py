@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 from ..engine import cleanup_distributed, setup_distributed
-from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
+from ..runs import CONFIG_NAME, merge_layers, recorded_values, resolve_settings, train_run
 from ..selection import CellPlan, SearchSpace, read_selection, run_cell
 from .common import CLIError, add_train_options, parse_search, values_from_args
 
@@ -31,15 +31,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = values_from_args(args)
+    values, notes = values_from_args(args)
     if not values.get("out"):
         raise CLIError("missing --out (the run folder to write)")
     if args.resume and (Path(values["out"]) / CONFIG_NAME).is_file():
-        values = {**recorded_values(Path(values["out"])), **values}
+        values, notes = merge_layers(recorded_values(Path(values["out"])), values, names=("the run folder",))
     resolved = resolve_settings(values)
+    notes = [*notes, *resolved.notes]
     if args.search or args.seeds:
-        return _run_cell(args, values, resolved)
+        return _run_cell(args, values, resolved, notes)
     dist = setup_distributed(resolved.settings.device)
+    _say(notes, dist)
     try:
         metrics = train_run(resolved, Path(values["out"]), args.resume, dist)
     finally:
@@ -57,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_cell(args: argparse.Namespace, values: dict, resolved) -> int:
+def _say(notes: list[str], dist) -> None:
+    if dist.is_main:
+        for note in notes:
+            print(note, flush=True)
+
+
+def _run_cell(args: argparse.Namespace, values: dict, resolved, notes: list[str]) -> int:
     """``--search`` and/or ``--seeds``: selection on validation, then one final run per seed."""
     values = {k: v for k, v in values.items() if k != "out"}
     plan = CellPlan(
@@ -67,6 +75,7 @@ def _run_cell(args: argparse.Namespace, values: dict, resolved) -> int:
     )
     out = Path(args.out)
     dist = setup_distributed(resolved.settings.device)
+    _say(notes, dist)
     try:
         results = run_cell(plan, out, dist, log=lambda line: print(line, flush=True) if dist.is_main else None)
     finally:

@@ -44,6 +44,7 @@ from ..runs import (
     SettingsError,
     build_backbone,
     input_config,
+    merge_layers,
     read_run_config,
     resolve_settings,
     run_state,
@@ -77,9 +78,17 @@ __all__ = [
 SUPERNET_DIR, SEARCH_DIR = "supernet", "search"
 STATE_NAME, RESULT_NAME, SUBNET_NAME = "state.json", "result.json", "subnet.yaml"
 
-SUPERNET_RECIPE: dict[str, Any] = {"epochs": 500, "lr": 5e-4, "weight_decay": 1e-4, "batch_size": 64, "eval_every": 10}
+SUPERNET_RECIPE: dict[str, Any] = {
+    "epochs": 500,
+    "warmup_epochs": 10,
+    "lr": 5e-4,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "eval_every": 10,
+}
 """NOAH's VTAB-1k supernet (configs/NOAH/VTAB/supernet: 500 epochs, lr 5e-4, weight decay 1e-4,
-batch 64; validation every 10 epochs). The retrain is NOAH's VTAB retrain recipe, which is
+batch 64; validation every 10 epochs; the engine's 10 warm-up epochs, scaled when the values
+given change the length). The retrain is NOAH's VTAB retrain recipe, which is
 the VTAB protocol's own (100 epochs, lr 1e-3, weight decay 1e-4): it needs no recipe here."""
 
 PHASE_KEYS = (*TrainConfig.field_names(), "drop_path")
@@ -187,22 +196,23 @@ def _base(plan: NoahPlan, *drop: str) -> dict[str, Any]:
 
 def supernet_values(plan: NoahPlan, tuning_splits: tuple[str, str]) -> dict[str, Any]:
     """The supernet run: NOAH's recipe under the values given, on the tuning pair."""
-    return {
-        **SUPERNET_RECIPE,
-        **_base(plan, "train_split", "eval_split"),
+    fixed = {
         "seed": plan.noah.evolution.seed,
-        **plan.noah.supernet,
         "method": "noah-supernet",
         "method_options": plan.noah.supernet_method_options(),
         "train_split": tuning_splits[0],
         "eval_split": tuning_splits[1],
     }
+    base = _base(plan, "train_split", "eval_split")
+    layers = (SUPERNET_RECIPE, {**base, "seed": fixed["seed"]}, plan.noah.supernet)
+    values, _ = merge_layers(*layers)
+    return {**values, **{k: v for k, v in fixed.items() if k != "seed" or "seed" not in plan.noah.supernet}}
 
 
 def retrain_values(plan: NoahPlan, subnet: Subnet | None, seed: int | None) -> dict[str, Any]:
     """A retrain run of ``subnet`` (method ``noah`` with its sizes) on the final split."""
     options = {**(subnet.to_dict() if subnet else {}), "dropout": plan.noah.supernet_method.dropout}
-    values = {**_base(plan), **plan.noah.retrain, "method": "noah", "method_options": options}
+    values = {**merge_layers(_base(plan), plan.noah.retrain)[0], "method": "noah", "method_options": options}
     if seed is not None:
         values["seed"] = seed
     return values

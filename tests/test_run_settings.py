@@ -1,0 +1,197 @@
+"""A run's settings as users meet them: a warm-up that fits the run's length, no silent random
+backbone, evaluation during training on the tuning split only (test read once, at the end),
+and run-level inputs refused in one line (duplicate seeds, --pretrained LABEL=FILE pairs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from snftune.bench.runner import cell_values, weights_by_backbone
+from snftune.bench.suites import load_suite, suite_names
+from snftune.bench.tables import CellResult, build_table, format_table
+from snftune.cli import main
+from snftune.data.protocols import PROTOCOLS
+from snftune.runs import train_settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHIPPED = ["--model", "snftune-vit-tiny", "--method", "linear", "--workers", "0", "--no-progress"]
+
+
+def fails(capsys, args: list[str], message: str, code: int = 2) -> str:
+    """Runs the CLI, expecting exit ``code`` and one line on stderr containing ``message``."""
+    assert main(args) == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("snftune: warning:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- warm-up that fits the run
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_every_shipped_suite_and_protocol_trains_for_one_epoch(name):
+    suite = load_suite(name)
+    for cell in suite.cells():
+        values = cell_values(suite, cell, {"epochs": 1})
+        for protocol in PROTOCOLS:
+            config, _ = train_settings(protocol, values)
+            assert config.epochs == 1 and 0 <= config.warmup_epochs < 1
+
+
+def test_a_shorter_run_keeps_the_protocols_warmup_fraction_and_says_so():
+    config, notes = train_settings("vtab", {"epochs": 20})
+    assert config.warmup_epochs == pytest.approx(2.0)  # the protocol's 10 of 100
+    assert len(notes) == 1 and "warm-up: 2 of 20 epochs" in notes[0]
+    config, notes = train_settings("vtab", {"epochs": 20, "warmup_epochs": 5})
+    assert config.warmup_epochs == 5 and notes == []  # an explicit warm-up is kept
+
+
+@pytest.mark.parametrize("name", ["generated", "demo"])
+def test_bench_dry_run_of_a_suite_with_one_epoch(name, tmp_path, capsys):
+    assert main(["bench", "--suite", name, "--epochs", "1", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "todo" in out and "error" not in out
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> tuple[Path, str]:
+    """``snftune train`` of the shipped backbone for one epoch, no warm-up given."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    args = ["train", *SHIPPED, "--data", "generated/shapes", "--data-options", "n_test=50", "--epochs", "1"]
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*args, "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_train_for_one_epoch_scales_the_warmup_and_reads_test_once(one_epoch_run):
+    out, printed = one_epoch_run
+    assert printed.splitlines()[0].startswith("warm-up: 0.1 of 1 epochs (the vtab protocol's 10 of 100")
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["warmup_epochs"] == pytest.approx(0.1)
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    epochs = [event for event in epochs if event["event"] == "epoch"]
+    # train800val200 holds the validation images: nothing is evaluated during training
+    assert epochs and all(event["split"] == "none" and "top1" not in event for event in epochs)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_split"] == "test" and metrics["final"]["top1"] == metrics["top1"] is not None
+    assert "read once at the end" in metrics["reported_as"]
+    # the shipped backbone keeps its own weights without --pretrained
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["weights"]["source"] == "embedded"
+
+
+def test_a_warmup_as_long_as_the_run_is_still_refused(tmp_path, capsys):
+    args = ["train", *SHIPPED, "--data", "generated/shapes", "--epochs", "1", "--warmup-epochs", "1"]
+    fails(capsys, [*args, "--out", str(tmp_path / "run")], "warmup_epochs 1 is not shorter than the run")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- no silent random backbone
+
+
+def test_a_timm_backbone_without_weights_is_refused_naming_the_ways_out(tmp_path, capsys):
+    args = ["train", "--model", "vit_tiny_patch16_224", "--method", "linear", "--data", "generated/shapes"]
+    line = fails(capsys, [*args, "--out", str(tmp_path / "run")], "--model vit_tiny_patch16_224 has no weights")
+    assert "--pretrained FILE" in line and "hub tag" in line and "--pretrained random" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_tables_mark_rows_tuned_from_a_random_backbone():
+    suite = load_suite("generated").select(methods=["linear", "lora"], tasks=["generated/shapes"])
+    results = [
+        CellResult(
+            row,
+            row,
+            "m",
+            "generated/shapes",
+            "shapes",
+            "Natural",
+            50.0,
+            "final",
+            "test",
+            10,
+            {},
+            None,
+            f"{row}/shapes",
+            None,
+            {"weights": {"source": source}},
+        )
+        for row, source in (("linear", "random"), ("lora", "file"))
+    ]
+    table = build_table(suite, results)
+    assert [row["random_backbone"] for row in table["rows"]] == [True, False]
+    markdown = format_table(table)
+    assert "| linear ‡ |" in markdown and "| lora |" in markdown and "‡ tuned from a randomly initialised" in markdown
+
+
+# ---------------------------------------------------------------- evaluation during training
+
+
+def _folder_task(root: Path) -> Path:
+    """train/val/test folders of two colour classes, 8 px images."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 4), ("test", 4)):
+        for label, channel in (("red", 0), ("blue", 2)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 60, (8, 8, 3), dtype=np.uint8)
+                pixels[..., channel] = 200
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def test_folder_data_is_watched_on_val_during_training_and_scored_on_test_once(tmp_path):
+    data = _folder_task(tmp_path / "colours")
+    args = ["train", *SHIPPED, "--data", f"folder:{data}", "--epochs", "2", "--batch-size", "4"]
+    assert main([*args, "--no-feature-cache", "--out", str(tmp_path / "run")]) == 0
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    epochs = [event for event in events if event["event"] == "epoch"]
+    assert len(epochs) == 2 and all(event["split"] == "val" and "top1" in event for event in epochs)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_split"] == "test" and metrics["monitored_on"] == "val"
+    assert metrics["top1"] == metrics["final"]["top1"] and "training watched 'val'" in metrics["reported_as"]
+
+
+def test_report_best_on_the_test_split_is_refused(tmp_path, capsys):
+    args = ["train", *SHIPPED, "--data", "generated/shapes", "--epochs", "1", "--report", "best"]
+    fails(capsys, [*args, "--out", str(tmp_path / "run")], "report best picks the epoch")
+
+
+# ---------------------------------------------------------------- seeds and weights per backbone
+
+
+def test_duplicate_seeds_are_refused(tmp_path, capsys):
+    args = ["train", *SHIPPED, "--data", "generated/shapes", "--seeds", "0", "0", "--out", str(tmp_path / "run")]
+    fails(capsys, args, "--seeds 0 0 lists a seed twice")
+    bench = ["bench", "--suite", "demo", "--seeds", "1", "2", "1", "--dry-run", "--out", str(tmp_path / "grid")]
+    fails(capsys, bench, "lists a seed twice")
+
+
+def test_pretrained_pairs_name_a_backbone_once(tmp_path, capsys):
+    bench = ["bench", "--suite", "generated", "--dry-run", "--out", str(tmp_path / "grid"), "--pretrained"]
+    line = fails(capsys, [*bench, "ViT-B=w.npz"], "'ViT-B' names no backbone of suite generated")
+    assert "vit_tiny_patch16_224" in line
+    fails(capsys, [*bench, "vit_tiny_patch16_224=a.npz", "vit_tiny_patch16_224=b.npz"], "two files for")
+    fails(capsys, [*bench, "a.npz", "vit_tiny_patch16_224=b.npz"], "give one file for every backbone")
+
+
+def test_a_weights_path_holding_an_equals_sign_is_a_file(tmp_path):
+    weights = tmp_path / "lr=0.1.safetensors"
+    weights.write_bytes(b"")
+    suite = load_suite("backbones")
+    assert set(weights_by_backbone(suite, [str(weights)]).values()) == {str(weights)}
+    chosen = weights_by_backbone(suite, [f"ResNet-50={weights}", "vit_large_patch16_224=l.npz"])
+    assert chosen["ResNet-50"] == str(weights) and chosen["ViT-L/16"] == "l.npz"
+    assert chosen["ViT-B/16"] == "orig_in21k"  # the suite's own for the others
