@@ -444,7 +444,7 @@ def test_a_search_killed_mid_generation_resumes_to_the_pipelines_result(pipeline
     ("extra", "message"),
     [
         (["--param-limit", "2K"], "below the smallest subnet"),
-        (["--model", "resnet18"], "resnet backbone"),
+        (["--model", "resnet18", "--pretrained", "random"], "resnet backbone"),
         (["--retrain", "learning_rate=0.1"], "'learning_rate' cannot be set per phase"),
         (["--population", "3"], "exceed the population"),
     ],

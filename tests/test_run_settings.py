@@ -195,3 +195,84 @@ def test_a_weights_path_holding_an_equals_sign_is_a_file(tmp_path):
     chosen = weights_by_backbone(suite, [f"ResNet-50={weights}", "vit_large_patch16_224=l.npz"])
     assert chosen["ResNet-50"] == str(weights) and chosen["ViT-L/16"] == "l.npz"
     assert chosen["ViT-B/16"] == "orig_in21k"  # the suite's own for the others
+
+
+# ---------------------------------------------------------------- every option and config key checked
+
+
+BAD_OPTIONS = [
+    (["--drop-path", "1.5"], "drop_path must be a finite number in [0, 1), got 1.5"),
+    (["--drop-path", "nan"], "drop_path must be a finite number in [0, 1), got nan"),
+    (["--drop-path", "-0.5"], "drop_path must be a finite number in [0, 1), got -0.5"),
+    (["--img-size", "0"], "img_size must be a whole number in [1, 4096], got 0"),
+    (["--img-size", "100000"], "img_size must be a whole number in [1, 4096], got 100000"),
+    (["--seed", str(2**64)], "seed must be at most"),
+    (["--seed", "-1"], "seed must be in [0, 2**64 - 1]"),
+    (["--workers", "-1"], "workers must be >= 0"),
+    (["--workers", "100000"], "workers must be at most"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--epochs", str(10**12)], "epochs must be at most"),
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--batch-size", str(2**40)], "batch_size must be at most"),
+    (["--lr", "nan"], "lr must be a finite number, got nan"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--weight-decay", "-1"], "weight_decay must be >= 0"),
+    (["--warmup-epochs", "-1"], "warmup_epochs must be >= 0"),
+    (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
+    (["--mixup", "nan"], "mixup must be a finite number"),
+    (["--grad-clip", "0"], "grad_clip must be > 0"),
+    (["--accum-steps", "0"], "accum_steps must be >= 1"),
+    (["--eval-every", "-1"], "eval_every must be >= 0"),
+    (["--eval-batch-size", "0"], "eval_batch_size must be >= 1"),
+    (["--checkpoint-every", "-2"], "checkpoint_every must be >= 0"),
+    (["--num-classes", "0"], "num_classes must be a whole number in [1, 1000000], got 0"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+]
+
+BAD_CONFIG = [
+    ("num_classes: abc", "num_classes must be a whole number in [1, 1000000], got 'abc'"),
+    ("drop_path: high", "drop_path must be a finite number in [0, 1), got 'high'"),
+    ("data_options: [1, 2]", "data_options must be a mapping of KEY: VALUE, got [1, 2]"),
+    ("method_options: 3", "method_options must be a mapping of KEY: VALUE, got 3"),
+    ("model_kwargs: deep", "model_kwargs must be a mapping of KEY: VALUE, got 'deep'"),
+    ("model: 5", "model must be a string, got 5"),
+    ("pretrained: [a]", "pretrained must be a string, got ['a']"),
+    ("img_size: 32.5", "img_size must be a whole number in [1, 4096], got 32.5"),
+    ("feature_cache: maybe", "feature_cache must be true or false, got 'maybe'"),
+    ("epochs: ten", "epochs must be a number, got 'ten'"),
+    ("epochs: 2.5", "epochs must be a whole number, got 2.5"),
+    ("lr: .nan", "lr must be a finite number, got nan"),
+    ("seed: 1.0e+30", "seed must be at most"),
+    ("batch_size: true", "batch_size must be a number, got True"),
+    ("log_every: -1", "log_every must be >= 0"),
+    ("amp: fp8", "amp must be one of"),
+    ("report: best-on-test", "report must be one of"),
+]
+
+
+def _train(tmp_path: Path, *extra: str) -> list[str]:
+    return ["train", *SHIPPED, "--data", "generated/shapes", "--out", str(tmp_path / "run"), *extra]
+
+
+@pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_a_bad_option_value_is_one_line_naming_it(tmp_path, capsys, extra, message):
+    fails(capsys, _train(tmp_path, *extra), message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("line, message", BAD_CONFIG, ids=[line for line, _ in BAD_CONFIG])
+def test_a_bad_config_value_is_one_line_naming_it(tmp_path, capsys, line, message):
+    (tmp_path / "bad.yaml").write_text(f"model: snftune-vit-tiny\n{line}\n")  # the last of a key wins
+    args = ["train", "--method", "linear", "--data", "generated/shapes", "--out", str(tmp_path / "run")]
+    fails(capsys, [*args, "--config", str(tmp_path / "bad.yaml")], message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_and_predict_refuse_negative_workers(one_epoch_run, tmp_path, capsys):
+    out, _ = one_epoch_run
+    fails(capsys, ["eval", str(out), "--workers", "-1"], "--workers must be >= 0")
+    image = tmp_path / "one.png"
+    Image.new("RGB", (8, 8)).save(image)
+    args = ["predict", "--tuned", str(out), "--images", str(image), "--workers", "-1"]
+    fails(capsys, [*args, "--out", str(tmp_path / "p.csv")], "--workers must be >= 0")

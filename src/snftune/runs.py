@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ from .tuning import apply, load_tuned, read_tuned_metadata
 __all__ = [
     "CONFIG_NAME",
     "RUN_KEYS",
+    "RUN_VALUES",
+    "RunKey",
+    "check_values",
     "ResolvedRun",
     "RunFailedError",
     "RunSettings",
@@ -77,34 +81,94 @@ __all__ = [
 CONFIG_NAME = "config.yaml"
 
 # Keys of a run besides the training-loop settings (TrainConfig's fields).
-RUN_KEYS = (
-    "model",
-    "pretrained",
-    "model_kwargs",
-    "method",
-    "method_options",
-    "data",
-    "data_dir",
-    "data_options",
-    "train_split",
-    "eval_split",
-    "num_classes",
-    "img_size",
-    "drop_path",
-    "device",
-    "out",
-    "cache",
-    "cache_dir",
-    "feature_cache",
-)
 
 
 class SettingsError(ValueError):
     """A run setting that is missing, unknown or inconsistent with the task or the folder."""
 
 
+@dataclass(frozen=True)
+class RunKey:
+    """What one run key (besides the training loop's, :class:`TrainConfig`) accepts: its type,
+    and for numbers the range (``low`` included, ``high`` included unless ``high_open``)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+
+    def describe(self) -> str:
+        kind = {str: "a string", int: "a whole number", float: "a finite number", bool: "true or false"}
+        text = kind.get(self.kind, "a mapping of KEY: VALUE")
+        if self.low is not None:
+            low, high = (f"{v:g}" if self.kind is float else str(int(v)) for v in (self.low, self.high))
+            text += f" in [{low}, {high}{')' if self.high_open else ']'}"
+        return text
+
+    def check(self, key: str, value: Any) -> Any:
+        """``value`` as this key's type, or a :class:`SettingsError` naming the key, the value
+        and what is allowed (None: the key's default)."""
+        if value is None:
+            return None
+        fits = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, fits = float(value), True
+        if self.kind is int and isinstance(value, float) and value.is_integer():
+            value, fits = int(value), True
+        if fits and self.kind in (int, float):
+            fits = (
+                math.isfinite(value)
+                and self.low <= value
+                and (value < self.high if self.high_open else value <= self.high)
+            )
+        if fits and self.kind is str:
+            fits = bool(value.strip())
+        if not fits:
+            raise SettingsError(f"{key} must be {self.describe()}, got {value!r}")
+        return value
+
+
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 1_000_000
+RUN_VALUES: dict[str, RunKey] = {
+    "model": RunKey(str),
+    "pretrained": RunKey(str),
+    "model_kwargs": RunKey(dict),
+    "method": RunKey(str),
+    "method_options": RunKey(dict),
+    "data": RunKey(str),
+    "data_dir": RunKey(str),
+    "data_options": RunKey(dict),
+    "train_split": RunKey(str),
+    "eval_split": RunKey(str),
+    "num_classes": RunKey(int, 1, MAX_CLASSES),
+    "img_size": RunKey(int, 1, MAX_IMAGE_SIZE),
+    "drop_path": RunKey(float, 0.0, 1.0, high_open=True),
+    "device": RunKey(str),
+    "out": RunKey(str),
+    "cache": RunKey(str),
+    "cache_dir": RunKey(str),
+    "feature_cache": RunKey(bool),
+}
+"""Every run key with what it accepts, checked where settings enter (:func:`check_values`)."""
+
+
+def check_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every run key checked against :data:`RUN_VALUES` (the training loop's
+    keys are checked by :class:`TrainConfig`); the first bad one raises, in one line."""
+    checked = dict(values)
+    for key, rule in RUN_VALUES.items():
+        if key in checked:
+            checked[key] = rule.check(key, checked[key])
+    return checked
+
+
 class RunFailedError(RuntimeError):
     """A run that started and failed (not bad input): the message says where the details are."""
+
+
+RUN_KEYS = tuple(RUN_VALUES)
+"""Keys of a run besides the training-loop settings (TrainConfig's fields)."""
 
 
 def known_keys() -> list[str]:
@@ -247,8 +311,9 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
     when anything is missing, unknown or inconsistent.
     """
     for key in ("model", "method", "data"):
-        if not values.get(key):
+        if values.get(key) is None or values.get(key) == "":
             raise SettingsError(f"missing {key} (--{key} on the command line, or '{key}:' in a settings file)")
+    values = check_values(values)
     method_config = resolve_config(values["method"], **(values.get("method_options") or {}))
     task = resolve_task(values["data"], values.get("data_dir"), **(values.get("data_options") or {}))
     if values.get("num_classes") is not None and int(values["num_classes"]) != task.num_classes:
@@ -701,6 +766,8 @@ def evaluate_tuned(
     check_device(device)
     if batch_size < 1:
         raise SettingsError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise SettingsError(f"--workers must be >= 0 (0: load images in this process), got {workers}")
     task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
     if settings.num_classes is not None and settings.num_classes != task.num_classes:
         raise SettingsError(
