@@ -276,3 +276,37 @@ def test_eval_and_predict_refuse_negative_workers(one_epoch_run, tmp_path, capsy
     Image.new("RGB", (8, 8)).save(image)
     args = ["predict", "--tuned", str(out), "--images", str(image), "--workers", "-1"]
     fails(capsys, [*args, "--out", str(tmp_path / "p.csv")], "--workers must be >= 0")
+
+
+# ---------------------------------------------------------------- plans: --status of a NOAH cell
+
+
+NOAH_PHASES = [
+    ("supernet", ["supernet/checkpoint.pt"]),
+    ("search", ["supernet/metrics.json", "search/state.json"]),
+    ("retrain", ["supernet/metrics.json", "search/result.json", "checkpoint.pt"]),
+]
+
+
+@pytest.mark.parametrize("phase, files", NOAH_PHASES, ids=[phase for phase, _ in NOAH_PHASES])
+def test_status_of_a_noah_cell_stopped_in_each_phase(tmp_path, capsys, phase, files):
+    suite = tmp_path / "suite.yaml"
+    noah = {"label": "noah", "method": "noah", "options": {"param_limit": "20K"}}
+    suite.write_text(
+        yaml.safe_dump(
+            {"name": "n", "model": "snftune-vit-tiny", "methods": ["linear", noah], "tasks": ["generated/shapes"]}
+        )
+    )
+    out = tmp_path / "grid"
+    for name in files:
+        path = out / "noah" / "generated-shapes" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    (out / "linear" / "generated-shapes").mkdir(parents=True)
+    (out / "linear" / "generated-shapes" / "metrics.json").write_text("{}")
+    assert main(["bench", "--status", "--suite", str(suite), "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "2 cells: 1 finished, 0 running, 0 failed, 1 pending (1 of them started: a rerun resumes them)" in first
+    (out / "noah" / "generated-shapes" / "metrics.json").write_text("{}")
+    assert main(["bench", "--status", "--suite", str(suite), "--out", str(out)]) == 0
+    assert "2 cells: 2 finished" in capsys.readouterr().out

@@ -16,9 +16,10 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import yaml
@@ -53,7 +54,11 @@ __all__ = [
     "check_values",
     "ResolvedRun",
     "RunFailedError",
+    "Plan",
+    "RunPlan",
     "RunSettings",
+    "RunSpec",
+    "final_folders",
     "SettingsError",
     "build_backbone",
     "build_datasets",
@@ -145,6 +150,9 @@ RUN_VALUES: dict[str, RunKey] = {
     "img_size": RunKey(int, 1, MAX_IMAGE_SIZE),
     "drop_path": RunKey(float, 0.0, 1.0, high_open=True),
     "device": RunKey(str),
+    "threads": RunKey(int, 1, 4096),
+    "compile": RunKey(bool),
+    "grad_checkpointing": RunKey(bool),
     "out": RunKey(str),
     "cache": RunKey(str),
     "cache_dir": RunKey(str),
@@ -199,9 +207,15 @@ def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-@dataclass
-class RunSettings:
-    """Everything needed to rebuild a run: written as ``config.yaml`` in the run folder."""
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run, typed and checked when built: the backbone and its
+    weights, the method and its options, the task and its data options, the training loop's
+    settings (:class:`TrainConfig`: numbers, schedule, ``amp``), and where it runs (device,
+    threads; ``compile`` and ``grad_checkpointing`` are declared for the trainer that will
+    read them and refused until then). Written as ``config.yaml`` (:meth:`to_record`), read
+    back (:meth:`from_record`), and compared with a recorded one (:meth:`differences`) by the
+    resume and bench-cell checks alike. Change one with :func:`dataclasses.replace`."""
 
     model: str
     method: str
@@ -218,13 +232,63 @@ class RunSettings:
     img_size: int | None = None
     drop_path: float = 0.0
     device: str | None = None
+    threads: int | None = None
+    compile: bool = False
+    grad_checkpointing: bool = False
     cache: str = "auto"
     cache_dir: str | None = None
     feature_cache: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        for key, rule in RUN_VALUES.items():
+            if hasattr(self, key):
+                object.__setattr__(self, key, rule.check(key, getattr(self, key)))
+        if not isinstance(self.train, TrainConfig):
+            raise SettingsError(f"train must be the training loop's settings (TrainConfig), got {self.train!r}")
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain data for ``config.yaml``: every field, the training settings as a mapping."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
         return {**values, "train": self.train.to_dict()}
+
+    to_dict = to_record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RunSpec:
+        """The spec of a ``config.yaml`` record (keys it does not define are ignored: the
+        record also holds the method config and the task it resolved)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"train"}
+        return cls(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """The defining settings in which this spec differs from a run folder's ``config.yaml``,
+        as ``"key: recorded -> new"`` lines (empty: the folder's runs are this spec's)."""
+        new = self.to_record()
+        found = []
+        for key in sorted(set(new) | set(recorded)):
+            if key in RESUMABLE_RUN_KEYS or key == "train" or key not in new:
+                continue
+            old = recorded.get(key, LATER_RUN_KEYS.get(key))
+            if old != new[key]:
+                found.append(f"{key}: {old!r} -> {new[key]!r}")
+        old_train, new_train = recorded.get("train") or {}, new["train"]
+        for key in sorted(new_train):
+            if key not in RESUMABLE_TRAIN_KEYS and old_train.get(key) != new_train[key]:
+                found.append(f"{key}: {old_train.get(key)!r} -> {new_train[key]!r}")
+        return found
+
+
+RunSettings = RunSpec
+"""The former name of :class:`RunSpec`."""
+
+RESUMABLE_RUN_KEYS = {"device", "data_dir", "out", "cache", "cache_dir", "threads"}
+"""Run settings that may change between a run and its resumption without changing its numbers
+(the data may move to another mount; the engine still checks the training set's size; the
+image cache gives the images the uncached pipeline gives)."""
+LATER_RUN_KEYS = {"feature_cache": True, "compile": False, "grad_checkpointing": False}
+"""Defining settings added after run folders were first written, with the value that such a
+folder's ``config.yaml`` (which lacks them) stands for."""
+RESUMABLE_TRAIN_KEYS = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
 
 
 @dataclass
@@ -232,7 +296,7 @@ class ResolvedRun:
     """A run's settings with the task and method config they name, checked; ``notes`` are
     one-line remarks for the user about settings derived from others (a scaled warm-up)."""
 
-    settings: RunSettings
+    settings: RunSpec
     task: Task
     method_config: MethodConfig
     notes: tuple[str, ...] = ()
@@ -338,12 +402,16 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
     cache, feature_cache = values.get("cache") or "auto", values.get("feature_cache")
     if cache not in CACHE_MODES:
         raise SettingsError(f"--cache {cache!r}: use one of {', '.join(CACHE_MODES)}")
-    if feature_cache is not None and not isinstance(feature_cache, bool):
-        raise SettingsError(f"feature_cache must be true or false, got {feature_cache!r}")
+    for key in ("compile", "grad_checkpointing"):
+        if values.get(key):
+            raise SettingsError(
+                f"{key}: true is not available in this version (the training loop does not read it yet); "
+                f"drop '{key}' from the settings"
+            )
     pretrained = values.get("pretrained")
     _check_weights_named(str(values["model"]), pretrained)
     method = str(values["method"])
-    settings = RunSettings(
+    settings = RunSpec(
         model=values["model"],
         method=_absolute(method) if method.endswith((".yaml", ".yml")) else method,
         data=values["data"],
@@ -359,6 +427,7 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         img_size=values.get("img_size"),
         drop_path=float(values["drop_path"] if values.get("drop_path") is not None else protocol.drop_path),
         device=values.get("device"),
+        threads=values.get("threads"),
         cache=cache,
         cache_dir=_absolute(values.get("cache_dir")),
         feature_cache=feature_cache is not False,
@@ -378,7 +447,7 @@ def _check_weights_named(model: str, pretrained: Any) -> None:
         )
 
 
-def build_backbone(settings: RunSettings, drop_path: float | None = None) -> torch.nn.Module:
+def build_backbone(settings: RunSpec, drop_path: float | None = None) -> torch.nn.Module:
     """The timm backbone of the settings, untuned (seeded, so the head's initialisation is
     the same in every process and every rerun)."""
     kwargs = dict(settings.model_kwargs or {})
@@ -404,14 +473,14 @@ def build_backbone(settings: RunSettings, drop_path: float | None = None) -> tor
         raise SettingsError(f"timm model '{settings.model}' rejected its settings {kwargs}: {error}") from error
 
 
-def build_model(settings: RunSettings) -> torch.nn.Module:
+def build_model(settings: RunSpec) -> torch.nn.Module:
     """The backbone with the settings' method applied."""
     model = build_backbone(settings)
     apply(model, settings.method, **(settings.method_options or {}))
     return model
 
 
-def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any]:
+def input_config(model: torch.nn.Module, settings: RunSpec) -> dict[str, Any]:
     """timm's data config for the model, at the size the model was built for."""
     size = settings.img_size
     if size is None:
@@ -421,7 +490,7 @@ def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any
     return model_data_config(model, input_size=size) if size is not None else model_data_config(model)
 
 
-def monitored_split(settings: RunSettings, task: Task) -> str | None:
+def monitored_split(settings: RunSpec, task: Task) -> str | None:
     """The split evaluated during training: a tuning split only. The task's validation split
     when the run trains on the split it is held out from (train -> val; VTAB-1k's train800 ->
     val200), an evaluation split the run chose itself (a trial's val200); none when the run
@@ -434,7 +503,7 @@ def monitored_split(settings: RunSettings, task: Task) -> str | None:
     return None
 
 
-def build_dataset(model: torch.nn.Module, settings: RunSettings, task: Task, split: str, train: bool):
+def build_dataset(model: torch.nn.Module, settings: RunSpec, task: Task, split: str, train: bool):
     """One split with the protocol's transforms, served from the decoded-image cache of
     ``settings.cache`` (``snftune.data.image_cache``: the same tensors, decoded once)."""
     dataset = task.dataset(split, transform=build_transform(task.protocol, input_config(model, settings), train=train))
@@ -442,14 +511,14 @@ def build_dataset(model: torch.nn.Module, settings: RunSettings, task: Task, spl
     return cache.wrap(dataset, settings.train.workers)
 
 
-def build_datasets(model: torch.nn.Module, settings: RunSettings, task: Task):
+def build_datasets(model: torch.nn.Module, settings: RunSpec, task: Task):
     """(train set, the set evaluated during training or None: :func:`monitored_split`)."""
     train_set = build_dataset(model, settings, task, settings.train_split, train=True)
     monitor = monitored_split(settings, task)
     return train_set, build_dataset(model, settings, task, monitor, train=False) if monitor else None
 
 
-def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_set) -> bool:
+def probes_cached_features(model: torch.nn.Module, settings: RunSpec, train_set) -> bool:
     """Whether the run trains its head on features computed once (``snftune.engine.features``):
     ``feature_cache`` is on, only the head trains, and every epoch would show the backbone the
     same inputs (a deterministic transform, no mixup or cutmix)."""
@@ -459,6 +528,72 @@ def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_
         and is_deterministic(getattr(train_set, "transform", None))
         and not settings.train.uses_mixup
     )
+
+
+def final_folders(folder: Path, seeds: tuple[int, ...] | None) -> list[Path]:
+    """The final run folders of a plan: ``folder`` itself, or one ``seed<s>`` folder per seed."""
+    return [folder] if not seeds else [folder / f"seed{seed}" for seed in seeds]
+
+
+class Plan(Protocol):
+    """Work that runs itself in a folder: a single run (:class:`RunPlan`), a selection of
+    hyper-parameters then seeds (:class:`snftune.selection.SelectionPlan`), NOAH's pipeline
+    (:class:`snftune.nas.NoahPlan`). ``train``, ``search noah``, ``bench``, its ``--status``
+    and its executors only ever call these three methods."""
+
+    seeds: tuple[int, ...] | None
+    """The final runs' seeds (None: one final run, in the folder itself)."""
+
+    def check(self) -> ResolvedRun:
+        """Every run of the plan resolved (a bad setting raises now, before anything trains);
+        returns the final run's."""
+        ...
+
+    def state(self, folder: Path) -> str:
+        """``"done"`` when every final run has finished, ``"resume"`` when anything was
+        started, else ``"todo"``; from the folder alone."""
+        ...
+
+    def differences(self, folder: Path) -> list[str]:
+        """How the runs already in ``folder`` differ from this plan (empty: reusable)."""
+        ...
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        """Runs what is left in ``folder``; returns the final runs' metrics."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run in one folder (``snftune train``): refused when the folder holds a run and
+    ``resume`` is not asked for; with ``resume``, continued when its settings match."""
+
+    resolved: ResolvedRun
+    resume: bool = False
+    seeds: tuple[int, ...] | None = None
+
+    def check(self) -> ResolvedRun:
+        return self.resolved
+
+    def state(self, folder: Path) -> str:
+        return run_state(folder)
+
+    def differences(self, folder: Path) -> list[str]:
+        if not (folder / CONFIG_NAME).is_file():
+            return []
+        return self.resolved.settings.differences(read_run_config(folder))
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        """The run's metrics; none when ``folder`` held this run finished (said in ``log``)."""
+        metrics = train_run(self.resolved, folder, self.resume, dist)
+        if metrics is None:
+            log(f"{folder} already finished; nothing to do")
+            return []
+        return [metrics]
 
 
 def _awaits_final_evaluation(folder: Path) -> bool:
@@ -516,38 +651,14 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def settings_from_record(record: dict[str, Any]) -> RunSettings:
-    """The :class:`RunSettings` of a ``config.yaml`` record."""
-    names = {f.name for f in dataclasses.fields(RunSettings)} - {"train"}
-    return RunSettings(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
+def settings_from_record(record: dict[str, Any]) -> RunSpec:
+    """The :class:`RunSpec` of a ``config.yaml`` record (:meth:`RunSpec.from_record`)."""
+    return RunSpec.from_record(record)
 
 
-RESUMABLE_RUN_KEYS = {"device", "data_dir", "out", "cache", "cache_dir"}
-"""Run settings that may change between a run and its resumption without changing its numbers
-(the data may move to another mount; the engine still checks the training set's size; the
-image cache gives the images the uncached pipeline gives)."""
-LATER_RUN_KEYS = {"feature_cache": True}
-"""Defining settings added after run folders were first written, with the value that such a
-folder's ``config.yaml`` (which lacks them) stands for."""
-RESUMABLE_TRAIN_KEYS = {"workers", "progress", "log_every", "checkpoint_every", "eval_batch_size"}
-
-
-def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> list[str]:
-    """The defining settings in which ``settings`` differ from a run folder's ``config.yaml``,
-    as ``"key: recorded -> new"`` lines."""
-    new = settings.to_dict()
-    differences = []
-    for key in sorted(set(new) | set(recorded)):
-        if key in RESUMABLE_RUN_KEYS or key == "train" or key not in new:
-            continue
-        old = recorded.get(key, LATER_RUN_KEYS.get(key))
-        if old != new[key]:
-            differences.append(f"{key}: {old!r} -> {new[key]!r}")
-    old_train, new_train = recorded.get("train") or {}, new["train"]
-    for key in sorted(new_train):
-        if key not in RESUMABLE_TRAIN_KEYS and old_train.get(key) != new_train[key]:
-            differences.append(f"{key}: {old_train.get(key)!r} -> {new_train[key]!r}")
-    return differences
+def settings_differences(recorded: dict[str, Any], spec: RunSpec) -> list[str]:
+    """:meth:`RunSpec.differences`, for callers that hold the record first."""
+    return spec.differences(recorded)
 
 
 def recorded_values(out: Path) -> dict[str, Any]:
@@ -598,6 +709,8 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
     check_device(resolved.settings.device)
     if _check_folder(resolved, out, resume) == "done":
         return None
+    if resolved.settings.threads is not None:
+        torch.set_num_threads(resolved.settings.threads)
     settings, task, method_config = resolved.settings, resolved.task, resolved.method_config
     model = build_model(settings)
     if _awaits_final_evaluation(out):
@@ -658,7 +771,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
 
 
 def _final_evaluation(
-    model: torch.nn.Module, settings: RunSettings, task: Task, out: Path, dist: DistInfo
+    model: torch.nn.Module, settings: RunSpec, task: Task, out: Path, dist: DistInfo
 ) -> dict[str, Any]:
     """The reported split (test) read once, with the trained weights: its top-1 becomes the
     run's headline in ``metrics.json``, beside the figures of the split watched in training."""
@@ -704,7 +817,7 @@ def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
         if state == "todo":
             raise SettingsError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start the run")
         if (out / CONFIG_NAME).is_file():
-            differences = settings_differences(read_run_config(out), resolved.settings)
+            differences = resolved.settings.differences(read_run_config(out))
             if differences:
                 raise SettingsError(
                     f"--resume: {out} was run with other settings ({'; '.join(differences)}); resume with the "
@@ -713,7 +826,7 @@ def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
     return state
 
 
-def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSettings | None]:
+def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSpec | None]:
     """A run folder or a bare tuned file: (the tuned file, the run's settings or None for a file)."""
     path = Path(source)
     if path.is_dir():
@@ -733,7 +846,7 @@ def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSettings | No
 
 def evaluation_settings(
     source: str | os.PathLike, *, data: str | None = None, model: str | None = None, **given: Any
-) -> tuple[RunSettings, Path]:
+) -> tuple[RunSpec, Path]:
     """The settings that evaluate ``source`` (a run folder, or a tuned file with ``model`` and
     ``data``): the run's own, with what is given replacing them (``data`` resets the splits and
     data options; ``data_dir``, ``pretrained``, ``img_size``, ``model_kwargs``, ``data_options``)."""
@@ -743,19 +856,16 @@ def evaluation_settings(
             raise SettingsError(
                 f"{source} is a tuned file: pass --model and --data (the backbone and task it was tuned on)"
             )
-        settings = RunSettings(model=model, method="(from file)", data=data, train=TrainConfig())
+        settings = RunSpec(model=model, method="(from file)", data=data, train=TrainConfig())
     if data and data != settings.data:
-        settings.data, settings.eval_split, settings.data_options = data, None, {}
+        settings = dataclasses.replace(settings, data=data, eval_split=None, data_options={})
     if model is not None:
-        settings.model = model
-    for key, value in given.items():
-        if value is not None:
-            setattr(settings, key, value)
-    return settings, tuned
+        settings = dataclasses.replace(settings, model=model)
+    return dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None}), tuned
 
 
 def evaluate_tuned(
-    settings: RunSettings,
+    settings: RunSpec,
     tuned: Path,
     split: str | None = None,
     batch_size: int = 256,
@@ -774,7 +884,7 @@ def evaluate_tuned(
             f"the run was tuned for {settings.num_classes} classes, {task.name} has {task.num_classes}; "
             "evaluate on a task with the same classes"
         )
-    settings.num_classes = task.num_classes
+    settings = dataclasses.replace(settings, num_classes=task.num_classes)
     split = split or settings.eval_split or task.eval_split
     if split not in task.splits:
         raise SettingsError(f"--split {split}: {task.name} has the splits {', '.join(task.splits)}")

@@ -14,6 +14,7 @@ rewrites the tables.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import traceback
@@ -27,18 +28,19 @@ import torch
 from ..atomic import atomic_write_json, atomic_write_text
 from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError
 from ..engine.distributed import broadcast_object
+from ..nas.noah import NoahPlan, plan_noah
 from ..runs import (
+    Plan,
+    RunSpec,
     SettingsError,
     evaluate_tuned,
+    final_folders,
     known_keys,
     merge_layers,
     read_run_config,
-    resolve_settings,
     run_state,
-    settings_from_record,
 )
-from ..search.cells import cell_differences, cell_state, plan_cell, run_cell  # NOAH cells: its pipeline
-from ..selection import CellPlan, final_folders
+from ..selection import SearchSpace, SelectionPlan
 from .suites import Cell, Suite
 from .tables import write_tables
 from .tracking import cell_lock, cell_record, write_cell_record
@@ -53,6 +55,8 @@ __all__ = [
     "cell_results",
     "cell_values",
     "changed_cells",
+    "is_noah_search",
+    "plan_cell",
     "plan_suite",
     "run_planned_cell",
     "run_suite",
@@ -69,7 +73,32 @@ class PlannedCell:
     """A cell with its runs (None for a cell evaluated with another cell's weights)."""
 
     cell: Cell
-    plan: CellPlan | None
+    plan: Plan | None
+
+
+SIZE_OPTIONS = ("subnet", "prompt", "lora", "adapter")
+
+
+def is_noah_search(values: dict[str, Any]) -> bool:
+    """Method ``noah`` with nothing that fixes its sizes: the sizes are to be searched."""
+    options = values.get("method_options") or {}
+    return values.get("method") == "noah" and not any(key in options for key in SIZE_OPTIONS)
+
+
+def plan_cell(
+    values: dict[str, Any], space: SearchSpace | None, seeds: tuple[int, ...] | None, checked: bool = True
+) -> Plan:
+    """A cell's plan: NOAH's pipeline for method ``noah`` without sizes (its settings checked now,
+    before anything trains, unless ``checked`` is False: ``--status`` reads only the folder), else
+    selection (when there is a space) and the final runs. A NOAH cell's method options hold
+    NOAH's settings (``param_limit``, ``population``, ..., ``supernet: {...}``); its retrained
+    subnet is the cell's final run, so tables read it like any other."""
+    if is_noah_search(values):
+        return plan_noah(values, seeds, space) if checked else NoahPlan(values, seeds)
+    plan = SelectionPlan(values, space, seeds)
+    if checked:
+        plan.check()
+    return plan
 
 
 @dataclass(frozen=True)
@@ -166,13 +195,11 @@ def plan_suite(
         values["pretrained"] = weights[cell.model.label]
         seeds = tuple(suite.seeds) if suite.seeds else None
         plan = plan_cell(values, suite.search_space(cell.method), seeds)
-        resolved = resolve_settings(plan.values)
+        resolved = plan.check()
         for note in (*notes, *resolved.notes):
             if log is not None and note not in said:
                 said.add(note)
                 log(note)
-        for trial in plan.space.trials() if plan.space else ():  # a trial the settings refuse fails now
-            resolve_settings(plan.trial_values(resolved, trial))
         planned.append(PlannedCell(cell, plan))
     return planned
 
@@ -181,7 +208,7 @@ def state_of(suite: Suite, planned: PlannedCell, out: Path) -> str:
     """``done``, ``resume`` or ``todo`` for any cell."""
     folder = planned.cell.folder(out)
     if planned.plan is not None:
-        return cell_state(folder, planned.plan)
+        return planned.plan.state(folder)
     states = [run_state(f) for f in final_folders(folder, tuple(suite.seeds) if suite.seeds else None)]
     return "done" if all(s == "done" for s in states) else "todo"
 
@@ -193,7 +220,7 @@ def changed_cells(suite: Suite, plan: list[PlannedCell], out: Path) -> dict[Path
     for planned in plan:
         folder = planned.cell.folder(out)
         if planned.plan is not None and folder.is_dir():
-            differences = cell_differences(folder, planned.plan)
+            differences = planned.plan.differences(folder)
             if differences:
                 changed[folder] = differences
     for planned in plan:
@@ -303,11 +330,14 @@ def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[s
         if not (source / TUNED_NAME).is_file():
             raise SettingsError(f"{cell.task.data} is evaluated with the weights of {source}, which has not finished")
         source_metrics = json.loads((source / METRICS_NAME).read_text())
-        settings = settings_from_record(read_run_config(source))
-        settings.data, settings.eval_split = cell.task.data, None
-        settings.data_options = {**suite.data_options, **overrides.get("data_options", {})}
+        settings = dataclasses.replace(
+            RunSpec.from_record(read_run_config(source)),
+            data=cell.task.data,
+            eval_split=None,
+            data_options={**suite.data_options, **overrides.get("data_options", {})},
+        )
         if overrides.get("data_dir"):
-            settings.data_dir = overrides["data_dir"]
+            settings = dataclasses.replace(settings, data_dir=overrides["data_dir"])
         device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
         metrics = {
@@ -388,7 +418,7 @@ def cell_results(
     for an evaluation)."""
     if planned.plan is None:
         return _evaluate_from_source(suite, planned.cell, out, overrides) if dist.is_main else []
-    return run_cell(planned.plan, planned.cell.folder(out), dist, log)
+    return planned.plan.run(planned.cell.folder(out), dist, log)
 
 
 def run_planned_cell(

@@ -24,7 +24,8 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..engine import METRICS_NAME
 from ..provenance import common_fields
-from ..selection import SELECTION_NAME, final_folders
+from ..runs import final_folders
+from ..selection import SELECTION_NAME
 from .suites import Suite
 
 __all__ = ["CellResult", "collect_results", "build_table", "format_table", "write_tables", "PLAIN_MEAN", "GROUP_MEAN"]

@@ -8,7 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ..search.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah, run_noah
+from ..nas.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah
 from .common import CLIError, add_train_options, parse_key_values, values_from_args
 
 SEARCH_OPTIONS = {
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_noah({**values, "method": "noah"}, seeds)
     for note in notes:
         print(note, flush=True)
-    results = run_noah(plan, out, log=lambda line: print(line, flush=True))
+    results = plan.run(out, log=lambda line: print(line, flush=True))
     search = out / SEARCH_DIR
     found = json.loads((search / RESULT_NAME).read_text())["best"]
     top1 = [m["top1"] for m in results]
