@@ -4,7 +4,11 @@ and run-level inputs refused in one line (duplicate seeds, --pretrained LABEL=FI
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,7 @@ from snftune.bench.suites import load_suite, suite_names
 from snftune.bench.tables import CellResult, build_table, format_table
 from snftune.cli import main
 from snftune.data.protocols import PROTOCOLS
-from snftune.runs import train_settings
+from snftune.runs import RunSpec, SettingsError, read_run_config, train_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,9 +70,6 @@ def one_epoch_run(tmp_path_factory) -> tuple[Path, str]:
     """``snftune train`` of the shipped backbone for one epoch, no warm-up given."""
     out = tmp_path_factory.mktemp("one-epoch") / "run"
     args = ["train", *SHIPPED, "--data", "generated/shapes", "--data-options", "n_test=50", "--epochs", "1"]
-    import contextlib
-    import io
-
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main([*args, "--out", str(out)]) == 0
@@ -310,3 +311,41 @@ def test_status_of_a_noah_cell_stopped_in_each_phase(tmp_path, capsys, phase, fi
     (out / "noah" / "generated-shapes" / "metrics.json").write_text("{}")
     assert main(["bench", "--status", "--suite", str(suite), "--out", str(out)]) == 0
     assert "2 cells: 2 finished" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the run specification
+
+
+def test_the_run_spec_round_trips_through_config_yaml_and_compares_itself(one_epoch_run):
+    out, _ = one_epoch_run
+    record = read_run_config(out)
+    spec = RunSpec.from_record(record)
+    assert spec.to_record() == {k: v for k, v in record.items() if k in spec.to_record()}
+    assert spec.differences(record) == []
+    changed = dataclasses.replace(spec, train=dataclasses.replace(spec.train, lr=0.01), device="cpu")
+    assert changed.differences(record) == ["lr: 0.001 -> 0.01"]  # the device may change on resume
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.model = "other"
+    with pytest.raises(SettingsError, match=r"drop_path must be a finite number in \[0, 1\), got 2"):
+        dataclasses.replace(spec, drop_path=2)
+
+
+def test_a_run_stopped_before_its_test_evaluation_resumes_with_it_alone(one_epoch_run, tmp_path, capsys):
+    out, _ = one_epoch_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    finished = json.loads((out / "metrics.json").read_text())
+    trained = {**finished, "eval_split": "none", "top1": None}  # as the training loop left it
+    (copy / "metrics.json").write_text(json.dumps(trained))
+    again = ["train", "--config", str(copy / "config.yaml"), "--out", str(copy), "--no-progress"]
+    fails(capsys, again, "already holds an unfinished run")
+    assert main(["train", "--resume", "--out", str(copy), "--no-progress"]) == 0
+    resumed = json.loads((copy / "metrics.json").read_text())
+    assert resumed["top1"] == finished["top1"] and resumed["eval_split"] == "test"
+    assert resumed["history"] == finished["history"]
+
+
+def test_settings_a_trainer_does_not_read_yet_are_refused(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("compile: true\n")
+    args = ["train", *SHIPPED, "--data", "generated/shapes", "--out", str(tmp_path / "run")]
+    fails(capsys, [*args, "--config", str(tmp_path / "c.yaml")], "compile: true is not available in this version")

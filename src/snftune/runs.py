@@ -5,8 +5,14 @@ settings file (YAML), and the values given explicitly (the command line). Everyt
 checked before any training starts; the resolved settings are written as ``config.yaml`` in
 the run folder, so a run can be rebuilt, resumed or evaluated from its folder alone.
 
-``snftune train`` is :func:`resolve_settings` followed by :func:`train_run`; ``snftune eval``
-is :func:`evaluate_tuned`; ``snftune bench`` calls both for every cell of a suite.
+Sources are merged by :func:`merge_layers` (protocol -> suite -> YAML -> command line -> a
+trial), every key checked against its declaration (:data:`RUN_VALUES`, :class:`TrainConfig`)
+and resolved into one frozen :class:`RunSpec`, which writes, reads and compares ``config.yaml``.
+
+Work in a folder is a :class:`Plan` (``check``, ``state``, ``differences``, ``run``): one run
+(:class:`RunPlan`), a selection (:class:`snftune.selection.SelectionPlan`), NOAH's pipeline
+(:class:`snftune.nas.NoahPlan`). ``snftune train`` runs one of the first two, ``snftune bench``
+one per cell; ``snftune eval`` is :func:`evaluate_tuned`.
 """
 
 from __future__ import annotations
