@@ -284,7 +284,7 @@ def test_run_folders_of_two_backbones_are_refused(run_dir, tmp_path, capsys):
     assert main(["analyze", str(run_dir), str(other), *FEW, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "analyze one backbone at a time" in err and "depth" in err
-    assert main(["analyze", str(run_dir), "--pretrained", "random", *FEW, "--out", str(tmp_path / "out")]) == 2
+    assert main(["analyze", str(run_dir), "--pretrained", "orig_in21k", *FEW, "--out", str(tmp_path / "out")]) == 2
     assert "pretrained=random" in capsys.readouterr().err
 
 
