@@ -43,9 +43,9 @@ from snftune.methods.noah_subnets import (
 )
 from snftune.methods.registry import MethodSettingsError
 from snftune.methods.vpt import PromptTokens
-from snftune.runs import SettingsError, evaluate_tuned, read_run_config, settings_from_record
 from snftune.nas import EvolutionSettings, evolve, parse_count
 from snftune.nas.noah import RESULT_NAME, SEARCH_DIR, STATE_NAME, SUBNET_NAME, SUPERNET_DIR, load_supernet
+from snftune.runs import SettingsError, evaluate_tuned, read_run_config, settings_from_record
 from snftune.tuning import tuned_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "noah"
