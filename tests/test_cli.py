@@ -24,7 +24,8 @@ from snftune.cli import main
 from snftune.engine.checkpoint import load_checkpoint
 
 SRC = Path(snftune.__file__).absolute().parents[1]
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 QUICK = ["--split", "train800", "--eval-split", "val200", "--workers", "0", "--no-progress"]
 
 
@@ -154,6 +155,7 @@ def test_bench_skips_finished_cells_and_writes_the_table(tmp_path, capsys):
             {
                 "name": "mini",
                 "model": "vit_tiny_patch16_224",
+                "pretrained": "random",
                 "model_kwargs": {"depth": 2, "patch_size": 8},
                 "img_size": 32,
                 "train": {

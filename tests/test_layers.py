@@ -26,7 +26,7 @@ LAYERS = {
     "pretraining": 7,
     "bench": 7,
     "analysis": 7,
-    "search": 7,
+    "nas": 7,
     "serving": 7,
     "cli": 8,
     "__main__": 9,

@@ -34,23 +34,21 @@ from .runs import (
     CONFIG_NAME,
     ResolvedRun,
     SettingsError,
+    final_folders,
+    merge_layers,
     read_run_config,
     resolve_settings,
     run_state,
-    settings_differences,
     train_run,
 )
 
 __all__ = [
     "SEARCHABLE",
     "SELECTION_NAME",
-    "CellPlan",
     "SearchSpace",
-    "cell_differences",
-    "cell_state",
-    "final_folders",
+    "SelectionPlan",
     "read_selection",
-    "run_cell",
+    "trial_label",
 ]
 
 SELECTION_NAME = "selection.json"
@@ -112,26 +110,55 @@ def trial_label(values: dict[str, float]) -> str:
     return "_".join(f"{key}-{re.sub(r'[^0-9a-zA-Z.+-]', '', format(value, 'g'))}" for key, value in values.items())
 
 
-@dataclass
-class CellPlan:
-    """One cell's runs: its base values (suite, file and command line), the search space, the seeds."""
+@dataclass(frozen=True)
+class SelectionPlan:
+    """Runs that choose hyper-parameters, then train: trials of ``space`` on the tuning pair (none
+    without a space), then one final run per seed with the chosen values (one run in the folder
+    itself without seeds). ``values``: the run's settings (suite, file and command line). A
+    :class:`snftune.runs.Plan`."""
 
     values: dict[str, Any]
     space: SearchSpace | None = None
     seeds: tuple[int, ...] | None = None
 
     def final_values(self, chosen: dict[str, float], seed: int | None) -> dict[str, Any]:
-        values = {**self.values, **chosen}
+        values = merge_layers(self.values, chosen)[0]
         if seed is not None:
             values["seed"] = seed
         return values
 
     def trial_values(self, resolved: ResolvedRun, trial: dict[str, float]) -> dict[str, Any]:
         train_split, eval_split = _tuning_splits(resolved)
-        values = {**self.values, **trial, "train_split": train_split, "eval_split": eval_split}
+        values = merge_layers(self.values, trial, {"train_split": train_split, "eval_split": eval_split})[0]
         if self.seeds:
             values["seed"] = self.seeds[0]
         return values
+
+    def check(self) -> ResolvedRun:
+        """The base run and every trial resolved (a trial the settings refuse fails now)."""
+        resolved = resolve_settings(self.values)
+        for trial in self.space.trials() if self.space else ():
+            resolve_settings(self.trial_values(resolved, trial))
+        return resolved
+
+    def state(self, folder: Path) -> str:
+        """``"done"`` when every final run has finished, ``"resume"`` when anything was started, else ``"todo"``."""
+        states = [run_state(f) for f in final_folders(folder, self.seeds)]
+        if all(state == "done" for state in states):
+            return "done"
+        started = any(state != "todo" for state in states) or (folder / SELECTION_DIR).is_dir()
+        return "resume" if started else "todo"
+
+    def differences(self, folder: Path) -> list[str]:
+        return _differences(self, folder)
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        return _run(self, folder, dist, log)
+
+
+SELECTION_DIR = "selection"
 
 
 def _tuning_splits(resolved: ResolvedRun) -> tuple[str, str]:
@@ -142,11 +169,6 @@ def _tuning_splits(resolved: ResolvedRun) -> tuple[str, str]:
             "needs one, e.g. a val/ folder or a val list beside train; without a search space the run needs none"
         )
     return task.tuning_splits
-
-
-def final_folders(folder: Path, seeds: tuple[int, ...] | None) -> list[Path]:
-    """The final run folders of a cell: the cell folder itself, or one ``seed<s>`` folder per seed."""
-    return [folder] if not seeds else [folder / f"seed{seed}" for seed in seeds]
 
 
 SELECTION_SCHEMA: dict[str, type | tuple[type, ...]] = {
@@ -176,16 +198,7 @@ def read_selection(folder: Path) -> dict[str, Any] | None:
     return record
 
 
-def cell_state(folder: Path, plan: CellPlan) -> str:
-    """``"done"`` when every final run has finished, ``"resume"`` when anything was started, else ``"todo"``."""
-    states = [run_state(f) for f in final_folders(folder, plan.seeds)]
-    if all(state == "done" for state in states):
-        return "done"
-    started = any(state != "todo" for state in states) or (folder / "selection").is_dir()
-    return "resume" if started else "todo"
-
-
-def cell_differences(folder: Path, plan: CellPlan) -> list[str]:
+def _differences(plan: SelectionPlan, folder: Path) -> list[str]:
     """How the runs already in ``folder`` differ from what ``plan`` asks for (empty: reusable)."""
     resolved = resolve_settings(plan.values)
     recorded = read_selection(folder)
@@ -196,7 +209,7 @@ def cell_differences(folder: Path, plan: CellPlan) -> list[str]:
     runs: list[tuple[Path, dict[str, Any]]] = []
     if plan.space is not None:
         trials = plan.space.trials()
-        runs += [(folder / "selection" / trial_label(t), plan.trial_values(resolved, t)) for t in trials]
+        runs += [(folder / SELECTION_DIR / trial_label(t), plan.trial_values(resolved, t)) for t in trials]
     chosen = recorded["chosen"] if recorded is not None else {}
     seeds = plan.seeds or (None,)
     runs += [
@@ -206,19 +219,19 @@ def cell_differences(folder: Path, plan: CellPlan) -> list[str]:
     found = []
     for run, values in runs:
         if (run / CONFIG_NAME).is_file():
-            differences = settings_differences(read_run_config(run), resolve_settings(values).settings)
+            differences = resolve_settings(values).settings.differences(read_run_config(run))
             found += [f"{run.relative_to(folder)}: {d}" if run != folder else d for d in differences]
     return found
 
 
 def _select(
-    plan: CellPlan, resolved: ResolvedRun, folder: Path, dist: DistInfo, log: Callable[[str], None]
+    plan: SelectionPlan, resolved: ResolvedRun, folder: Path, dist: DistInfo, log: Callable[[str], None]
 ) -> dict[str, float]:
     """Runs every trial on the tuning pair and returns the chosen values (written to selection.json)."""
     trials = []
     space = plan.space.trials()
     for index, trial in enumerate(space, 1):
-        run = folder / "selection" / trial_label(trial)
+        run = folder / SELECTION_DIR / trial_label(trial)
         trial_run = resolve_settings(plan.trial_values(resolved, trial))
         state = run_state(run)
         if state != "done":
@@ -252,9 +265,7 @@ def _select(
     return chosen
 
 
-def run_cell(
-    plan: CellPlan, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
+def _run(plan: SelectionPlan, folder: Path, dist: DistInfo | None, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Selection (when the plan has a space), then the final run per seed; returns their metrics.
 
     Runs already in ``folder`` are reused only when made with the plan's settings; otherwise
@@ -262,7 +273,7 @@ def run_cell(
     """
     dist = dist or DistInfo()
     resolved = resolve_settings(plan.values)
-    differences = cell_differences(folder, plan) if folder.is_dir() else []
+    differences = plan.differences(folder) if folder.is_dir() else []
     if differences:
         raise SettingsError(
             f"{folder} holds runs made with other settings ({'; '.join(differences[:4])}); use another folder"

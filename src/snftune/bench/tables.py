@@ -26,7 +26,8 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..engine import METRICS_NAME, read_metrics
 from ..provenance import common_fields
-from ..selection import final_folders, read_selection
+from ..runs import final_folders
+from ..selection import read_selection
 from .plots import plot_tradeoff
 from .suites import Suite
 
@@ -173,9 +174,16 @@ def build_table(suite: Suite, results: list[CellResult]) -> dict[str, Any]:
         selection = {
             r.column: r.selection["chosen"] for found in by_cell.values() for r in found if r.row == row and r.selection
         }
+        random_init = any(
+            ((r.provenance or {}).get("weights") or {}).get("source") == "random"
+            for found in by_cell.values()
+            for r in found
+            if r.row == row
+        )
         table_rows.append(
             {
                 "row": row,
+                "random_backbone": random_init,
                 "tuned_parameters": min(counts) if len(counts) == 1 else (sorted(counts) or None),
                 "cells": {c: _summary(replicates[c]) for c in columns},
                 "runs": {c: replicates[c] for c in columns},
@@ -277,6 +285,8 @@ def _caption(table: dict[str, Any]) -> list[str]:
     if "best" in table["reported"]:
         text += "; cells marked † report the best evaluation instead, selected on that same split"
     lines = [text + ". Tuned parameters in millions, classifier head excluded. – : not run yet."]
+    if any(row.get("random_backbone") for row in table["rows"]):
+        lines.append("‡ tuned from a randomly initialised backbone (--pretrained random), not from pretrained weights.")
     lines.append(f"Hyper-parameters: {table['selection']}.")
     if table["seeds"]:
         lines.append(
@@ -305,9 +315,10 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     for row in table["rows"]:
         dagger = "†" if fmt == "markdown" else ""
         marked = [_pct(row["cells"][c]) + (dagger if c in row["best_on_eval"] else "") for c in columns]
+        random_mark = " ‡" if fmt == "markdown" and row.get("random_backbone") else ""
         body.append(
             [
-                row["row"],
+                row["row"] + random_mark,
                 _params(row["tuned_parameters"]),
                 *marked,
                 *[_pct(row["groups"][g]) for g in groups],

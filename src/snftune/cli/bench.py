@@ -130,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shard = Shard.parse(args.shard) if args.shard else None
     _check_executor_options(args)
-    overrides = values_from_args(args)
+    overrides, notes = values_from_args(args)
+    for note in notes:
+        print(note, flush=True)
     pretrained = overrides.pop("pretrained", None)
     overrides.pop("out", None)
-    plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained)
+    plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained, log=_log)
     if shard is not None:
         whole = len(plan)
         plan = shard_cells(suite, plan, shard)

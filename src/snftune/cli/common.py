@@ -139,18 +139,18 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
 
 
-def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Merged settings: the --config file, then every option given on the command line."""
-    from ..runs import known_keys, load_settings_file
+def values_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Merged settings: the --config file, then every option given on the command line (see
+    :func:`snftune.runs.merge_layers`); and a note per warm-up scaled with a changed length."""
+    from ..runs import known_keys, load_settings_file, merge_layers
 
     values = load_settings_file(args.config) if getattr(args, "config", None) else {}
     given = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     for key, flag in (("model_kwargs", "--model-kwargs"), ("data_options", "--data-options")):
         if key in given:
-            given[key] = {**(values.get(key) or {}), **parse_key_values(given[key], flag)}
+            given[key] = parse_key_values(given[key], flag)
     if "method_options" in given:
-        given["method_options"] = {
-            **(values.get("method_options") or {}),
-            **parse_key_values(given["method_options"], "--method-options"),
-        }
-    return {**values, **given}
+        given["method_options"] = parse_key_values(given["method_options"], "--method-options")
+    if getattr(args, "seeds", None) and len(set(args.seeds)) != len(args.seeds):
+        raise CLIError(f"--seeds {' '.join(map(str, args.seeds))} lists a seed twice; give each seed once")
+    return merge_layers(values, given, names=(f"--config {getattr(args, 'config', None)}",))

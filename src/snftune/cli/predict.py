@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise CLIError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0 (0: decode images in this process), got {args.workers}")
     sources = [task_source(spec) for spec in args.tuned]
     images = list_images(args.images)
     model_kwargs = parse_key_values(args.model_kwargs, "--model-kwargs") if args.model_kwargs else None

@@ -65,9 +65,9 @@ def _noah_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah, run_noah
+    from ..nas.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah
 
-    values = values_from_args(args)
+    values, notes = values_from_args(args)
     if values.get("method") not in (None, "noah"):
         raise CLIError(f"snftune search noah tunes with NOAH's modules; drop --method {values['method']}")
     if args.search:
@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     values["method_options"] = {**(values.get("method_options") or {}), **_noah_options(args)}
     seeds = tuple(args.seeds) if args.seeds else None
     plan = plan_noah({**values, "method": "noah"}, seeds)
-    results = run_noah(plan, out, log=lambda line: print(line, flush=True))
+    for note in notes:
+        print(note, flush=True)
+    results = plan.run(out, log=lambda line: print(line, flush=True))
     search = out / SEARCH_DIR
     found = json.loads((search / RESULT_NAME).read_text())["best"]
     top1 = [m["top1"] for m in results]

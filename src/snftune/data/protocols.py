@@ -85,3 +85,7 @@ def protocol_settings(protocol: str, **overrides: Any) -> ProtocolSettings:
         raise DataError(f"unknown protocol {protocol!r}; known: {', '.join(_SETTINGS)}")
     settings = _SETTINGS[protocol]
     return ProtocolSettings.from_dict({**settings.to_dict(), **overrides}) if overrides else settings
+
+
+PROTOCOLS: tuple[str, ...] = tuple(_SETTINGS)
+"""Every protocol's name."""

@@ -16,6 +16,22 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 REPORTS = ("final", "best")
 
 
+UPPER_BOUNDS = {
+    "epochs": 1_000_000,
+    "batch_size": 1 << 20,
+    "eval_batch_size": 1 << 20,
+    "accum_steps": 1 << 20,
+    "seed": 2**64 - 1,
+    "workers": 1024,
+    "eval_every": 1_000_000,
+    "checkpoint_every": 1 << 40,
+    "log_every": 1 << 40,
+    "warmup_epochs": 1_000_000,
+}
+"""The largest value of each count: beyond them a setting is a typo, not a plan (a seed must
+fit the 64 bits of torch's generator)."""
+
+
 class ConfigError(SnftuneError, ValueError):
     """A training setting that is unknown or out of range."""
 
@@ -94,6 +110,12 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name, high in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > high:
+                raise ConfigError(f"{name} must be at most {high:,}, got {value:,}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be in [0, 2**64 - 1], got {self.seed}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:
