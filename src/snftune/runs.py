@@ -32,7 +32,7 @@ import yaml
 
 from .atomic import atomic_write_json, atomic_write_text
 from .backbones.embedded import RANDOM, is_embedded
-from .backbones.factory import create_model, looks_like_path
+from .backbones.factory import create_model, looks_like_path, require_known_model
 from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
 from .data.image_cache import CACHE_MODES, ImageCache
 from .data.transforms import is_deterministic
@@ -445,7 +445,9 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
 def _check_weights_named(model: str, pretrained: Any) -> None:
     """A timm backbone trains from the weights it is given: without any, the run would tune a
     random network and report it like a pretrained one, so random initialisation must be asked
-    for by name (``pretrained: random``). The shipped backbones carry their own weights."""
+    for by name (``pretrained: random``). The shipped backbones carry their own weights. A name
+    that is no model at all is refused first, with the nearest right name."""
+    require_known_model(model)
     if pretrained is None and not is_embedded(model):
         raise SettingsError(
             f"--model {model} has no weights: pass --pretrained FILE (a local .npz/.pth/.safetensors file) or "
