@@ -47,6 +47,7 @@ def tiny_suite(tasks: int) -> Suite:
         {
             "name": "overhead",
             "model": "vit_tiny_patch16_224",
+            "pretrained": "random",  # the overhead of running cells, not their accuracy
             "model_kwargs": {"depth": 1, "patch_size": 8, "embed_dim": 48, "num_heads": 2},
             "img_size": 32,
             "train": {"epochs": 1, "warmup_epochs": 0.2, "batch_size": 100, "train_split": "val200"},

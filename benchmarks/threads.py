@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 TRAIN = [
-    "train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=4", "patch_size=8", "--img-size", "32",
+    "train", "--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=4", "patch_size=8",
+    "--img-size", "32",
     "--method", "lora", "--data", "generated/shapes", "--split", "train800", "--eval-split", "val200",
     "--batch-size", "32", "--warmup-epochs", "0", "--workers", "0", "--no-progress",
 ]  # fmt: skip

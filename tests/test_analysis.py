@@ -32,7 +32,8 @@ from snftune.methods import ShortcutFlow
 
 from conftest import TINY_MODELS, make_tiny
 
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 FEW = ["--samples", "4", "--iterations", "4", "--threads", "1", "--no-progress"]
 
 
@@ -283,7 +284,7 @@ def test_run_folders_of_two_backbones_are_refused(run_dir, tmp_path, capsys):
     assert main(["analyze", str(run_dir), str(other), *FEW, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "analyze one backbone at a time" in err and "depth" in err
-    assert main(["analyze", str(run_dir), "--pretrained", "random", *FEW, "--out", str(tmp_path / "out")]) == 2
+    assert main(["analyze", str(run_dir), "--pretrained", "orig_in21k", *FEW, "--out", str(tmp_path / "out")]) == 2
     assert "pretrained=random" in capsys.readouterr().err
 
 

@@ -30,10 +30,11 @@ from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
 import snftune
+from snftune import merge, unmerge
 from snftune.backbones import UnsupportedModelError, install_sites
 from snftune.cli import main as cli_main
 from snftune.data import resolve_task
-from snftune.methods import Adapter, NotApplicableError, ShortcutFlow, merge, unmerge
+from snftune.methods import Adapter, NotApplicableError, ShortcutFlow
 from snftune.methods.lora import LoRAConv1x1, LoRALinear, LoRASplitBiasQKV
 from snftune.methods.ssf import ScaleShift, ScaleShiftSplitBias
 from snftune.serving import MultiTaskModel, ServingError

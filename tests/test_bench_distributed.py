@@ -60,6 +60,7 @@ def grid(tmp_path_factory) -> tuple[Path, list[str]]:
     suite = {
         "name": "tiny",
         "model": "vit_tiny_patch16_224",
+        "pretrained": "random",
         "model_kwargs": {"depth": 1, "patch_size": 8, "embed_dim": 48, "num_heads": 2},
         "img_size": 32,
         "train": {"epochs": 1, "warmup_epochs": 0.2, "batch_size": 100, "train_split": "val200", "drop_path": 0.0},

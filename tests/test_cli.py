@@ -24,7 +24,8 @@ from snftune.cli import main
 from snftune.engine.checkpoint import load_checkpoint
 
 SRC = Path(snftune.__file__).absolute().parents[1]
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 QUICK = ["--split", "train800", "--eval-split", "val200", "--workers", "0", "--no-progress"]
 
 
@@ -77,14 +78,14 @@ def test_eval_reproduces_the_accuracy_from_a_run_folder_and_from_a_tuned_file(ru
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "snf-wide"], "unknown method 'snf-wide'. Known methods:"),
+        (["--method", "snf-wide"], "unknown method 'snf-wide' (did you mean 'snf-deep'?). Known methods:"),
         (["--data", "generated/spirals"], "generated/spirals: unknown generated task; known: digits"),
         (["--num-classes", "10"], "--num-classes 10 does not match generated/shapes, which has 8 classes"),
         (["--pretrained", "hub"], "pass its local path instead"),
         (["--pretrained", "missing/ViT-B_16.npz"], "does not exist. Pass the path of a local"),
         (["--model", "vit_nonexistent"], "timm has no model 'vit_nonexistent'"),
         (["--split", "train900"], "--split train900: generated/shapes has the splits"),
-        (["--method-options", "planar_steps=-1"], "planar_steps must be >= 0"),
+        (["--method-options", "planar_steps=-1"], "planar_steps must be a whole number in 0..64, got -1"),
         (["--batch-size", "10", "--accum-steps", "3"], "not divisible by accum_steps"),
     ],
 )
@@ -154,6 +155,7 @@ def test_bench_skips_finished_cells_and_writes_the_table(tmp_path, capsys):
             {
                 "name": "mini",
                 "model": "vit_tiny_patch16_224",
+                "pretrained": "random",
                 "model_kwargs": {"depth": 2, "patch_size": 8},
                 "img_size": 32,
                 "train": {

@@ -22,7 +22,8 @@ from conftest import make_tiny
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = [
-    "train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32",
+    "train", "--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8",
+    "--img-size", "32",
     "--data", "generated/shapes", "--split", "val200", "--eval-split", "val200", "--epochs", "1",
     "--warmup-epochs", "0", "--batch-size", "50", "--workers", "0", "--no-progress",
 ]  # fmt: skip

@@ -57,7 +57,7 @@ def test_fgvc_train_and_test_pipelines_scale_with_input_size():
     assert not all(torch.equal(a[0], x) for x in a[1:])  # random crop / flip
 
 
-@pytest.mark.parametrize("protocol", ["fewshot", "dg"])
+@pytest.mark.parametrize("protocol", ["fewshot", "dg", "other"])
 def test_noah_train_uses_randaugment_and_test_resize_crop(protocol):
     train = build_transform(protocol, CONFIG, train=True)
     assert "RandAugment" in _names(train) and train(_image()).shape == (3, 224, 224)

@@ -78,7 +78,7 @@ def quick_demo(tmp_path_factory):
 
 
 def test_quick_demo_writes_its_table_and_figure(quick_demo, capsys):
-    for name in ("results.md", "results.csv", "results.json", "features.png", "demo.json"):
+    for name in ("results.md", "results.csv", "results.json", "features.png", "tradeoff.png", "demo.json"):
         assert (quick_demo / name).is_file(), name
     rows = list(csv.DictReader((quick_demo / "results.csv").open()))
     assert [r["method"] for r in rows] == ["linear", "snf-shallow"]
@@ -88,6 +88,17 @@ def test_quick_demo_writes_its_table_and_figure(quick_demo, capsys):
     assert "| snf-shallow |" in (quick_demo / "results.md").read_text()
     assert (quick_demo / "features.png").stat().st_size > 10_000
     assert main(["demo", "--quick", "--out", str(quick_demo), "--no-progress"]) == 2  # refuses to overwrite
+
+
+def test_the_table_says_how_its_runs_were_trained_and_the_tradeoff_figure_lies_beside_it(quick_demo):
+    """--quick trains 1 epoch: the header says so (and what the suite itself sets), whatever the
+    suite's description says; the trade-off figure is written beside the tables."""
+    markdown = (quick_demo / "results.md").read_text()
+    assert "Trained as run on train800val200: epochs 1 (the suite's: 2), batch 32, lr 0.005" in markdown
+    assert "2 epochs" not in markdown
+    table = json.loads((quick_demo / "results.json").read_text())
+    assert table["training"]["epochs"] == [1]
+    assert (quick_demo / "tradeoff.png").stat().st_size > 10_000
 
 
 def test_snf_shallow_on_the_shipped_backbone_beats_chance(quick_demo):

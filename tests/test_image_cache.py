@@ -28,6 +28,7 @@ from snftune.runs import resolve_settings, train_run
 CONFIG = {"input_size": (3, 32, 32), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
 TINY_RUN = {
     "model": "vit_tiny_patch16_224",
+    "pretrained": "random",
     "model_kwargs": {"depth": 1, "patch_size": 8},
     "img_size": 32,
     "method": "snf-shallow",

@@ -12,6 +12,9 @@ import snftune
 PACKAGE = Path(snftune.__file__).parent
 LAYERS = {
     "atomic": 0,
+    "errors": 0,
+    "inputs": 0,
+    "suggest": 0,
     "data": 1,
     "backbones": 2,
     "methods": 3,
@@ -23,7 +26,7 @@ LAYERS = {
     "pretraining": 7,
     "bench": 7,
     "analysis": 7,
-    "search": 7,
+    "nas": 7,
     "serving": 7,
     "cli": 8,
     "__main__": 9,

@@ -22,10 +22,12 @@ from snftune.runs import settings_differences as differences
 
 from conftest import make_tiny
 
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 QUICK = ["--split", "val200", "--eval-split", "val200", "--workers", "0", "--no-progress", "--epochs", "2"]
 TINY_VALUES = {
     "model": "vit_tiny_patch16_224",
+    "pretrained": "random",
     "model_kwargs": {"depth": 2, "patch_size": 8},
     "img_size": 32,
     "method": "linear",

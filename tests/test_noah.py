@@ -43,9 +43,9 @@ from snftune.methods.noah_subnets import (
 )
 from snftune.methods.registry import MethodSettingsError
 from snftune.methods.vpt import PromptTokens
+from snftune.nas import EvolutionSettings, evolve, parse_count
+from snftune.nas.noah import RESULT_NAME, SEARCH_DIR, STATE_NAME, SUBNET_NAME, SUPERNET_DIR, load_supernet
 from snftune.runs import SettingsError, evaluate_tuned, read_run_config, settings_from_record
-from snftune.search import EvolutionSettings, evolve, parse_count
-from snftune.search.noah import RESULT_NAME, SEARCH_DIR, STATE_NAME, SUBNET_NAME, SUPERNET_DIR, load_supernet
 from snftune.tuning import tuned_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "noah"
@@ -444,7 +444,7 @@ def test_a_search_killed_mid_generation_resumes_to_the_pipelines_result(pipeline
     ("extra", "message"),
     [
         (["--param-limit", "2K"], "below the smallest subnet"),
-        (["--model", "resnet18"], "resnet backbone"),
+        (["--model", "resnet18", "--pretrained", "random"], "resnet backbone"),
         (["--retrain", "learning_rate=0.1"], "'learning_rate' cannot be set per phase"),
         (["--population", "3"], "exceed the population"),
     ],
@@ -469,6 +469,7 @@ def test_bench_runs_noah_per_cell_and_tables_its_retrained_subnet(tmp_path, caps
     suite = {
         "name": "noah-check",
         "model": "vit_tiny_patch16_224",
+        "pretrained": "random",
         "model_kwargs": {"depth": 2, "patch_size": 8},
         "img_size": 32,
         "train": {"epochs": 1, "warmup_epochs": 0.2, "batch_size": 64, "workers": 0, "drop_path": 0.0},

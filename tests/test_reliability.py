@@ -23,7 +23,8 @@ from snftune.cli import main
 from snftune.engine import LOCK_NAME, METRICS_NAME, TrainConfig, train
 from snftune.tuning import TunedFileError
 
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 QUICK = ["--split", "train800", "--eval-split", "val200", "--workers", "0", "--no-progress"]
 SHORT = ["--epochs", "1", "--warmup-epochs", "0.2", "--batch-size", "64"]
 PLANTED = Path("/tmp/snftune-planted-by-checkpoint")
@@ -234,6 +235,7 @@ def suite_file(tmp_path: Path, **changes) -> Path:
     suite = {
         "name": "mini",
         "model": "vit_tiny_patch16_224",
+        "pretrained": "random",
         "model_kwargs": {"depth": 2, "patch_size": 8},
         "img_size": 32,
         "train": {

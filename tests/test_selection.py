@@ -17,6 +17,7 @@ from snftune.data.registry import Task
 SUITE = {
     "name": "trust",
     "model": "vit_tiny_patch16_224",
+    "pretrained": "random",
     "model_kwargs": {"depth": 2, "patch_size": 8},
     "img_size": 32,
     "train": {"epochs": 1, "warmup_epochs": 0.2, "batch_size": 100, "drop_path": 0.0},
@@ -160,7 +161,8 @@ def test_trade_off_figure(bench, tmp_path, capsys):
     ],
 )
 def test_a_bad_search_space_fails_before_training(tmp_path, capsys, search, message):
-    args = ["train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+    args = ["train", "--model", "vit_tiny_patch16_224", "--pretrained", "random", "--img-size", "32"]
+    args += ["--model-kwargs", "depth=2", "patch_size=8"]
     args += ["--method", "linear", "--data", "generated/shapes", "--out", str(tmp_path / "run"), "--search", *search]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -177,7 +179,8 @@ def test_selection_needs_a_validation_split(tmp_path, capsys):
 
             for i in range(2):
                 Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(folder / f"{i}.png")
-    args = ["train", "--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=1", "patch_size=8", "--img-size", "32"]
+    args = ["train", "--model", "vit_tiny_patch16_224", "--pretrained", "random", "--img-size", "32"]
+    args += ["--model-kwargs", "depth=1", "patch_size=8"]
     args += ["--method", "linear", "--data", f"folder:{tmp_path / 'data'}", "--out", str(tmp_path / "run")]
     assert main([*args, "--search", "lr=0.01,0.1"]) == 2
     assert "has no validation split" in capsys.readouterr().err

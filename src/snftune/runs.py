@@ -5,24 +5,34 @@ settings file (YAML), and the values given explicitly (the command line). Everyt
 checked before any training starts; the resolved settings are written as ``config.yaml`` in
 the run folder, so a run can be rebuilt, resumed or evaluated from its folder alone.
 
-``snftune train`` is :func:`resolve_settings` followed by :func:`train_run`; ``snftune eval``
-is :func:`evaluate_tuned`; ``snftune bench`` calls both for every cell of a suite.
+Sources are merged by :func:`merge_layers` (protocol -> suite -> YAML -> command line -> a
+trial), every key checked against its declaration (:data:`RUN_VALUES`, :class:`TrainConfig`)
+and resolved into one frozen :class:`RunSpec`, which writes, reads and compares ``config.yaml``.
+
+Work in a folder is a :class:`Plan` (``check``, ``state``, ``differences``, ``run``): one run
+(:class:`RunPlan`), a selection (:class:`snftune.selection.SelectionPlan`), NOAH's pipeline
+(:class:`snftune.nas.NoahPlan`). ``snftune train`` runs one of the first two, ``snftune bench``
+one per cell; ``snftune eval`` is :func:`evaluate_tuned`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import yaml
 
 from .atomic import atomic_write_json, atomic_write_text
-from .backbones.factory import create_model, looks_like_path
+from .backbones.embedded import RANDOM, is_embedded
+from .backbones.factory import create_model, looks_like_path, require_known_model
 from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
 from .data.image_cache import CACHE_MODES, ImageCache
 from .data.transforms import is_deterministic
@@ -39,6 +49,8 @@ from .engine import (
 from .engine.acceleration import amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import RESUMABLE_CHANGES
+from .errors import RUN_FAILED, SnftuneError
+from .inputs import load_yaml
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -46,9 +58,16 @@ from .tuning import apply, load_tuned, read_tuned_metadata
 __all__ = [
     "CONFIG_NAME",
     "RUN_KEYS",
+    "RUN_VALUES",
+    "RunKey",
+    "check_values",
     "ResolvedRun",
     "RunFailedError",
+    "Plan",
+    "RunPlan",
     "RunSettings",
+    "RunSpec",
+    "final_folders",
     "SettingsError",
     "build_backbone",
     "build_datasets",
@@ -62,46 +81,111 @@ __all__ = [
     "input_config",
     "known_keys",
     "load_settings_file",
+    "merge_layers",
     "probes_cached_features",
     "read_run_config",
     "resolve_settings",
     "run_state",
     "settings_from_record",
     "train_run",
+    "train_settings",
     "write_run_config",
 ]
 
 CONFIG_NAME = "config.yaml"
 
 # Keys of a run besides the training-loop settings (TrainConfig's fields).
-RUN_KEYS = (
-    "model",
-    "pretrained",
-    "model_kwargs",
-    "method",
-    "method_options",
-    "data",
-    "data_dir",
-    "data_options",
-    "train_split",
-    "eval_split",
-    "num_classes",
-    "img_size",
-    "drop_path",
-    "device",
-    "out",
-    "cache",
-    "cache_dir",
-    "feature_cache",
-)
 
 
-class SettingsError(ValueError):
+class SettingsError(SnftuneError, ValueError):
     """A run setting that is missing, unknown or inconsistent with the task or the folder."""
 
 
-class RunFailedError(RuntimeError):
+@dataclass(frozen=True)
+class RunKey:
+    """What one run key (besides the training loop's, :class:`TrainConfig`) accepts: its type,
+    and for numbers the range (``low`` included, ``high`` included unless ``high_open``)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+
+    def describe(self) -> str:
+        kind = {str: "a string", int: "a whole number", float: "a finite number", bool: "true or false"}
+        text = kind.get(self.kind, "a mapping of KEY: VALUE")
+        if self.low is not None:
+            low, high = (f"{v:g}" if self.kind is float else str(int(v)) for v in (self.low, self.high))
+            text += f" in [{low}, {high}{')' if self.high_open else ']'}"
+        return text
+
+    def check(self, key: str, value: Any) -> Any:
+        """``value`` as this key's type, or a :class:`SettingsError` naming the key, the value
+        and what is allowed (None: the key's default)."""
+        if value is None:
+            return None
+        fits = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, fits = float(value), True
+        if self.kind is int and isinstance(value, float) and value.is_integer():
+            value, fits = int(value), True
+        if fits and self.kind in (int, float):
+            fits = (
+                math.isfinite(value)
+                and self.low <= value
+                and (value < self.high if self.high_open else value <= self.high)
+            )
+        if fits and self.kind is str:
+            fits = bool(value.strip())
+        if not fits:
+            raise SettingsError(f"{key} must be {self.describe()}, got {value!r}")
+        return value
+
+
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 1_000_000
+RUN_VALUES: dict[str, RunKey] = {
+    "model": RunKey(str),
+    "pretrained": RunKey(str),
+    "model_kwargs": RunKey(dict),
+    "method": RunKey(str),
+    "method_options": RunKey(dict),
+    "data": RunKey(str),
+    "data_dir": RunKey(str),
+    "data_options": RunKey(dict),
+    "train_split": RunKey(str),
+    "eval_split": RunKey(str),
+    "num_classes": RunKey(int, 1, MAX_CLASSES),
+    "img_size": RunKey(int, 1, MAX_IMAGE_SIZE),
+    "drop_path": RunKey(float, 0.0, 1.0, high_open=True),
+    "device": RunKey(str),
+    "threads": RunKey(int, 1, 4096),
+    "out": RunKey(str),
+    "cache": RunKey(str),
+    "cache_dir": RunKey(str),
+    "feature_cache": RunKey(bool),
+}
+"""Every run key with what it accepts, checked where settings enter (:func:`check_values`)."""
+
+
+def check_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every run key checked against :data:`RUN_VALUES` (the training loop's
+    keys are checked by :class:`TrainConfig`); the first bad one raises, in one line."""
+    checked = dict(values)
+    for key, rule in RUN_VALUES.items():
+        if key in checked:
+            checked[key] = rule.check(key, checked[key])
+    return checked
+
+
+class RunFailedError(SnftuneError, RuntimeError):
     """A run that started and failed (not bad input): the message says where the details are."""
+
+    exit_code = RUN_FAILED
+
+
+RUN_KEYS = tuple(RUN_VALUES)
+"""Keys of a run besides the training-loop settings (TrainConfig's fields)."""
 
 
 def known_keys() -> list[str]:
@@ -115,10 +199,7 @@ def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"settings file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SettingsError(f"settings file {path} is not valid YAML: {error}") from error
+    data = load_yaml(path, source=f"settings file {path}", error=SettingsError) or {}
     if not isinstance(data, dict):
         raise SettingsError(f"settings file {path} must be a mapping of settings, e.g. 'lr: 0.001'")
     if "train" in data and isinstance(data["train"], dict):
@@ -132,9 +213,15 @@ def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-@dataclass
-class RunSettings:
-    """Everything needed to rebuild a run: written as ``config.yaml`` in the run folder."""
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run, typed and checked when built: the backbone and its
+    weights, the method and its options, the task and its data options, the training loop's
+    settings (:class:`TrainConfig`: numbers, schedule, ``amp``), and where it runs (device,
+    threads; ``compile`` and ``grad_checkpointing`` are training settings, in :class:`TrainConfig`).
+    Written as ``config.yaml`` (:meth:`to_record`), read
+    back (:meth:`from_record`), and compared with a recorded one (:meth:`differences`) by the
+    resume and bench-cell checks alike. Change one with :func:`dataclasses.replace`."""
 
     model: str
     method: str
@@ -151,26 +238,138 @@ class RunSettings:
     img_size: int | None = None
     drop_path: float = 0.0
     device: str | None = None
+    threads: int | None = None
     cache: str = "auto"
     cache_dir: str | None = None
     feature_cache: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        for key, rule in RUN_VALUES.items():
+            if hasattr(self, key):
+                object.__setattr__(self, key, rule.check(key, getattr(self, key)))
+        if not isinstance(self.train, TrainConfig):
+            raise SettingsError(f"train must be the training loop's settings (TrainConfig), got {self.train!r}")
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain data for ``config.yaml``: every field, the training settings as a mapping."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
         return {**values, "train": self.train.to_dict()}
+
+    to_dict = to_record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RunSpec:
+        """The spec of a ``config.yaml`` record (keys it does not define are ignored: the
+        record also holds the method config and the task it resolved)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"train"}
+        return cls(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """The defining settings in which this spec differs from a run folder's ``config.yaml``,
+        as ``"key: recorded -> new"`` lines (empty: the folder's runs are this spec's)."""
+        new = self.to_record()
+        found = []
+        for key in sorted(set(new) | set(recorded)):
+            if key in RESUMABLE_RUN_KEYS or key == "train" or key not in new:
+                continue
+            old = recorded.get(key, LATER_RUN_KEYS.get(key))
+            if old != new[key]:
+                found.append(f"{key}: {old!r} -> {new[key]!r}")
+        old_train, new_train = recorded.get("train") or {}, new["train"]
+        for key in sorted(new_train):
+            if key not in RESUMABLE_TRAIN_KEYS and old_train.get(key) != new_train[key]:
+                found.append(f"{key}: {old_train.get(key)!r} -> {new_train[key]!r}")
+        return found
+
+
+RunSettings = RunSpec
+"""The former name of :class:`RunSpec`."""
+
+RESUMABLE_RUN_KEYS = {"device", "data_dir", "out", "cache", "cache_dir", "threads"}
+"""Run settings that may change between a run and its resumption without changing its numbers
+(the data may move to another mount; the engine still checks the training set's size; the
+image cache gives the images the uncached pipeline gives)."""
+LATER_RUN_KEYS = {"feature_cache": True}
+"""Defining settings added after run folders were first written, with the value that such a
+folder's ``config.yaml`` (which lacks them) stands for."""
+RESUMABLE_TRAIN_KEYS = RESUMABLE_CHANGES  # the engine's list: compile and grad_checkpointing included
 
 
 @dataclass
 class ResolvedRun:
-    """A run's settings with the task and method config they name, checked."""
+    """A run's settings with the task and method config they name, checked; ``notes`` are
+    one-line remarks for the user about settings derived from others (a scaled warm-up)."""
 
-    settings: RunSettings
+    settings: RunSpec
     task: Task
     method_config: MethodConfig
+    notes: tuple[str, ...] = ()
+
+
+MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
+"""Settings that are mappings: a later source adds to and replaces keys of an earlier one."""
+
+
+def _scaled_warmup(below: dict[str, Any], layer: dict[str, Any]) -> float | None:
+    """The warm-up that keeps ``below``'s fraction of the schedule when ``layer`` changes the
+    number of epochs without setting a warm-up (None: nothing to scale)."""
+    epochs, warmup = below.get("epochs"), below.get("warmup_epochs")
+    new_epochs = layer.get("epochs")
+    if new_epochs is None or layer.get("warmup_epochs") is not None or epochs is None or warmup is None:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (epochs, warmup, new_epochs)):
+        return None  # a wrong type is refused, naming the key, when the settings are checked
+    if epochs <= 0 or new_epochs == epochs:
+        return None
+    return float(warmup) * float(new_epochs) / float(epochs)
+
+
+def _warmup_note(warmup: float, epochs: Any, source: str, old_warmup: Any, old_epochs: Any) -> str:
+    return (
+        f"warm-up: {warmup:g} of {epochs} epochs ({source}'s {old_warmup:g} of {old_epochs}, scaled with the "
+        "run's length; --warmup-epochs sets it)"
+    )
+
+
+def merge_layers(*layers: dict[str, Any], names: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Settings from sources of rising precedence (a suite, a settings file, the command line,
+    a trial): later values win, mappings (:data:`MERGED_KEYS`) merge key by key, and a source
+    that changes ``epochs`` without a warm-up keeps the warm-up's fraction of the schedule
+    (10 of 100 epochs -> 1 of 10). Returns the values and a note per scaled warm-up."""
+    merged: dict[str, Any] = {}
+    notes = []
+    for index, layer in enumerate(layers):
+        scaled = _scaled_warmup(merged, layer)
+        if scaled is not None:
+            source = names[index - 1] if 0 < index <= len(names) else "the settings"
+            notes.append(_warmup_note(scaled, layer["epochs"], source, merged["warmup_epochs"], merged["epochs"]))
+            merged["warmup_epochs"] = scaled
+        for key, value in layer.items():
+            if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return merged, notes
 
 
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path is not None else None
+
+
+def train_settings(protocol: str, values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The training loop's settings: the protocol's, then ``values``; a changed length without
+    a warm-up keeps the protocol's warm-up fraction (10 of 100 epochs -> 0.1 of 1), said in the
+    note returned."""
+    train = protocol_settings(protocol).train
+    given = {k: values[k] for k in TrainConfig.field_names() if values.get(k) is not None}
+    defaults = {**TrainConfig().to_dict(), **train}
+    notes = []
+    scaled = _scaled_warmup(defaults, given)
+    if scaled is not None:
+        source = f"the {protocol} protocol"
+        notes.append(_warmup_note(scaled, given["epochs"], source, defaults["warmup_epochs"], defaults["epochs"]))
+        given["warmup_epochs"] = scaled
+    return TrainConfig.from_dict({**train, **given}), notes
 
 
 def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
@@ -180,8 +379,9 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
     when anything is missing, unknown or inconsistent.
     """
     for key in ("model", "method", "data"):
-        if not values.get(key):
+        if values.get(key) is None or values.get(key) == "":
             raise SettingsError(f"missing {key} (--{key} on the command line, or '{key}:' in a settings file)")
+    values = check_values(values)
     method_config = resolve_config(values["method"], **(values.get("method_options") or {}))
     task = resolve_task(values["data"], values.get("data_dir"), **(values.get("data_options") or {}))
     if values.get("num_classes") is not None and int(values["num_classes"]) != task.num_classes:
@@ -190,22 +390,26 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
             "classes; drop --num-classes (it is read from the task) or pick the task you meant"
         )
     protocol = protocol_settings(task.protocol)
-    given = {k: values[k] for k in TrainConfig.field_names() if values.get(k) is not None}
-    train_config = TrainConfig.from_dict({**protocol.train, **given})
+    train_config, notes = train_settings(task.protocol, values)
     train_split = values.get("train_split") or task.train_split
     eval_split = values.get("eval_split") or task.eval_split
     for flag, split in (("--split", train_split), ("--eval-split", eval_split)):
         if split is not None and split not in task.splits:
             raise SettingsError(f"{flag} {split}: {task.name} has the splits {', '.join(task.splits)}")
+    if train_config.report == "best" and eval_split is not None and eval_split == task.eval_split:
+        raise SettingsError(
+            f"report best picks the epoch with the best score on the split it reports, and {task.name}'s "
+            f"{eval_split} split is read once, at the end: use report final, or --eval-split with a validation "
+            "split to report the best validation score"
+        )
     check_device(values.get("device"))
     cache, feature_cache = values.get("cache") or "auto", values.get("feature_cache")
     if cache not in CACHE_MODES:
         raise SettingsError(f"--cache {cache!r}: use one of {', '.join(CACHE_MODES)}")
-    if feature_cache is not None and not isinstance(feature_cache, bool):
-        raise SettingsError(f"feature_cache must be true or false, got {feature_cache!r}")
     pretrained = values.get("pretrained")
+    _check_weights_named(str(values["model"]), pretrained)
     method = str(values["method"])
-    settings = RunSettings(
+    settings = RunSpec(
         model=values["model"],
         method=_absolute(method) if method.endswith((".yaml", ".yml")) else method,
         data=values["data"],
@@ -221,14 +425,29 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         img_size=values.get("img_size"),
         drop_path=float(values["drop_path"] if values.get("drop_path") is not None else protocol.drop_path),
         device=values.get("device"),
+        threads=values.get("threads"),
         cache=cache,
         cache_dir=_absolute(values.get("cache_dir")),
         feature_cache=feature_cache is not False,
     )
-    return ResolvedRun(settings, task, method_config)
+    return ResolvedRun(settings, task, method_config, tuple(notes))
 
 
-def build_backbone(settings: RunSettings, drop_path: float | None = None) -> torch.nn.Module:
+def _check_weights_named(model: str, pretrained: Any) -> None:
+    """A timm backbone trains from the weights it is given: without any, the run would tune a
+    random network and report it like a pretrained one, so random initialisation must be asked
+    for by name (``pretrained: random``). The shipped backbones carry their own weights. A name
+    that is no model at all is refused first, with the nearest right name."""
+    require_known_model(model)
+    if pretrained is None and not is_embedded(model):
+        raise SettingsError(
+            f"--model {model} has no weights: pass --pretrained FILE (a local .npz/.pth/.safetensors file) or "
+            f"--pretrained TAG (a timm hub tag, e.g. orig_in21k; needs network), or --pretrained {RANDOM} to tune "
+            "a randomly initialised backbone on purpose"
+        )
+
+
+def build_backbone(settings: RunSpec, drop_path: float | None = None) -> torch.nn.Module:
     """The timm backbone of the settings, untuned (seeded, so the head's initialisation is
     the same in every process and every rerun)."""
     kwargs = dict(settings.model_kwargs or {})
@@ -238,8 +457,11 @@ def build_backbone(settings: RunSettings, drop_path: float | None = None) -> tor
     if rate:
         kwargs["drop_path_rate"] = rate
     torch.manual_seed(settings.train.seed)
+    weights = settings.pretrained
+    if weights == RANDOM and not is_embedded(settings.model):
+        weights = None  # timm's own initialisation
     try:
-        return create_model(settings.model, settings.pretrained, num_classes=settings.num_classes, **kwargs)
+        return create_model(settings.model, weights, num_classes=settings.num_classes, **kwargs)
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise SettingsError(
@@ -251,14 +473,14 @@ def build_backbone(settings: RunSettings, drop_path: float | None = None) -> tor
         raise SettingsError(f"timm model '{settings.model}' rejected its settings {kwargs}: {error}") from error
 
 
-def build_model(settings: RunSettings) -> torch.nn.Module:
+def build_model(settings: RunSpec) -> torch.nn.Module:
     """The backbone with the settings' method applied."""
     model = build_backbone(settings)
     apply(model, settings.method, **(settings.method_options or {}))
     return model
 
 
-def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any]:
+def input_config(model: torch.nn.Module, settings: RunSpec) -> dict[str, Any]:
     """timm's data config for the model, at the size the model was built for."""
     size = settings.img_size
     if size is None:
@@ -268,20 +490,35 @@ def input_config(model: torch.nn.Module, settings: RunSettings) -> dict[str, Any
     return model_data_config(model, input_size=size) if size is not None else model_data_config(model)
 
 
-def build_datasets(model: torch.nn.Module, settings: RunSettings, task: Task):
-    """(train set, eval set or None) with the protocol's transforms, served from the decoded-image
-    cache of ``settings.cache`` (``snftune.data.image_cache``: the same tensors, decoded once)."""
-    data_config = input_config(model, settings)
-    train_set = task.dataset(settings.train_split, transform=build_transform(task.protocol, data_config, train=True))
-    eval_set = None
-    if settings.eval_split is not None:
-        eval_set = task.dataset(settings.eval_split, transform=build_transform(task.protocol, data_config, train=False))
+def monitored_split(settings: RunSpec, task: Task) -> str | None:
+    """The split evaluated during training: a tuning split only. The task's validation split
+    when the run trains on the split it is held out from (train -> val; VTAB-1k's train800 ->
+    val200), an evaluation split the run chose itself (a trial's val200); none when the run
+    trains on the validation images too (VTAB-1k's train800val200). The protocol's evaluation
+    split (test) is read once, after the last epoch (:func:`train_run`)."""
+    if settings.eval_split is not None and settings.eval_split != task.eval_split:
+        return settings.eval_split
+    if task.tuning_splits is not None and settings.train_split == task.tuning_splits[0]:
+        return task.tuning_splits[1]
+    return None
+
+
+def build_dataset(model: torch.nn.Module, settings: RunSpec, task: Task, split: str, train: bool):
+    """One split with the protocol's transforms, served from the decoded-image cache of
+    ``settings.cache`` (``snftune.data.image_cache``: the same tensors, decoded once)."""
+    dataset = task.dataset(split, transform=build_transform(task.protocol, input_config(model, settings), train=train))
     cache = ImageCache(settings.cache, Path(settings.cache_dir) if settings.cache_dir else None)
-    workers = settings.train.workers
-    return cache.wrap(train_set, workers), cache.wrap(eval_set, workers) if eval_set is not None else None
+    return cache.wrap(dataset, settings.train.workers)
 
 
-def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_set) -> bool:
+def build_datasets(model: torch.nn.Module, settings: RunSpec, task: Task):
+    """(train set, the set evaluated during training or None: :func:`monitored_split`)."""
+    train_set = build_dataset(model, settings, task, settings.train_split, train=True)
+    monitor = monitored_split(settings, task)
+    return train_set, build_dataset(model, settings, task, monitor, train=False) if monitor else None
+
+
+def probes_cached_features(model: torch.nn.Module, settings: RunSpec, train_set) -> bool:
     """Whether the run trains its head on features computed once (``snftune.engine.features``):
     ``feature_cache`` is on, only the head trains, and every epoch would show the backbone the
     same inputs (a deterministic transform, no mixup or cutmix)."""
@@ -293,10 +530,88 @@ def probes_cached_features(model: torch.nn.Module, settings: RunSettings, train_
     )
 
 
+def final_folders(folder: Path, seeds: tuple[int, ...] | None) -> list[Path]:
+    """The final run folders of a plan: ``folder`` itself, or one ``seed<s>`` folder per seed."""
+    return [folder] if not seeds else [folder / f"seed{seed}" for seed in seeds]
+
+
+class Plan(Protocol):
+    """Work that runs itself in a folder: a single run (:class:`RunPlan`), a selection of
+    hyper-parameters then seeds (:class:`snftune.selection.SelectionPlan`), NOAH's pipeline
+    (:class:`snftune.nas.NoahPlan`). ``train``, ``search noah``, ``bench``, its ``--status``
+    and its executors only ever call these three methods."""
+
+    seeds: tuple[int, ...] | None
+    """The final runs' seeds (None: one final run, in the folder itself)."""
+
+    def check(self) -> ResolvedRun:
+        """Every run of the plan resolved (a bad setting raises now, before anything trains);
+        returns the final run's."""
+        ...
+
+    def state(self, folder: Path) -> str:
+        """``"done"`` when every final run has finished, ``"resume"`` when anything was
+        started, else ``"todo"``; from the folder alone."""
+        ...
+
+    def differences(self, folder: Path) -> list[str]:
+        """How the runs already in ``folder`` differ from this plan (empty: reusable)."""
+        ...
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        """Runs what is left in ``folder``; returns the final runs' metrics."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run in one folder (``snftune train``): refused when the folder holds a run and
+    ``resume`` is not asked for; with ``resume``, continued when its settings match."""
+
+    resolved: ResolvedRun
+    resume: bool = False
+    seeds: tuple[int, ...] | None = None
+
+    def check(self) -> ResolvedRun:
+        return self.resolved
+
+    def state(self, folder: Path) -> str:
+        return run_state(folder)
+
+    def differences(self, folder: Path) -> list[str]:
+        if not (folder / CONFIG_NAME).is_file():
+            return []
+        return self.resolved.settings.differences(read_run_config(folder))
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        """The run's metrics; none when ``folder`` held this run finished (said in ``log``)."""
+        metrics = train_run(self.resolved, folder, self.resume, dist)
+        if metrics is None:
+            log(f"{folder} already finished; nothing to do")
+            return []
+        return [metrics]
+
+
+def _awaits_final_evaluation(folder: Path) -> bool:
+    """Training finished but the reported split (test) was not read yet: ``metrics.json`` holds
+    the training's figures, whose split differs from the one the run reports."""
+    try:
+        metrics = json.loads((folder / METRICS_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    reported = (metrics.get("settings") or {}).get("reported_split") if isinstance(metrics, dict) else None
+    return reported is not None and metrics.get("eval_split") != reported
+
+
 def run_state(folder: Path) -> str:
-    """``"done"`` (metrics written), ``"resume"`` (a checkpoint waits) or ``"todo"``."""
+    """``"done"`` (metrics written), ``"resume"`` (a checkpoint waits, or training ended and the
+    final evaluation is left) or ``"todo"``."""
     if (folder / METRICS_NAME).is_file():
-        return "done"
+        return "resume" if _awaits_final_evaluation(folder) else "done"
     if (folder / CHECKPOINT_NAME).is_file():
         return "resume"
     return "todo"
@@ -327,52 +642,32 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise SettingsError(f"{run_dir} is not a run folder: {CONFIG_NAME} is missing")
-    try:
-        record = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SettingsError(f"{path} is not valid YAML ({error}); the run folder is damaged") from error
+    record = load_yaml(path, error=SettingsError)
     if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
         raise SettingsError(f"{path} is not a run's config.yaml (no 'train' settings); the run folder is damaged")
+    for key in ("model", "method", "data"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise SettingsError(
+                f"{path} is damaged ('{key}' is {record.get(key)!r}, expected a name); restore the run's "
+                "config.yaml, or start the run again in another --out"
+            )
     return record
 
 
-def settings_from_record(record: dict[str, Any]) -> RunSettings:
-    """The :class:`RunSettings` of a ``config.yaml`` record."""
-    names = {f.name for f in dataclasses.fields(RunSettings)} - {"train"}
-    return RunSettings(train=TrainConfig.from_dict(record["train"]), **{k: record[k] for k in names if k in record})
+def settings_from_record(record: dict[str, Any]) -> RunSpec:
+    """The :class:`RunSpec` of a ``config.yaml`` record (:meth:`RunSpec.from_record`)."""
+    return RunSpec.from_record(record)
 
 
-RESUMABLE_RUN_KEYS = {"device", "data_dir", "out", "cache", "cache_dir"}
-"""Run settings that may change between a run and its resumption without changing its numbers
-(the data may move to another mount; the engine still checks the training set's size; the
-image cache gives the images the uncached pipeline gives)."""
-LATER_RUN_KEYS = {"feature_cache": True}
-"""Defining settings added after run folders were first written, with the value that such a
-folder's ``config.yaml`` (which lacks them) stands for."""
-RESUMABLE_TRAIN_KEYS = RESUMABLE_CHANGES  # the engine's list: speed settings (compile, threads, ...) included
-
-
-def settings_differences(recorded: dict[str, Any], settings: RunSettings) -> list[str]:
-    """The defining settings in which ``settings`` differ from a run folder's ``config.yaml``,
-    as ``"key: recorded -> new"`` lines."""
-    new = settings.to_dict()
-    differences = []
-    for key in sorted(set(new) | set(recorded)):
-        if key in RESUMABLE_RUN_KEYS or key == "train" or key not in new:
-            continue
-        old = recorded.get(key, LATER_RUN_KEYS.get(key))
-        if old != new[key]:
-            differences.append(f"{key}: {old!r} -> {new[key]!r}")
-    old_train, new_train = recorded.get("train") or {}, new["train"]
-    for key in sorted(new_train):
-        if key not in RESUMABLE_TRAIN_KEYS and old_train.get(key) != new_train[key]:
-            differences.append(f"{key}: {old_train.get(key)!r} -> {new_train[key]!r}")
-    return differences
+def settings_differences(recorded: dict[str, Any], spec: RunSpec) -> list[str]:
+    """:meth:`RunSpec.differences`, for callers that hold the record first."""
+    return spec.differences(recorded)
 
 
 def recorded_values(out: Path) -> dict[str, Any]:
     """A run folder's settings as values for :func:`resolve_settings`, so that ``--resume --out
     DIR`` alone continues the run as it was started (given values still override them)."""
+    read_run_config(out)  # a damaged config.yaml is named as such, not as a missing option
     values = load_settings_file(Path(out) / CONFIG_NAME)
     values.pop("num_classes", None)  # derived from the task, and checked against it again
     return values
@@ -419,9 +714,16 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
     autocast = autocast_name(amp_dtype(resolved.settings.train, dist.device))  # refused here, before any write
     if _check_folder(resolved, out, resume) == "done":
         return None
+    if resolved.settings.threads is not None:
+        torch.set_num_threads(resolved.settings.threads)
     settings, task, method_config = resolved.settings, resolved.task, resolved.method_config
     model = build_model(settings)
-    train_set, eval_set = build_datasets(model, settings, task)
+    if _awaits_final_evaluation(out):
+        load_tuned(model, out / TUNED_NAME)
+        with run_lock(out) if dist.is_main else contextlib.nullcontext():
+            return _final_evaluation(model, settings, task, out, dist)
+    train_set, monitor_set = build_datasets(model, settings, task)
+    monitor = monitored_split(settings, task)
     with run_lock(out) if dist.is_main else contextlib.nullcontext():
         state = _check_folder(resolved, out, resume)  # again: another writer may have finished meanwhile
         if state == "done":
@@ -448,6 +750,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
             "method_config": {"method": method_config.method, **method_config.to_dict()},
             "data": task.name,
             "train_split": settings.train_split,
+            "reported_split": settings.eval_split,
             "protocol": task.protocol,
             "class_subset": "restricted to the task's classes" if task.class_subset else None,
             "drop_path": settings.drop_path,
@@ -455,19 +758,57 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
         }
         # Linear probing on features computed once; --no-feature-cache trains end to end.
         trainer = train_head_on_features if probes_cached_features(model, settings, train_set) else train
-        return trainer(
+        metrics = trainer(
             model,
             train_set,
             settings.train,
             out,
-            eval_set=eval_set,
-            eval_split=settings.eval_split or "none",
+            eval_set=monitor_set,
+            eval_split=monitor or "none",
             class_subset=task.class_subset,
             num_classes=task.num_classes,
             dist=dist,
             resume=state == "resume",
             record=record,
         )
+        if settings.eval_split is None or settings.eval_split == monitor:
+            return metrics
+        return _final_evaluation(model, settings, task, out, dist)
+
+
+def _final_evaluation(
+    model: torch.nn.Module, settings: RunSpec, task: Task, out: Path, dist: DistInfo
+) -> dict[str, Any]:
+    """The reported split (test) read once, with the trained weights: its top-1 becomes the
+    run's headline in ``metrics.json``, beside the figures of the split watched in training."""
+    metrics = json.loads((out / METRICS_NAME).read_text())
+    split = settings.eval_split
+    dataset = build_dataset(model, settings, task, split, train=False)
+    result = evaluate(
+        model.to(dist.device),
+        dataset,
+        batch_size=settings.train.eval_batch_size or settings.train.batch_size,
+        device=dist.device,
+        workers=settings.train.workers,
+        class_subset=task.class_subset,
+        dtype=amp_dtype(settings.train, dist.device),
+        dist=dist,
+    )
+    monitored = metrics.get("eval_split")
+    epochs = settings.train.epochs
+    metrics.update(
+        top1=result["top1"],
+        eval_split=split,
+        monitored_on=monitored,
+        final={"epoch": epochs, "top1": result["top1"], "loss": result["loss"]},
+        reported="final",
+        reported_as=f"top-1 on '{split}' after the final epoch ({epochs}), read once at the end"
+        + (f"; training watched '{monitored}'" if monitored != "none" else ""),
+    )
+    metrics.pop("best", None)
+    if dist.is_main:
+        atomic_write_json(out / METRICS_NAME, metrics)
+    return metrics
 
 
 def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
@@ -482,7 +823,7 @@ def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
         if state == "todo":
             raise SettingsError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start the run")
         if (out / CONFIG_NAME).is_file():
-            differences = settings_differences(read_run_config(out), resolved.settings)
+            differences = resolved.settings.differences(read_run_config(out))
             if differences:
                 raise SettingsError(
                     f"--resume: {out} was run with other settings ({'; '.join(differences)}); resume with the "
@@ -491,7 +832,7 @@ def _check_folder(resolved: ResolvedRun, out: Path, resume: bool) -> str:
     return state
 
 
-def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSettings | None]:
+def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSpec | None]:
     """A run folder or a bare tuned file: (the tuned file, the run's settings or None for a file)."""
     path = Path(source)
     if path.is_dir():
@@ -511,7 +852,7 @@ def read_tuned_source(source: str | os.PathLike) -> tuple[Path, RunSettings | No
 
 def evaluation_settings(
     source: str | os.PathLike, *, data: str | None = None, model: str | None = None, **given: Any
-) -> tuple[RunSettings, Path]:
+) -> tuple[RunSpec, Path]:
     """The settings that evaluate ``source`` (a run folder, or a tuned file with ``model`` and
     ``data``): the run's own, with what is given replacing them (``data`` resets the splits and
     data options; ``data_dir``, ``pretrained``, ``img_size``, ``model_kwargs``, ``data_options``)."""
@@ -521,19 +862,16 @@ def evaluation_settings(
             raise SettingsError(
                 f"{source} is a tuned file: pass --model and --data (the backbone and task it was tuned on)"
             )
-        settings = RunSettings(model=model, method="(from file)", data=data, train=TrainConfig())
+        settings = RunSpec(model=model, method="(from file)", data=data, train=TrainConfig())
     if data and data != settings.data:
-        settings.data, settings.eval_split, settings.data_options = data, None, {}
+        settings = dataclasses.replace(settings, data=data, eval_split=None, data_options={})
     if model is not None:
-        settings.model = model
-    for key, value in given.items():
-        if value is not None:
-            setattr(settings, key, value)
-    return settings, tuned
+        settings = dataclasses.replace(settings, model=model)
+    return dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None}), tuned
 
 
 def evaluate_tuned(
-    settings: RunSettings,
+    settings: RunSpec,
     tuned: Path,
     split: str | None = None,
     batch_size: int = 256,
@@ -544,13 +882,15 @@ def evaluate_tuned(
     check_device(device)
     if batch_size < 1:
         raise SettingsError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise SettingsError(f"--workers must be >= 0 (0: load images in this process), got {workers}")
     task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
     if settings.num_classes is not None and settings.num_classes != task.num_classes:
         raise SettingsError(
             f"the run was tuned for {settings.num_classes} classes, {task.name} has {task.num_classes}; "
             "evaluate on a task with the same classes"
         )
-    settings.num_classes = task.num_classes
+    settings = dataclasses.replace(settings, num_classes=task.num_classes)
     split = split or settings.eval_split or task.eval_split
     if split not in task.splits:
         raise SettingsError(f"--split {split}: {task.name} has the splits {', '.join(task.splits)}")

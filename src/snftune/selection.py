@@ -20,7 +20,6 @@ Everything resumes: finished trials and seeds are skipped, interrupted ones cont
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from collections.abc import Callable
@@ -29,28 +28,27 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
-from .engine import METRICS_NAME, DistInfo
+from .engine import DistInfo, read_metrics
+from .inputs import DamagedFileError, read_json_record
 from .runs import (
     CONFIG_NAME,
     ResolvedRun,
     SettingsError,
+    final_folders,
+    merge_layers,
     read_run_config,
     resolve_settings,
     run_state,
-    settings_differences,
     train_run,
 )
 
 __all__ = [
     "SEARCHABLE",
     "SELECTION_NAME",
-    "CellPlan",
     "SearchSpace",
-    "cell_differences",
-    "cell_state",
-    "final_folders",
+    "SelectionPlan",
     "read_selection",
-    "run_cell",
+    "trial_label",
 ]
 
 SELECTION_NAME = "selection.json"
@@ -112,26 +110,55 @@ def trial_label(values: dict[str, float]) -> str:
     return "_".join(f"{key}-{re.sub(r'[^0-9a-zA-Z.+-]', '', format(value, 'g'))}" for key, value in values.items())
 
 
-@dataclass
-class CellPlan:
-    """One cell's runs: its base values (suite, file and command line), the search space, the seeds."""
+@dataclass(frozen=True)
+class SelectionPlan:
+    """Runs that choose hyper-parameters, then train: trials of ``space`` on the tuning pair (none
+    without a space), then one final run per seed with the chosen values (one run in the folder
+    itself without seeds). ``values``: the run's settings (suite, file and command line). A
+    :class:`snftune.runs.Plan`."""
 
     values: dict[str, Any]
     space: SearchSpace | None = None
     seeds: tuple[int, ...] | None = None
 
     def final_values(self, chosen: dict[str, float], seed: int | None) -> dict[str, Any]:
-        values = {**self.values, **chosen}
+        values = merge_layers(self.values, chosen)[0]
         if seed is not None:
             values["seed"] = seed
         return values
 
     def trial_values(self, resolved: ResolvedRun, trial: dict[str, float]) -> dict[str, Any]:
         train_split, eval_split = _tuning_splits(resolved)
-        values = {**self.values, **trial, "train_split": train_split, "eval_split": eval_split}
+        values = merge_layers(self.values, trial, {"train_split": train_split, "eval_split": eval_split})[0]
         if self.seeds:
             values["seed"] = self.seeds[0]
         return values
+
+    def check(self) -> ResolvedRun:
+        """The base run and every trial resolved (a trial the settings refuse fails now)."""
+        resolved = resolve_settings(self.values)
+        for trial in self.space.trials() if self.space else ():
+            resolve_settings(self.trial_values(resolved, trial))
+        return resolved
+
+    def state(self, folder: Path) -> str:
+        """``"done"`` when every final run has finished, ``"resume"`` when anything was started, else ``"todo"``."""
+        states = [run_state(f) for f in final_folders(folder, self.seeds)]
+        if all(state == "done" for state in states):
+            return "done"
+        started = any(state != "todo" for state in states) or (folder / SELECTION_DIR).is_dir()
+        return "resume" if started else "todo"
+
+    def differences(self, folder: Path) -> list[str]:
+        return _differences(self, folder)
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        return _run(self, folder, dist, log)
+
+
+SELECTION_DIR = "selection"
 
 
 def _tuning_splits(resolved: ResolvedRun) -> tuple[str, str]:
@@ -144,26 +171,34 @@ def _tuning_splits(resolved: ResolvedRun) -> tuple[str, str]:
     return task.tuning_splits
 
 
-def final_folders(folder: Path, seeds: tuple[int, ...] | None) -> list[Path]:
-    """The final run folders of a cell: the cell folder itself, or one ``seed<s>`` folder per seed."""
-    return [folder] if not seeds else [folder / f"seed{seed}" for seed in seeds]
+SELECTION_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "space": dict,
+    "chosen": dict,
+    "chosen_val_top1": (int, float),
+    "selected_on": str,
+    "trials": list,
+}
 
 
 def read_selection(folder: Path) -> dict[str, Any] | None:
+    """The cell's ``selection.json`` (None when it has none), its shape checked: a damaged one is
+    one line naming it (delete it, and the trials' finished runs are read again to choose)."""
     path = folder / SELECTION_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    recover = "delete it and rerun: the finished trials are reused and the choice made again"
+    record = read_json_record(path, SELECTION_SCHEMA, recover=recover)
+    for trial in record["trials"]:
+        if (
+            not isinstance(trial, dict)
+            or not isinstance(trial.get("values"), dict)
+            or not isinstance(trial.get("val_top1"), int | float)
+        ):
+            raise DamagedFileError(f"{path} is damaged (a trial reads {trial!r}); {recover}")
+    return record
 
 
-def cell_state(folder: Path, plan: CellPlan) -> str:
-    """``"done"`` when every final run has finished, ``"resume"`` when anything was started, else ``"todo"``."""
-    states = [run_state(f) for f in final_folders(folder, plan.seeds)]
-    if all(state == "done" for state in states):
-        return "done"
-    started = any(state != "todo" for state in states) or (folder / "selection").is_dir()
-    return "resume" if started else "todo"
-
-
-def cell_differences(folder: Path, plan: CellPlan) -> list[str]:
+def _differences(plan: SelectionPlan, folder: Path) -> list[str]:
     """How the runs already in ``folder`` differ from what ``plan`` asks for (empty: reusable)."""
     resolved = resolve_settings(plan.values)
     recorded = read_selection(folder)
@@ -174,7 +209,7 @@ def cell_differences(folder: Path, plan: CellPlan) -> list[str]:
     runs: list[tuple[Path, dict[str, Any]]] = []
     if plan.space is not None:
         trials = plan.space.trials()
-        runs += [(folder / "selection" / trial_label(t), plan.trial_values(resolved, t)) for t in trials]
+        runs += [(folder / SELECTION_DIR / trial_label(t), plan.trial_values(resolved, t)) for t in trials]
     chosen = recorded["chosen"] if recorded is not None else {}
     seeds = plan.seeds or (None,)
     runs += [
@@ -184,26 +219,26 @@ def cell_differences(folder: Path, plan: CellPlan) -> list[str]:
     found = []
     for run, values in runs:
         if (run / CONFIG_NAME).is_file():
-            differences = settings_differences(read_run_config(run), resolve_settings(values).settings)
+            differences = resolve_settings(values).settings.differences(read_run_config(run))
             found += [f"{run.relative_to(folder)}: {d}" if run != folder else d for d in differences]
     return found
 
 
 def _select(
-    plan: CellPlan, resolved: ResolvedRun, folder: Path, dist: DistInfo, log: Callable[[str], None]
+    plan: SelectionPlan, resolved: ResolvedRun, folder: Path, dist: DistInfo, log: Callable[[str], None]
 ) -> dict[str, float]:
     """Runs every trial on the tuning pair and returns the chosen values (written to selection.json)."""
     trials = []
     space = plan.space.trials()
     for index, trial in enumerate(space, 1):
-        run = folder / "selection" / trial_label(trial)
+        run = folder / SELECTION_DIR / trial_label(trial)
         trial_run = resolve_settings(plan.trial_values(resolved, trial))
         state = run_state(run)
         if state != "done":
             doing = "resuming" if state == "resume" else "training"
             log(f"  trial {index}/{len(space)} {trial_label(trial)} on {trial_run.settings.train_split}: {doing}")
             train_run(trial_run, run, state == "resume", dist)
-        metrics = json.loads((run / METRICS_NAME).read_text())
+        metrics = read_metrics(run)
         trials.append(
             {
                 "values": trial,
@@ -230,9 +265,7 @@ def _select(
     return chosen
 
 
-def run_cell(
-    plan: CellPlan, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
+def _run(plan: SelectionPlan, folder: Path, dist: DistInfo | None, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Selection (when the plan has a space), then the final run per seed; returns their metrics.
 
     Runs already in ``folder`` are reused only when made with the plan's settings; otherwise
@@ -240,7 +273,7 @@ def run_cell(
     """
     dist = dist or DistInfo()
     resolved = resolve_settings(plan.values)
-    differences = cell_differences(folder, plan) if folder.is_dir() else []
+    differences = plan.differences(folder) if folder.is_dir() else []
     if differences:
         raise SettingsError(
             f"{folder} holds runs made with other settings ({'; '.join(differences[:4])}); use another folder"
@@ -253,5 +286,5 @@ def run_cell(
             if plan.seeds:
                 log(f"  seed {seed}: {'resuming' if state == 'resume' else 'training'}")
             train_run(resolve_settings(plan.final_values(chosen, seed)), run, state == "resume", dist)
-        results.append(json.loads((run / METRICS_NAME).read_text()))
+        results.append(read_metrics(run))
     return results

@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_write
-from .backbones import anatomy
-from .methods.registry import MethodConfig, config_from_dict, method_for, resolve_config
+from .backbones import anatomy, install_sites
+from .errors import SnftuneError
+from .methods.common import Mergeable
+from .methods.registry import (
+    MethodConfig,
+    capabilities,
+    config_from_dict,
+    method_for,
+    refuse_unsupported_family,
+    resolve_config,
+)
 
 __all__ = [
     "TuningState",
@@ -35,12 +44,15 @@ __all__ = [
     "trainable_summary",
     "save_tuned",
     "load_tuned",
+    "merge",
+    "unmerge",
+    "NotMergeableError",
 ]
 
 FORMAT_VERSION = "1"
 
 
-class TunedFileError(ValueError):
+class TunedFileError(SnftuneError, ValueError):
     """A tuned-weights file that does not fit the model (or is not one)."""
 
 
@@ -136,6 +148,8 @@ def apply(model: nn.Module, method: str | MethodConfig, **overrides: Any) -> nn.
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     try:
+        if spec.capabilities.unsupported_families:
+            refuse_unsupported_family(config, install_sites(model).family)
         spec.apply(model, config)
     except Exception:
         # Methods check that they fit before editing the model; leave the caller's flags as they were.
@@ -240,7 +254,7 @@ def save_tuned(model: nn.Module, path: str | os.PathLike) -> Path:
         "architecture": state.architecture,
         "fingerprint": state.fingerprint,
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), io_errors=(SafetensorError,))
 
 
 def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -263,14 +277,35 @@ def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise TunedFileError(
             f"{path} has snftune format {metadata['snftune_format']}; this version reads {FORMAT_VERSION}"
         )
+    recover = "its metadata was edited or cut; use the file as save_tuned wrote it, or train again"
+    for key in ("method", "config", "architecture", "fingerprint"):
+        if not metadata.get(key):
+            raise TunedFileError(f"{path}: the snftune metadata has no '{key}'; {recover}")
+    try:
+        config = json.loads(metadata["config"])
+    except ValueError:
+        raise TunedFileError(f"{path}: the metadata's 'config' is not JSON; {recover}") from None
+    if not isinstance(config, dict):
+        raise TunedFileError(
+            f"{path}: the metadata's 'config' is a JSON {type(config).__name__}, not an object; {recover}"
+        )
     return metadata
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors, every one finite: NaN weights (a run that diverged, a damaged copy) would
+    otherwise evaluate to a plausible chance-level top-1 and predict NaN probabilities without a word."""
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as error:  # safetensors raises several types for damaged files
         raise TunedFileError(f"{path} is damaged or truncated ({error}); it cannot be loaded") from None
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise TunedFileError(
+            f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}); "
+            "the run that wrote it diverged or the file is damaged: train again (a lower --lr, --grad-clip)"
+        )
+    return tensors
 
 
 def _check_fits(model: nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -328,3 +363,38 @@ def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         for name, tensor in loaded.items():
             expected[name].copy_(tensor)
     return model
+
+
+class NotMergeableError(SnftuneError, ValueError):
+    """``snftune.merge`` on a model whose method did not declare itself mergeable."""
+
+
+def _mergeable_layers(model: nn.Module, action: str) -> list[Mergeable]:
+    """The layers of a tuned model that fold into their frozen weights, once its method's
+    declaration (:class:`~snftune.Capabilities`) says it is mergeable."""
+    state = getattr(model, "snftune_state", None)
+    if state is None:
+        raise NotMergeableError(f"only a model tuned with snftune.apply (or load_tuned) can be {action}d")
+    declared = capabilities(state.config)
+    if not declared.mergeable:
+        raise NotMergeableError(f"'{state.label}' cannot be merged into the backbone: {declared.reason('mergeable')}")
+    return [m for m in model.modules() if isinstance(m, Mergeable) and m.mergeable]
+
+
+def merge(model: nn.Module) -> int:
+    """Folds every update of a tuned model into its frozen layers (each layer's own ``merge()``);
+    returns the layers merged. The outputs stay the same (to rounding) and inference costs what
+    the backbone's does. Methods whose tuned tensors already live in the backbone's own layers
+    (linear, bitfit, full) merge 0 layers. A method not declared mergeable is refused with its reason."""
+    layers = _mergeable_layers(model, "merge")
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
+def unmerge(model: nn.Module) -> int:
+    """Undoes :func:`merge` exactly (each layer kept its original weights); returns the layers unmerged."""
+    layers = _mergeable_layers(model, "unmerge")
+    for layer in layers:
+        layer.unmerge()
+    return len(layers)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json, atomic_write_text
+from ..errors import SnftuneError
 from .plots import plot_lipschitz
 
 __all__ = [
@@ -25,7 +26,7 @@ MARKDOWN_NAME = "analysis.md"
 FIGURE_NAME = "lipschitz.png"
 
 
-class AnalysisFileError(ValueError):
+class AnalysisFileError(SnftuneError, ValueError):
     """A file that is not an ``analysis.json`` written by ``snftune analyze``."""
 
 

@@ -12,11 +12,12 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from .embedded import RANDOM, create_embedded, is_embedded
-from .errors import WeightsUnavailableError
+from ..suggest import closest
+from .embedded import create_embedded, embedded_names, is_embedded
+from .errors import UnknownModelError, WeightsUnavailableError
 from .weights import load_weights, read_state_dict
 
-__all__ = ["WeightsUnavailableError", "create_model", "looks_like_path"]
+__all__ = ["UnknownModelError", "WeightsUnavailableError", "create_model", "looks_like_path", "require_known_model"]
 
 WEIGHT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
 
@@ -47,12 +48,35 @@ def _hub_offline_mode() -> Iterator[None]:
         hub_constants.HF_HUB_OFFLINE = saved
 
 
+def require_known_model(name: str) -> None:
+    """Refuses, before anything is built, a name that is neither shipped nor a timm model
+    (``hf-hub:``/``local-dir:`` names are timm's to resolve)."""
+    if not (is_embedded(name) or ":" in name or timm.is_model(name)):
+        raise unknown_model(name)
+
+
+def unknown_model(name: str) -> UnknownModelError:
+    """The error for a name neither shipped nor in timm: the nearest shipped backbone first (a newcomer's
+    likeliest target, and one timm's listing never shows), else the nearest timm name."""
+    shipped = closest(name, embedded_names())
+    if shipped is not None:
+        hint = f"did you mean '{shipped}' (shipped with snftune, works offline)?"
+    else:
+        near = closest(name, timm.list_models())
+        pattern = f"*{name.split('_')[0]}*"
+        hint = (f"did you mean '{near}'? " if near else "") + (
+            f"Shipped: {', '.join(embedded_names())}; timm's names: "
+            f"python -c \"import timm; print(timm.list_models('{pattern}'))\""
+        )
+    return UnknownModelError(f"timm has no model '{name}'; {hint}")
+
+
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
     """A timm model by name.
 
     Args:
         name: a timm model name, e.g. ``vit_base_patch16_224``.
-        pretrained: ``None`` (or ``"random"``) for random initialisation; a local weights file (``.npz`` as
+        pretrained: ``None`` for random initialisation; a local weights file (``.npz`` as
             the original ViT release, ``.pth``/``.bin``/``.safetensors`` state dicts); or a
             hub tag (``"hub"`` for timm's default tag, or e.g. ``"orig_in21k"``), which needs
             network access.
@@ -63,13 +87,15 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
     """
     if is_embedded(name):
         return create_embedded(name, pretrained, **kwargs)
-    if pretrained is None or pretrained == RANDOM:
+    require_known_model(name)
+    if pretrained is None:
         return timm.create_model(name, pretrained=False, **kwargs)
     if looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
+            problem = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise WeightsUnavailableError(
-                f"weights file {path} does not exist. Pass the path of a local .npz/.pth/.safetensors file."
+                f"weights file {path} {problem}. Pass the path of a local .npz/.pth/.safetensors file."
             )
         if path.suffix == ".npz":  # the original ViT release: timm's own reader (numpy, no pickle)
             overlay = {"file": str(path), "custom_load": True}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import SnftuneError
+
 __all__ = [
     "ResidualSite",
     "Anatomy",
@@ -34,11 +36,11 @@ NO_TOKENS_IN_FEATURE_MAPS = (
 )
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(SnftuneError, TypeError):
     """The model has no block type that snftune knows how to expose."""
 
 
-class SlotTakenError(ValueError):
+class SlotTakenError(SnftuneError, ValueError):
     """A method tried to fill a slot that another method already holds."""
 
 

@@ -4,16 +4,17 @@ tables is read only after seeing that they used, say, other weights or another n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import SnftuneError
+from ..inputs import read_json_record
 from ..provenance import common_fields, differences, flatten
 
 __all__ = ["ResultsError", "compare_results", "read_results"]
 
 
-class ResultsError(ValueError):
+class ResultsError(SnftuneError, ValueError):
     """A file that is not a results.json written by snftune bench."""
 
 
@@ -21,12 +22,11 @@ def read_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path} does not exist; pass the results.json written by snftune bench")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ResultsError(f"{path} is not JSON ({error}); pass the results.json written by snftune bench") from error
-    if not isinstance(table, dict) or "rows" not in table or "columns" not in table:
-        raise ResultsError(f"{path} is not a results.json of snftune bench (no rows and columns)")
+    recover = "pass the results.json written by snftune bench (snftune bench --table-only writes it again)"
+    table = read_json_record(path, {"rows": list, "columns": list}, ResultsError, recover)
+    for row in table["rows"]:
+        if not isinstance(row, dict) or not isinstance(row.get("row"), str) or not isinstance(row.get("cells"), dict):
+            raise ResultsError(f"{path} is damaged (a row reads {str(row)[:80]}); {recover}")
     return table
 
 

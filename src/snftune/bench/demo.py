@@ -25,9 +25,12 @@ from .runner import plan_suite, run_suite
 from .suites import Suite, SuiteTask, load_suite
 from .tables import build_table, collect_results, format_table, write_tables
 
-__all__ = ["DemoOptions", "run_demo", "idle_threads", "FIGURE_NAME", "SUMMARY_NAME", "QUICK_METHODS"]
+__all__ = ["DemoOptions", "run_demo", "idle_threads", "FIGURE_NAME", "SUMMARY_NAME", "QUICK_METHODS", "TABLE_METHODS"]
 
 QUICK_METHODS = ["linear", "snf-shallow"]
+TABLE_METHODS = ["linear", "full", "bitfit", "vpt-deep", "adapter", "lora", "snf-shallow", "snf-deep"]
+"""What ``snftune demo`` runs by default: the paper's eight at one fixed learning rate (about 5
+minutes on a CPU). The demo suite's other methods (the field's, each with a search) run when named."""
 FIGURE_NAME = "features.png"
 SUMMARY_NAME = "demo.json"
 FIGURE_TITLES = {"linear": "linear probing", "snf-shallow": "SNF-shallow", "snf-deep": "SNF-deep"}
@@ -60,7 +63,8 @@ def demo_suite(options: DemoOptions) -> Suite:
             for name in generated_task_names()
         ]
         tasks = None
-    methods = options.methods or (QUICK_METHODS if options.quick else None)
+    default = TABLE_METHODS if options.suite == "demo" else None
+    methods = options.methods or (QUICK_METHODS if options.quick else default)
     if options.quick and not tasks:
         tasks = [suite.tasks[0].data]
     return suite.select(methods, tasks)

@@ -24,16 +24,22 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text
+from ..errors import MissingExtraError
 from .runner import ERROR_LOG_NAME, CellOutcome, CellReport, PlannedCell, run_planned_cell
 from .suites import Suite
 
 __all__ = ["INSTALL_HINT", "RayExecutor", "RayUnavailableError", "import_ray"]
 
-INSTALL_HINT = 'pip install -e ".[ray]" (in a checkout) or pip install "ray>=2.10"'
+INSTALL_HINT = 'pip install -e ".[ray]"'
+"""How to install the 'ray' extra in a checkout of the repository."""
 
 
-class RayUnavailableError(RuntimeError):
+class RayUnavailableError(MissingExtraError, RuntimeError):
     """Ray is not installed in this environment."""
+
+    package = "Ray"
+    used_by = "--executor ray"
+    extra = "ray"
 
 
 def import_ray() -> Any:
@@ -41,9 +47,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as error:
-        raise RayUnavailableError(
-            f"--executor ray needs Ray, which is not installed here ({error}); install it with {INSTALL_HINT}"
-        ) from None
+        raise RayUnavailableError(f"{error}; in a checkout of snftune: {INSTALL_HINT}") from None
     return ray
 
 

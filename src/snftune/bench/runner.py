@@ -14,7 +14,7 @@ rewrites the tables.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,19 +25,21 @@ from typing import Any, Protocol
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError
+from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError, read_metrics
 from ..engine.distributed import broadcast_object
+from ..nas.noah import NoahPlan, plan_noah
 from ..runs import (
+    Plan,
+    RunSpec,
     SettingsError,
     evaluate_tuned,
+    final_folders,
     known_keys,
+    merge_layers,
     read_run_config,
-    resolve_settings,
     run_state,
-    settings_from_record,
 )
-from ..search.cells import cell_differences, cell_state, plan_cell, run_cell  # NOAH cells: its pipeline
-from ..selection import CellPlan, final_folders
+from ..selection import SearchSpace, SelectionPlan
 from .suites import Cell, Suite
 from .tables import write_tables
 from .tracking import cell_lock, cell_record, write_cell_record
@@ -52,15 +54,17 @@ __all__ = [
     "cell_results",
     "cell_values",
     "changed_cells",
+    "is_noah_search",
+    "plan_cell",
     "plan_suite",
     "run_planned_cell",
     "run_suite",
     "set_aside",
     "state_of",
+    "weights_by_backbone",
 ]
 
 ERROR_LOG_NAME = "error.log"
-MERGED_KEYS = ("model_kwargs", "method_options", "data_options")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,32 @@ class PlannedCell:
     """A cell with its runs (None for a cell evaluated with another cell's weights)."""
 
     cell: Cell
-    plan: CellPlan | None
+    plan: Plan | None
+
+
+SIZE_OPTIONS = ("subnet", "prompt", "lora", "adapter")
+
+
+def is_noah_search(values: dict[str, Any]) -> bool:
+    """Method ``noah`` with nothing that fixes its sizes: the sizes are to be searched."""
+    options = values.get("method_options") or {}
+    return values.get("method") == "noah" and not any(key in options for key in SIZE_OPTIONS)
+
+
+def plan_cell(
+    values: dict[str, Any], space: SearchSpace | None, seeds: tuple[int, ...] | None, checked: bool = True
+) -> Plan:
+    """A cell's plan: NOAH's pipeline for method ``noah`` without sizes (its settings checked now,
+    before anything trains, unless ``checked`` is False: ``--status`` reads only the folder), else
+    selection (when there is a space) and the final runs. A NOAH cell's method options hold
+    NOAH's settings (``param_limit``, ``population``, ..., ``supernet: {...}``); its retrained
+    subnet is the cell's final run, so tables read it like any other."""
+    if is_noah_search(values):
+        return plan_noah(values, seeds, space) if checked else NoahPlan(values, seeds)
+    plan = SelectionPlan(values, space, seeds)
+    if checked:
+        plan.check()
+    return plan
 
 
 @dataclass(frozen=True)
@@ -80,7 +109,12 @@ class CellFailure:
 
 
 def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Settings of one cell: the suite's, then the overrides (a settings file and the command line)."""
+    """Settings of one cell: the suite's, then the overrides (a settings file and the command
+    line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the warm-up)."""
+    return _cell_values(suite, cell, overrides)[0]
+
+
+def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     values: dict[str, Any] = {
         "model": cell.model.model,
         "pretrained": cell.model.pretrained,
@@ -92,24 +126,56 @@ def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str
         "data_options": dict(suite.data_options),
         **suite.train,
     }
-    for key, value in overrides.items():
-        values[key] = {**values[key], **value} if key in MERGED_KEYS else value
-    return values
+    return merge_layers(values, overrides, names=(f"suite {suite.name}",))
 
 
-def _pretrained_for(cell: Cell, pretrained: list[str] | None) -> str | None:
-    """One weights file for every backbone, or ``LABEL=FILE`` pairs for multi-backbone suites."""
-    if not pretrained:
-        return cell.model.pretrained
-    pairs = dict(item.split("=", 1) for item in pretrained if "=" in item)
-    if pairs:
-        return pairs.get(cell.model.label, pairs.get(cell.model.model, cell.model.pretrained))
-    return pretrained[0]
+def _split_weights_item(item: str) -> tuple[str | None, str]:
+    """``LABEL=FILE`` -> (label, file); a bare file or hub tag -> (None, item). A path that exists
+    is a file even when its name holds ``=``."""
+    label, sep, path = item.partition("=")
+    if not sep or Path(item).expanduser().exists() or not label:
+        return None, item
+    return label, path
 
 
-def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | None = None) -> list[PlannedCell]:
+def weights_by_backbone(suite: Suite, pretrained: list[str] | None) -> dict[str, str | None]:
+    """Backbone label -> weights: the suite's own, replaced by one file (or hub tag) for every
+    backbone, or by ``LABEL=FILE`` pairs (labels or timm names of the suite's backbones). A label
+    that names no backbone, two files for one backbone, or a bare file beside pairs is refused."""
+    chosen = {model.label: model.pretrained for model in suite.models}
+    items = [_split_weights_item(item) for item in pretrained or []]
+    bare = [path for label, path in items if label is None]
+    pairs = [(label, path) for label, path in items if label is not None]
+    if bare and (pairs or len(bare) > 1):
+        raise SettingsError(
+            f"--pretrained {' '.join(pretrained or [])}: give one file for every backbone, or LABEL=FILE pairs "
+            f"(labels: {', '.join(chosen)})"
+        )
+    if bare:
+        return dict.fromkeys(chosen, bare[0])
+    given: dict[str, str] = {}
+    for label, path in pairs:
+        matches = [m.label for m in suite.models if label in (m.label, m.model)]
+        if not matches:
+            raise SettingsError(
+                f"--pretrained {label}={path}: {label!r} names no backbone of suite {suite.name}; "
+                f"its backbones: {', '.join(f'{m.label} ({m.model})' for m in suite.models)}"
+            )
+        for match in matches:
+            if match in given and given[match] != path:
+                raise SettingsError(f"--pretrained gives two files for {match}: {given[match]} and {path}; give one")
+            given[match] = path
+    return {**chosen, **given}
+
+
+def plan_suite(
+    suite: Suite,
+    overrides: dict[str, Any],
+    pretrained: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[PlannedCell]:
     """Every cell with its resolved settings: unknown methods, tasks or settings fail here,
-    before any cell trains."""
+    before any cell trains. ``log`` hears each note on derived settings (a scaled warm-up) once."""
     unknown = sorted(set(suite.train) - set(known_keys()))
     if unknown:
         raise SettingsError(
@@ -117,18 +183,22 @@ def plan_suite(suite: Suite, overrides: dict[str, Any], pretrained: list[str] | 
         )
     if not suite.methods:
         raise SettingsError(f"suite {suite.name} lists no methods; pass --methods")
+    weights = weights_by_backbone(suite, pretrained)
+    said: set[str] = set()
     planned = []
     for cell in suite.cells():
         if cell.task.train_from:
             planned.append(PlannedCell(cell, None))
             continue
-        values = cell_values(suite, cell, overrides)
-        values["pretrained"] = _pretrained_for(cell, pretrained)
+        values, notes = _cell_values(suite, cell, overrides)
+        values["pretrained"] = weights[cell.model.label]
         seeds = tuple(suite.seeds) if suite.seeds else None
         plan = plan_cell(values, suite.search_space(cell.method), seeds)
-        resolved = resolve_settings(plan.values)
-        for trial in plan.space.trials() if plan.space else ():  # a trial the settings refuse fails now
-            resolve_settings(plan.trial_values(resolved, trial))
+        resolved = plan.check()
+        for note in (*notes, *resolved.notes):
+            if log is not None and note not in said:
+                said.add(note)
+                log(note)
         planned.append(PlannedCell(cell, plan))
     return planned
 
@@ -137,7 +207,7 @@ def state_of(suite: Suite, planned: PlannedCell, out: Path) -> str:
     """``done``, ``resume`` or ``todo`` for any cell."""
     folder = planned.cell.folder(out)
     if planned.plan is not None:
-        return cell_state(folder, planned.plan)
+        return planned.plan.state(folder)
     states = [run_state(f) for f in final_folders(folder, tuple(suite.seeds) if suite.seeds else None)]
     return "done" if all(s == "done" for s in states) else "todo"
 
@@ -149,7 +219,7 @@ def changed_cells(suite: Suite, plan: list[PlannedCell], out: Path) -> dict[Path
     for planned in plan:
         folder = planned.cell.folder(out)
         if planned.plan is not None and folder.is_dir():
-            differences = cell_differences(folder, planned.plan)
+            differences = planned.plan.differences(folder)
             if differences:
                 changed[folder] = differences
     for planned in plan:
@@ -258,12 +328,15 @@ def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[s
     for source, target in zip(final_folders(source_folder, seeds), final_folders(cell.folder(out), seeds), strict=True):
         if not (source / TUNED_NAME).is_file():
             raise SettingsError(f"{cell.task.data} is evaluated with the weights of {source}, which has not finished")
-        source_metrics = json.loads((source / METRICS_NAME).read_text())
-        settings = settings_from_record(read_run_config(source))
-        settings.data, settings.eval_split = cell.task.data, None
-        settings.data_options = {**suite.data_options, **overrides.get("data_options", {})}
+        source_metrics = read_metrics(source)
+        settings = dataclasses.replace(
+            RunSpec.from_record(read_run_config(source)),
+            data=cell.task.data,
+            eval_split=None,
+            data_options={**suite.data_options, **overrides.get("data_options", {})},
+        )
         if overrides.get("data_dir"):
-            settings.data_dir = overrides["data_dir"]
+            settings = dataclasses.replace(settings, data_dir=overrides["data_dir"])
         device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
         metrics = {
@@ -344,7 +417,7 @@ def cell_results(
     for an evaluation)."""
     if planned.plan is None:
         return _evaluate_from_source(suite, planned.cell, out, overrides) if dist.is_main else []
-    return run_cell(planned.plan, planned.cell.folder(out), dist, log)
+    return planned.plan.run(planned.cell.folder(out), dist, log)
 
 
 def run_planned_cell(

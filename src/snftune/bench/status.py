@@ -15,13 +15,12 @@ run writes it when it starts), so ``--status --out DIR`` needs nothing else.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..selection import CellPlan, cell_state
-from .runner import ERROR_LOG_NAME
+from ..inputs import read_json_record
+from .runner import ERROR_LOG_NAME, plan_cell
 from .suites import Cell, Suite, SuiteError, parse_suite
 from .tracking import cell_holder, read_cell_record
 
@@ -64,8 +63,9 @@ class GridStatus:
 
 def _status_of(suite: Suite, cell: Cell, out: Path) -> CellStatus:
     folder = cell.folder(out)
-    runs = CellPlan({}, seeds=tuple(suite.seeds) if suite.seeds else None)  # a cell's runs depend on its seeds only
-    state = cell_state(folder, runs)
+    seeds = tuple(suite.seeds) if suite.seeds else None
+    values = {"method": cell.method.method, "method_options": dict(cell.method.options)}
+    state = plan_cell(values, None, seeds, checked=False).state(folder)  # the folder alone tells
     holder = cell_holder(folder) if state != "done" else None
     if state == "done":
         label = "finished"
@@ -88,11 +88,8 @@ def recorded_suite(out: Path) -> Suite:
     path = out / "results.json"
     if not path.is_file():
         raise SuiteError(f"{out} holds no results.json (no grid has run there yet); pass --suite to name the grid")
-    try:
-        settings = json.loads(path.read_text())["settings"]
-    except (ValueError, KeyError) as error:
-        raise SuiteError(f"{path} is not a results.json of snftune bench ({error}); pass --suite") from error
-    return parse_suite(settings, str(path))
+    recover = "pass --suite to name the grid (a run of it writes results.json again)"
+    return parse_suite(read_json_record(path, {"settings": dict}, SuiteError, recover)["settings"], str(path))
 
 
 def format_status(status: GridStatus, slowest: int = 5) -> str:

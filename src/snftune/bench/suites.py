@@ -27,11 +27,14 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+from ..errors import SnftuneError
+from ..inputs import load_yaml, read_text
+from ..suggest import did_you_mean
 
-from ..selection import SearchSpace
+if TYPE_CHECKING:  # imported where used: suite_names() serves `snftune bench --help`, which must not load torch
+    from ..selection import SearchSpace
 
 __all__ = ["Suite", "SuiteError", "SuiteMethod", "SuiteModel", "SuiteTask", "Cell", "load_suite", "suite_names"]
 
@@ -40,7 +43,7 @@ SUITE_KEYS |= {"methods", "groups", "tasks", "data_options", "table", "search", 
 TASK_KEYS = {"data", "column", "group", "train_from", "meta"}
 
 
-class SuiteError(ValueError):
+class SuiteError(SnftuneError, ValueError):
     """A suite file that is malformed, or a selection that matches nothing."""
 
 
@@ -101,6 +104,8 @@ class Suite:
     def search_space(self, method: SuiteMethod) -> SearchSpace | None:
         """The method's own search space, else the suite's; None when there is nothing to search."""
         space = self.search if method.search is None else method.search
+        from ..selection import SearchSpace
+
         return SearchSpace.parse(space, f"suite {self.name}, search of {method.label}") if space else None
 
     def with_search(self, search: dict[str, Any]) -> Suite:
@@ -175,8 +180,14 @@ class Suite:
         }
 
 
+MAX_FOLDER_NAME = 120
+"""File systems refuse names over 255 bytes; a cell's folder also gets ``.previous-N`` suffixes."""
+
+
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "_"
+    """A folder name made of letters, digits, '.', '_' and '-' that never starts with '.': so never
+    ``..`` or ``.`` (a cell written outside ``--out``) nor a hidden name such as ``.lock``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip(".-").rstrip("-") or "_"
 
 
 def _short(spec: str) -> str:
@@ -195,17 +206,14 @@ def load_suite(name_or_path: str) -> Suite:
         path = Path(name_or_path)
         if not path.is_file():
             raise SuiteError(f"suite file {path} does not exist")
-        text, source = path.read_text(), str(path)
+        text, source = read_text(path, SuiteError, "suite file"), str(path)
     else:
         if name_or_path not in suite_names():
-            raise SuiteError(f"unknown suite '{name_or_path}'; known: {', '.join(suite_names())}, or a YAML file")
+            hint = did_you_mean(name_or_path, suite_names())
+            raise SuiteError(f"unknown suite '{name_or_path}'{hint}; known: {', '.join(suite_names())}, or a YAML file")
         text = (resources.files("snftune.bench") / "suites" / f"{name_or_path}.yaml").read_text()
         source = f"suite {name_or_path}"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SuiteError(f"{source} is not valid YAML: {error}") from error
-    return parse_suite(data, source)
+    return parse_suite(load_yaml(text=text, source=source, error=SuiteError), source)
 
 
 def parse_suite(data: Any, source: str = "suite") -> Suite:
@@ -276,6 +284,16 @@ def _check_folders(models: list[SuiteModel], methods: list[SuiteMethod], tasks: 
     for kind, names in (("row", rows), ("task", [t.data for t in tasks])):
         seen: dict[str, str] = {}
         for name in names:
+            if (
+                not isinstance(name, str)
+                or name.startswith(".")
+                or len(name) > MAX_FOLDER_NAME
+                or slug(name) == "_" != name
+            ):
+                raise SuiteError(
+                    f"{source}: the {kind} {str(name)[:60]!r} cannot name a folder (labels are strings of at most "
+                    f"{MAX_FOLDER_NAME} characters, with letters or digits, not starting with '.')"
+                )
             folder = slug(name)
             if folder in seen:
                 if seen[folder] == name:

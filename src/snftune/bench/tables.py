@@ -1,13 +1,15 @@
 """Paper-style result tables from a benchmark folder: one row per method, one column per
 task, the group means, both averages the literature uses (each labelled), and the tuned
-parameters, as Markdown, CSV and JSON; then the hyper-parameters chosen on validation.
+parameters, as Markdown, CSV and JSON; then the hyper-parameters chosen on validation; beside
+them the trade-off figure (mean top-1 against tuned parameters).
 
-Every figure says what it is: which top-1 (final epoch, or best-on-evaluation, marked †), how
-the hyper-parameters were chosen, over how many runs it is a mean, and its spread. A cell
-whose column holds several runs (seeds; several data seeds of one column) shows
-``mean ± std`` (sample standard deviation). An average shows a spread when every column it
-averages has the same number of runs: the average is then taken per run index (seed) first.
-``results.json`` keeps every run's value and its provenance.
+Every figure says what it is: how it was trained (read from each run's recorded settings, so
+that ``bench --epochs 1`` says 1 epoch whatever the suite's description says), which top-1
+(final epoch, or best-on-evaluation, marked †), how the hyper-parameters were chosen, over how
+many runs it is a mean, and its spread. A cell whose column holds several runs (seeds; several
+data seeds of one column) shows ``mean ± std`` (sample standard deviation). An average shows a
+spread when every column it averages has the same number of runs: the average is then taken
+per run index (seed) first. ``results.json`` keeps every run's value and its provenance.
 """
 
 from __future__ import annotations
@@ -22,15 +24,35 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..engine import METRICS_NAME
+from ..engine import METRICS_NAME, read_metrics
 from ..provenance import common_fields
-from ..selection import SELECTION_NAME, final_folders
+from ..runs import final_folders
+from ..selection import read_selection
+from .plots import plot_tradeoff
 from .suites import Suite
 
-__all__ = ["CellResult", "collect_results", "build_table", "format_table", "write_tables", "PLAIN_MEAN", "GROUP_MEAN"]
+__all__ = [
+    "CellResult",
+    "collect_results",
+    "build_table",
+    "format_table",
+    "write_tables",
+    "PLAIN_MEAN",
+    "GROUP_MEAN",
+    "TRADEOFF_NAME",
+]
 
 PLAIN_MEAN = "mean"
 GROUP_MEAN = "mean of groups"
+TRADEOFF_NAME = "tradeoff.png"
+TRAINING_KEYS = {
+    "epochs": "epochs",
+    "batch_size": "batch",
+    "lr": "lr",
+    "weight_decay": "weight decay",
+    "warmup_epochs": "warm-up epochs",
+}
+"""The training settings a table's header states, as run (key in the run's settings -> words)."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +72,14 @@ class CellResult:
     folder: str | None = None
     selection: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    train_split: str | None = None
 
 
 def _selection_summary(folder: Path) -> dict[str, Any] | None:
-    path = folder / SELECTION_NAME
-    if not path.is_file():
+    record = read_selection(folder)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     return {
         "chosen": record["chosen"],
         "chosen_val_top1": record["chosen_val_top1"],
@@ -76,8 +99,8 @@ def collect_results(suite: Suite, out: Path) -> list[CellResult]:
             path = run / METRICS_NAME
             if not path.is_file():
                 continue
-            metrics = json.loads(path.read_text())
-            settings = metrics.get("settings") or {}
+            metrics = read_metrics(path)
+            settings = metrics.get("settings") if isinstance(metrics.get("settings"), dict) else {}
             results.append(
                 CellResult(
                     row=cell.row,
@@ -95,6 +118,8 @@ def collect_results(suite: Suite, out: Path) -> list[CellResult]:
                     folder=str(run.relative_to(out)),
                     selection=selection,
                     provenance=settings.get("provenance"),
+                    train=settings.get("train"),
+                    train_split=settings.get("train_split"),
                 )
             )
     return results
@@ -149,9 +174,16 @@ def build_table(suite: Suite, results: list[CellResult]) -> dict[str, Any]:
         selection = {
             r.column: r.selection["chosen"] for found in by_cell.values() for r in found if r.row == row and r.selection
         }
+        random_init = any(
+            ((r.provenance or {}).get("weights") or {}).get("source") == "random"
+            for found in by_cell.values()
+            for r in found
+            if r.row == row
+        )
         table_rows.append(
             {
                 "row": row,
+                "random_backbone": random_init,
                 "tuned_parameters": min(counts) if len(counts) == 1 else (sorted(counts) or None),
                 "cells": {c: _summary(replicates[c]) for c in columns},
                 "runs": {c: replicates[c] for c in columns},
@@ -172,10 +204,45 @@ def build_table(suite: Suite, results: list[CellResult]) -> dict[str, Any]:
         "eval_splits": sorted({r.eval_split for r in results if r.eval_split}),
         "seeds": suite.seeds,
         "selection": _selection_rule(suite, results),
+        "training": _training_as_run(results),
         "cells": [asdict(r) for r in results],
         "provenance": _common_provenance(results),
         "settings": suite.to_dict(),
     }
+
+
+def _training_as_run(results: list[CellResult]) -> dict[str, list[Any]]:
+    """Each stated training setting's distinct values over the finished runs (train split included)."""
+    found: dict[str, list[Any]] = {}
+    for key in (*TRAINING_KEYS, "train_split"):
+        values = [r.train_split if key == "train_split" else (r.train or {}).get(key) for r in results]
+        distinct = sorted({v for v in values if v is not None}, key=str)
+        if distinct:
+            found[key] = distinct
+    return found
+
+
+def _training_line(table: dict[str, Any]) -> str | None:
+    """``Trained as run on train800val200: epochs 1 (the suite's: 2), batch 32, ...``: the settings
+    the runs recorded, with the suite's own value where the runs were given another."""
+    training = table.get("training") or {}
+    suite_train = (table.get("settings") or {}).get("train") or {}
+    parts = []
+    for key, words in TRAINING_KEYS.items():
+        if key not in training:
+            continue
+        text = f"{words} {'/'.join(map(_setting, training[key]))}"
+        if key in suite_train and training[key] != [suite_train[key]]:
+            text += f" (the suite's: {_setting(suite_train[key])})"
+        parts.append(text)
+    if not parts:
+        return None
+    splits = training.get("train_split")
+    return f"Trained as run{' on ' + '/'.join(splits) if splits else ''}: {', '.join(parts)}."
+
+
+def _setting(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _selection_rule(suite: Suite, results: list[CellResult]) -> str:
@@ -218,6 +285,8 @@ def _caption(table: dict[str, Any]) -> list[str]:
     if "best" in table["reported"]:
         text += "; cells marked † report the best evaluation instead, selected on that same split"
     lines = [text + ". Tuned parameters in millions, classifier head excluded. – : not run yet."]
+    if any(row.get("random_backbone") for row in table["rows"]):
+        lines.append("‡ tuned from a randomly initialised backbone (--pretrained random), not from pretrained weights.")
     lines.append(f"Hyper-parameters: {table['selection']}.")
     if table["seeds"]:
         lines.append(
@@ -246,9 +315,10 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     for row in table["rows"]:
         dagger = "†" if fmt == "markdown" else ""
         marked = [_pct(row["cells"][c]) + (dagger if c in row["best_on_eval"] else "") for c in columns]
+        random_mark = " ‡" if fmt == "markdown" and row.get("random_backbone") else ""
         body.append(
             [
-                row["row"],
+                row["row"] + random_mark,
                 _params(row["tuned_parameters"]),
                 *marked,
                 *[_pct(row["groups"][g]) for g in groups],
@@ -266,6 +336,9 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     lines = [f"## {table['suite']}", ""]
     if table["description"]:
         lines += [table["description"], ""]
+    trained = _training_line(table)
+    if trained:
+        lines += [trained, ""]
     lines += [
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),
@@ -284,11 +357,17 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(suite: Suite, out: Path) -> dict[str, Path]:
-    """results.md, results.csv and results.json in ``out``."""
+def write_tables(suite: Suite, out: Path, figure: bool = True) -> dict[str, Path]:
+    """results.md, results.csv and results.json in ``out``, and beside them tradeoff.png (mean top-1
+    against tuned parameters, as ``snftune plot tradeoff`` draws it) once a row has both."""
     table = build_table(suite, collect_results(suite, out))
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for fmt, suffix in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
         paths[fmt] = atomic_write_text(out / f"results.{suffix}", format_table(table, fmt))
+    if figure:
+        try:
+            paths["figure"] = plot_tradeoff(table, out / TRADEOFF_NAME)
+        except ValueError:  # no finished row with an average and a parameter count yet
+            pass
     return paths

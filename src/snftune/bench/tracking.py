@@ -15,10 +15,10 @@ host and executor, for ``--status`` (the slowest cells) and for planning the nex
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
+import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..engine import lock_holder, run_lock
+from ..inputs import DamagedFileError, read_json_record
 
 __all__ = [
     "CELL_LOCK_NAME",
@@ -83,9 +84,19 @@ def write_cell_record(folder: Path, record: dict[str, Any]) -> None:
     atomic_write_json(folder / CELL_RECORD_NAME, record)
 
 
+CELL_RECORD_SCHEMA: dict[str, type | tuple[type, ...]] = {"outcome": str, "wall_s": (int, float)}
+
+
 def read_cell_record(folder: Path) -> dict[str, Any] | None:
-    """The cell's ``cell.json``, or None when it has none (never run, or run before it existed)."""
+    """The cell's ``cell.json``, or None when it has none (never run, or run before it existed).
+
+    The record only informs (wall times for ``--status``): a damaged one costs one warning naming
+    it and counts as absent; the cell's next execution writes it again."""
+    path = folder / CELL_RECORD_NAME
+    if not path.is_file():
+        return None
     try:
-        return json.loads((folder / CELL_RECORD_NAME).read_text())
-    except (OSError, ValueError):
+        return read_json_record(path, CELL_RECORD_SCHEMA, recover="ignored, the cell's next run writes it again")
+    except (DamagedFileError, OSError) as error:
+        warnings.warn(str(error), stacklevel=2)
         return None

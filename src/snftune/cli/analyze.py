@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..analysis import AnalysisSettings, resolve_inputs, run_analysis
 from .common import CLIError, parse_key_values
 
 
@@ -37,17 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE")
     parser.add_argument("--img-size", type=int)
     parser.add_argument("--labels", nargs="+", help="one name per source (default: the method)")
-    parser.add_argument("--batch-size", type=int, default=AnalysisSettings.batch_size)
-    parser.add_argument(
-        "--iterations", type=int, default=AnalysisSettings.iterations, help="power-iteration steps per site constant"
-    )
+    # Defaults (None here) are AnalysisSettings', filled in when the command runs.
+    parser.add_argument("--batch-size", type=int, help="images per pass")
+    parser.add_argument("--iterations", type=int, help="power-iteration steps per site constant")
     parser.add_argument(
         "--end-to-end-iterations",
         type=int,
-        default=AnalysisSettings.end_to_end_iterations,
         help="power-iteration steps per end-to-end constant (each runs the rest of the network)",
     )
-    parser.add_argument("--seed", type=int, default=AnalysisSettings.seed)
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the idle cores)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -55,13 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis import AnalysisSettings, resolve_inputs, run_analysis
+
+    given = {name: getattr(args, name) for name in ("batch_size", "iterations", "end_to_end_iterations", "seed")}
     try:
-        settings = AnalysisSettings(
-            batch_size=args.batch_size,
-            iterations=args.iterations,
-            end_to_end_iterations=args.end_to_end_iterations,
-            seed=args.seed,
-        )
+        settings = AnalysisSettings(**{name: value for name, value in given.items() if value is not None})
     except ValueError as error:
         raise CLIError(str(error)) from error
     inputs = resolve_inputs(

@@ -9,16 +9,13 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..bench.compare import compare_results, read_results
-from ..bench.ray_executor import RayExecutor, RayUnavailableError, import_ray
-from ..bench.runner import CellExecutor, SerialExecutor, changed_cells, plan_suite, run_suite, state_of
-from ..bench.shards import Shard, shard_cells
-from ..bench.status import format_status, grid_status, recorded_suite
-from ..bench.suites import Suite, SuiteModel, load_suite, suite_names
-from ..bench.tables import build_table, collect_results, format_table, write_tables
-from ..engine import DistInfo, cleanup_distributed, setup_distributed
+from ..bench.suites import suite_names  # the suites folder's listing: no torch, for --help
 from .common import CLIError, add_train_options, apply_threads, parse_search, values_from_args
+
+if TYPE_CHECKING:
+    from ..bench.suites import Suite
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -92,6 +89,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _select(args: argparse.Namespace, suite: Suite) -> Suite:
+    from ..bench.suites import SuiteModel
+
     suite = suite.select(args.methods, args.tasks, args.models)
     if args.search:
         suite = suite.with_search(parse_search(args.search))
@@ -106,6 +105,12 @@ def _select(args: argparse.Namespace, suite: Suite) -> Suite:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench.runner import CellExecutor, SerialExecutor, changed_cells, plan_suite, run_suite, state_of
+    from ..bench.shards import Shard, shard_cells
+    from ..bench.status import format_status, grid_status, recorded_suite
+    from ..bench.suites import load_suite
+    from ..engine import DistInfo, cleanup_distributed, setup_distributed
+
     if args.compare:
         return _compare(*args.compare)
     if not args.out:
@@ -125,16 +130,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shard = Shard.parse(args.shard) if args.shard else None
     _check_executor_options(args)
-    overrides = values_from_args(args)
+    overrides, notes = values_from_args(args)
+    for note in notes:
+        print(note, flush=True)
     pretrained = overrides.pop("pretrained", None)
     overrides.pop("out", None)
-    plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained)
+    plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained, log=_log)
     if shard is not None:
         whole = len(plan)
         plan = shard_cells(suite, plan, shard)
         print(f"shard {shard}: {len(plan)} of the {whole} cells", flush=True)
     if not args.dry_run:
-        apply_threads(args)
+        apply_threads(args.threads)
     if args.dry_run:
         changed = changed_cells(suite, plan, out)
         for planned in plan:
@@ -143,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     executor: CellExecutor
     if args.executor == "ray":  # the driver: the cells run in Ray's worker processes
+        from ..bench.ray_executor import RayExecutor
+
         dist, executor = DistInfo(), RayExecutor(args.ray_address, args.cpus_per_cell or 1, log=_log)
     else:
         dist = setup_distributed(overrides.get("device"))
@@ -187,6 +196,8 @@ def _check_executor_options(args: argparse.Namespace) -> None:
         raise CLIError("--executor ray runs each cell in a process of its own; start it with python, not torchrun")
     if args.cpus_per_cell is not None and args.cpus_per_cell < 1:
         raise CLIError(f"--cpus-per-cell must be >= 1, got {args.cpus_per_cell}")
+    from ..bench.ray_executor import RayUnavailableError, import_ray
+
     try:
         import_ray()
     except RayUnavailableError as error:
@@ -194,9 +205,11 @@ def _check_executor_options(args: argparse.Namespace) -> None:
 
 
 def _print_table(suite: Suite, out: Path) -> None:
-    write_tables(suite, out)
+    from ..bench.tables import build_table, collect_results, format_table, write_tables
+
+    written = write_tables(suite, out)
     print(format_table(build_table(suite, collect_results(suite, out)), "markdown"), end="")
-    print(f"tables: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.json'}")
+    print(f"tables: {', '.join(str(path) for path in written.values())}")
 
 
 def _show(value) -> str:
@@ -204,6 +217,8 @@ def _show(value) -> str:
 
 
 def _compare(path_a: str, path_b: str) -> int:
+    from ..bench.compare import compare_results, read_results
+
     found = compare_results(read_results(path_a), read_results(path_b))
     print(f"A: {path_a}\nB: {path_b}\n")
     print("What made them (provenance shared by each file's runs):")

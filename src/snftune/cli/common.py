@@ -9,49 +9,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..analysis import AnalysisFileError
 from ..atomic import atomic_write_json
-from ..backbones import UnsupportedModelError
-from ..backbones.errors import WeightsUnavailableError
-from ..backbones.sites import SlotTakenError
-from ..bench.compare import ResultsError
-from ..bench.suites import SuiteError
-from ..data import DataError
-from ..engine import CheckpointError, ConfigError, DivergenceError, ResumeError, RunLockedError
-from ..engine.acceleration import use_threads
-from ..methods.registry import NotApplicableError, UnknownMethodError
-from ..runs import RunFailedError, SettingsError, known_keys, load_settings_file
-from ..tuning import TunedFileError
+from ..errors import SnftuneError
+from ..inputs import load_yaml
 
 
-class CLIError(Exception):
-    """A problem with what the user asked for: printed as one line, exit status 2."""
+class CLIError(SnftuneError):
+    """A problem with what the user asked for: printed as one line, exit status 2 (like every
+    :class:`~snftune.errors.SnftuneError`, which the CLI prints as one line with its exit code)."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    AnalysisFileError,
-    CheckpointError,
-    CLIError,
-    ConfigError,
-    DataError,
-    FileNotFoundError,
-    NotApplicableError,
-    ResultsError,
-    ResumeError,
-    SettingsError,
-    SlotTakenError,
-    SuiteError,
-    TunedFileError,
-    UnknownMethodError,
-    UnsupportedModelError,
-    WeightsUnavailableError,
-)
-"""Exceptions that mean bad input (a message for the user), not a bug (a traceback)."""
-
-RUN_FAILURES: tuple[type[BaseException], ...] = (DivergenceError, RunFailedError, RunLockedError)
-"""Exceptions of a run that started and could not finish: one line, exit status 1."""
+# The library is imported inside the functions that need it, so that building the parser
+# (``snftune --help``) does not import torch and timm.
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -61,10 +30,7 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CLIError(f"{flag} takes KEY=VALUE pairs, got '{item}' (e.g. {flag} depth=2)")
-        try:
-            values[key] = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise CLIError(f"{flag} {item}: the value is not valid YAML ({error})") from error
+        values[key] = load_yaml(text=raw, source=f"{flag} {item}", error=CLIError)
     return values
 
 
@@ -76,10 +42,9 @@ def parse_search(items: list[str]) -> dict[str, list[Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--search takes KEY=V1,V2 pairs, got '{item}' (e.g. --search lr=0.001,0.005)")
-        try:
-            space[key] = [yaml.safe_load(v) for v in raw.split(",")] if raw else []
-        except yaml.YAMLError as error:
-            raise CLIError(f"--search {item}: a value is not valid YAML ({error})") from error
+        space[key] = (
+            [load_yaml(text=v, source=f"--search {item}", error=CLIError) for v in raw.split(",")] if raw else []
+        )
     return space
 
 
@@ -98,7 +63,9 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     """Options shared by ``train`` and ``bench``; every default is None (= not given), so
     that YAML files and protocol defaults can fill them."""
     if with_run:
-        parser.add_argument("--model", help="timm model name, e.g. vit_base_patch16_224")
+        parser.add_argument(
+            "--model", help="timm model name (e.g. vit_base_patch16_224), or snftune-vit-tiny: shipped, offline"
+        )
         parser.add_argument("--method", help="method or preset name (snf-deep, lora, ...) or a method YAML file")
         parser.add_argument("--data", help="task spec, e.g. vtab1k/cifar, fgvc/cub, generated/shapes")
     if with_run:
@@ -198,26 +165,30 @@ def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core)")
 
 
-def apply_threads(args: argparse.Namespace) -> int:
-    """Sets torch's CPU threads from ``--threads`` (default: the idle cores) and says so, once
-    (on rank 0 under torchrun)."""
-    threads = use_threads(getattr(args, "threads", None))
+def apply_threads(threads: int | None) -> int:
+    """Sets torch's CPU threads to ``threads`` (``--threads``; None: one per idle core) and says
+    so, once (on rank 0 under torchrun)."""
+    from ..engine.acceleration import use_threads
+
+    chosen = use_threads(threads)
     if os.environ.get("RANK", "0") == "0":
-        source = "--threads" if getattr(args, "threads", None) else "one per idle core; --threads sets it"
-        print(f"torch CPU threads: {threads} ({source})", flush=True)
-    return threads
+        source = "--threads" if threads else "one per idle core; --threads sets it"
+        print(f"torch CPU threads: {chosen} ({source})", flush=True)
+    return chosen
 
 
-def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Merged settings: the --config file, then every option given on the command line."""
+def values_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Merged settings: the --config file, then every option given on the command line (see
+    :func:`snftune.runs.merge_layers`); and a note per warm-up scaled with a changed length."""
+    from ..runs import known_keys, load_settings_file, merge_layers
+
     values = load_settings_file(args.config) if getattr(args, "config", None) else {}
     given = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
     for key, flag in (("model_kwargs", "--model-kwargs"), ("data_options", "--data-options")):
         if key in given:
-            given[key] = {**(values.get(key) or {}), **parse_key_values(given[key], flag)}
+            given[key] = parse_key_values(given[key], flag)
     if "method_options" in given:
-        given["method_options"] = {
-            **(values.get("method_options") or {}),
-            **parse_key_values(given["method_options"], "--method-options"),
-        }
-    return {**values, **given}
+        given["method_options"] = parse_key_values(given["method_options"], "--method-options")
+    if getattr(args, "seeds", None) and len(set(args.seeds)) != len(args.seeds):
+        raise CLIError(f"--seeds {' '.join(map(str, args.seeds))} lists a seed twice; give each seed once")
+    return merge_layers(values, given, names=(f"--config {getattr(args, 'config', None)}",))

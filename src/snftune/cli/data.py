@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 
-from ..data import check_data
 from .common import CLIError, check_output_file, parse_key_values, write_json_result
 
 
@@ -47,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from ..data import check_data
+
     if args.workers < 0:
         raise CLIError(f"--workers must be 0 or more, got {args.workers}")
     check_output_file(args.json, "--json")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench.demo import FIGURE_NAME, SUMMARY_NAME, DemoOptions, run_demo
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,7 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="one task, two methods, one short epoch (for CI)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: the demo suite's, 2)")
     parser.add_argument("--tasks", nargs="+", help="generated tasks (e.g. shapes terrain count, or 'all')")
-    parser.add_argument("--methods", nargs="+", help="methods (default: the eight of the table)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="methods (default: the eight of the table; the suite has more, e.g. adaptformer ln-tune)",
+    )
     parser.add_argument("--suite", default="demo", help="suite name or YAML file (default: demo)")
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: the idle cores, from the load average; at least 1)"
@@ -37,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench.demo import FIGURE_NAME, SUMMARY_NAME, DemoOptions, run_demo
+
     options = DemoOptions(
         out=Path(args.out),
         quick=args.quick,
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(options, log=lambda line: print(line, flush=True))
     print()
     print(summary["table"], end="")
-    written = ["results.md", "results.csv", "results.json", *([FIGURE_NAME] if summary["figure"] else []), SUMMARY_NAME]
+    tables = [Path(path).name for path in summary["tables"].values()]
+    written = [*tables, *([FIGURE_NAME] if summary["figure"] else []), SUMMARY_NAME]
     print(f"\ndone in {summary['wall_s']:.0f}s. Results in {options.out}/: {', '.join(written)}")
     return 0

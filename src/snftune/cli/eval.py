@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..runs import RunSettings, evaluate_tuned, evaluation_settings
 from .common import add_threads_option, apply_threads, check_output_file, parse_key_values, write_json_result
+
+if TYPE_CHECKING:
+    from ..runs import RunSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
+    from ..runs import evaluation_settings
+
     return evaluation_settings(
         args.source,
         data=args.data,
@@ -50,8 +55,10 @@ def _settings_for(args: argparse.Namespace) -> tuple[RunSettings, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runs import evaluate_tuned
+
     check_output_file(args.json, "--json")
-    apply_threads(args)
+    apply_threads(args.threads)
     settings, tuned = _settings_for(args)
     result = evaluate_tuned(settings, tuned, args.split, args.batch_size, args.workers, args.device)
     subset = f", over {result['class_subset']} classes" if result["class_subset"] else ""

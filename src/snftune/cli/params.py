@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..bench.params import PAPER_BACKBONES, PAPER_METHODS, format_table, noah_subnet_table, parameter_table
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,7 +12,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Counts the parameters each method tunes (classifier head excluded) on the paper's "
         "backbones or on any timm models, building them on the meta device.",
     )
-    parser.add_argument("--methods", nargs="+", default=list(PAPER_METHODS), help="method or preset names")
+    parser.add_argument("--methods", nargs="+", help="method or preset names (default: the paper's methods)")
     parser.add_argument(
         "--models",
         nargs="+",
@@ -34,7 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backbones.factory import require_known_model
+    from ..bench.params import PAPER_BACKBONES, PAPER_METHODS, format_table, noah_subnet_table, parameter_table
+
+    for name in args.models or ():
+        require_known_model(name)
+    methods = PAPER_METHODS if args.methods is None else tuple(args.methods)
     backbones = PAPER_BACKBONES if args.models is None else {name: name for name in args.models}
-    rows = parameter_table(tuple(args.methods), backbones) + noah_subnet_table(args.noah_subnets, backbones)
+    rows = parameter_table(methods, backbones) + noah_subnet_table(args.noah_subnets, backbones)
     print(format_table(rows, args.format), end="")
     return 0

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..analysis import plot_lipschitz, read_analysis
-from ..bench.plots import plot_fewshot, plot_run_features, plot_tradeoff
 from .common import CLIError
 
 
@@ -70,6 +68,8 @@ def _read_results(path: Path) -> dict:
 
 
 def run_fewshot(args: argparse.Namespace) -> int:
+    from ..bench.plots import plot_fewshot
+
     path = Path(args.results)
     try:
         written = plot_fewshot(_read_results(path), args.out)
@@ -80,6 +80,8 @@ def run_fewshot(args: argparse.Namespace) -> int:
 
 
 def run_tradeoff(args: argparse.Namespace) -> int:
+    from ..bench.plots import plot_tradeoff
+
     path = Path(args.results)
     try:
         written = plot_tradeoff(_read_results(path), args.out, "mean of groups" if args.average == "groups" else "mean")
@@ -90,6 +92,8 @@ def run_tradeoff(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    from ..bench.plots import plot_run_features
+
     drawn = plot_run_features(
         args.runs,
         args.out,
@@ -105,5 +109,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_lipschitz(args: argparse.Namespace) -> int:
+    from ..analysis import plot_lipschitz, read_analysis
+
     print(f"wrote {plot_lipschitz(read_analysis(args.analysis), args.out)}")
     return 0

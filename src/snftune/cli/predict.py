@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..runs import input_config
-from ..serving.predict import backbone_settings, list_images, predict, serve_sources, task_source, write_predictions
 from .common import CLIError, add_threads_option, apply_threads, parse_key_values
 
 
@@ -40,9 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runs import input_config
+    from ..serving.predict import backbone_settings, list_images, predict, serve_sources, task_source, write_predictions
+
     if args.top_k < 1 or args.batch_size < 1:
         raise CLIError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
-    apply_threads(args)
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0 (0: decode images in this process), got {args.workers}")
+    apply_threads(args.threads)
     sources = [task_source(spec) for spec in args.tuned]
     images = list_images(args.images)
     model_kwargs = parse_key_values(args.model_kwargs, "--model-kwargs") if args.model_kwargs else None

@@ -7,9 +7,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
-from ..pretraining import RECIPES, pretrain, recipe_with
+from ..suggest import did_you_mean
 from .common import CLIError
 
 
@@ -24,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: snftune pretrain --model snftune-vit-tiny --out my-weights --threads 1; then use them "
         "with --model snftune-vit-tiny --pretrained my-weights/snftune-vit-tiny.safetensors",
     )
-    parser.add_argument("--model", default="snftune-vit-tiny", choices=sorted(RECIPES))
+    parser.add_argument("--model", default="snftune-vit-tiny", help="embedded backbone (default: snftune-vit-tiny)")
     parser.add_argument("--out", default=".", help="folder for the weights and JSON (default: the working directory)")
     parser.add_argument("--run-dir", help="engine run folder (log.jsonl, metrics.json; default: a temporary one)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -36,6 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..pretraining import RECIPES, pretrain, recipe_with
+
+    if args.model not in RECIPES:
+        hint = did_you_mean(args.model, RECIPES)
+        raise CLIError(f"--model {args.model}: no pretraining recipe{hint}; known: {', '.join(sorted(RECIPES))}")
     for flag, value, low in (
         ("--threads", args.threads, 1),
         ("--epochs", args.epochs, 1),

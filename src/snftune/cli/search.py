@@ -8,7 +8,6 @@ import json
 import statistics
 from pathlib import Path
 
-from ..search.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah, run_noah
 from .common import CLIError, add_train_options, apply_threads, parse_key_values, values_from_args
 
 SEARCH_OPTIONS = {
@@ -66,21 +65,25 @@ def _noah_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = values_from_args(args)
+    from ..nas.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah
+
+    values, notes = values_from_args(args)
     if values.get("method") not in (None, "noah"):
         raise CLIError(f"snftune search noah tunes with NOAH's modules; drop --method {values['method']}")
     if args.search:
         raise CLIError(
             "--search chooses one method's hyper-parameters; NOAH's phases take --supernet/--retrain KEY=VALUE"
         )
-    apply_threads(args)
+    apply_threads(args.threads)
     if not values.get("out"):
         raise CLIError("missing --out (the folder for the supernet, search and retrain)")
     out = Path(values.pop("out"))
     values["method_options"] = {**(values.get("method_options") or {}), **_noah_options(args)}
     seeds = tuple(args.seeds) if args.seeds else None
     plan = plan_noah({**values, "method": "noah"}, seeds)
-    results = run_noah(plan, out, log=lambda line: print(line, flush=True))
+    for note in notes:
+        print(note, flush=True)
+    results = plan.run(out, log=lambda line: print(line, flush=True))
     search = out / SEARCH_DIR
     found = json.loads((search / RESULT_NAME).read_text())["best"]
     top1 = [m["top1"] for m in results]

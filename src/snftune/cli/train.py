@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..engine import cleanup_distributed, setup_distributed
-from ..runs import CONFIG_NAME, recorded_values, resolve_settings, train_run
-from ..selection import CellPlan, SearchSpace, read_selection, run_cell
 from .common import CLIError, add_train_options, apply_threads, parse_search, values_from_args
+
+if TYPE_CHECKING:
+    from ..runs import ResolvedRun
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,52 +32,56 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = values_from_args(args)
+    if not args.out and not args.config:  # refused before torch is imported: at once
+        raise CLIError("missing --out (the run folder to write)")
+    from ..engine import cleanup_distributed, setup_distributed
+    from ..runs import CONFIG_NAME, Plan, RunPlan, merge_layers, recorded_values, resolve_settings
+    from ..selection import SearchSpace, SelectionPlan
+
+    values, notes = values_from_args(args)
     if not values.get("out"):
         raise CLIError("missing --out (the run folder to write)")
-    apply_threads(args)
-    if args.resume and (Path(values["out"]) / CONFIG_NAME).is_file():
-        values = {**recorded_values(Path(values["out"])), **values}
+    out = Path(values.pop("out"))
+    if args.resume and (out / CONFIG_NAME).is_file():
+        values, notes = merge_layers(recorded_values(out), values, names=("the run folder",))
+        values.pop("out", None)
     resolved = resolve_settings(values)
-    if args.search or args.seeds:
-        return _run_cell(args, values, resolved)
+    apply_threads(resolved.settings.threads)  # --threads, the run folder's on --resume, else the idle cores
+    notes = [*notes, *resolved.notes]
+    plan: Plan
+    if args.search or args.seeds:  # selection on validation, then one final run per seed
+        space = SearchSpace.parse(parse_search(args.search), "--search") if args.search else None
+        plan = SelectionPlan(values, space, tuple(args.seeds) if args.seeds else None)
+    else:
+        plan = RunPlan(resolved, args.resume)
     dist = setup_distributed(resolved.settings.device)
+    say = (lambda line: print(line, flush=True)) if dist.is_main else (lambda line: None)
+    for note in notes:
+        say(note)
     try:
-        metrics = train_run(resolved, Path(values["out"]), args.resume, dist)
+        results = plan.run(out, dist, log=say)
     finally:
         cleanup_distributed()
-    if metrics is None:
-        if dist.is_main:
-            print(f"{values['out']} already finished; nothing to do")
-    elif dist.is_main:
+    if dist.is_main and results:
+        _print_result(resolved, results, out)
+    return 0
+
+
+def _print_result(resolved: ResolvedRun, results: list[dict], out: Path) -> None:
+    from ..selection import SELECTION_NAME, read_selection
+
+    name = f"{resolved.task.name} / {resolved.settings.method}"
+    top1 = [m["top1"] for m in results]
+    if len(results) == 1 and not (out / SELECTION_NAME).is_file():
+        metrics = results[0]
         headline = "no evaluation split" if metrics["top1"] is None else f"{metrics['top1']:.2f}%"
         print(
-            f"{resolved.task.name} / {resolved.settings.method}: top-1 {headline} "
-            f"({metrics.get('reported_as', metrics['reported'])}); {metrics['tuned_parameters']:,} tuned "
-            f"parameters; {metrics['timing']['train_s']:.1f}s training; results in {values['out']}"
+            f"{name}: top-1 {headline} ({metrics.get('reported_as', metrics['reported'])}); "
+            f"{metrics['tuned_parameters']:,} tuned parameters; {metrics['timing']['train_s']:.1f}s training; "
+            f"results in {out}"
         )
-    return 0
-
-
-def _run_cell(args: argparse.Namespace, values: dict, resolved) -> int:
-    """``--search`` and/or ``--seeds``: selection on validation, then one final run per seed."""
-    values = {k: v for k, v in values.items() if k != "out"}
-    plan = CellPlan(
-        values,
-        SearchSpace.parse(parse_search(args.search), "--search") if args.search else None,
-        tuple(args.seeds) if args.seeds else None,
-    )
-    out = Path(args.out)
-    dist = setup_distributed(resolved.settings.device)
-    try:
-        results = run_cell(plan, out, dist, log=lambda line: print(line, flush=True) if dist.is_main else None)
-    finally:
-        cleanup_distributed()
-    if dist.is_main:
-        top1 = [m["top1"] for m in results]
-        spread = f" ± {statistics.stdev(top1):.2f} over {len(top1)} seeds" if len(top1) > 1 else ""
-        chosen = read_selection(out)
-        picked = f"; chosen on {chosen['selected_on']}: {chosen['chosen']}" if chosen else ""
-        name = f"{resolved.task.name} / {resolved.settings.method}"
-        print(f"{name}: top-1 {statistics.mean(top1):.2f}%{spread}{picked}; results in {out}")
-    return 0
+        return
+    spread = f" ± {statistics.stdev(top1):.2f} over {len(top1)} seeds" if len(top1) > 1 else ""
+    chosen = read_selection(out)
+    picked = f"; chosen on {chosen['selected_on']}: {chosen['chosen']}" if chosen else ""
+    print(f"{name}: top-1 {statistics.mean(top1):.2f}%{spread}{picked}; results in {out}")

@@ -6,6 +6,8 @@ Task specs, resolved against ``data_dir``::
     fgvc/<dataset>                     FGVC with VPT json splits (cub, nabirds, oxford_flowers, …)
     fewshot/<dataset>/<k>shot/seed<s>  NOAH few-shot lists (the five FGVC datasets and imagenet)
     dg/<target>[/all1000][/seed<s>]    ImageNet 16-shot (seed s, default 0) -> imagenet, -v2/-sketch/-a/-r
+    cifar100/full, cifar100/<n>        CIFAR-100 from either official archive (.tar.gz or folder)
+    imagenet/16shot[/seed<s>]          ImageNet-1k 16-shot (NOAH's list), top-1 on the ILSVRC2012 val set
     folder:<path>, list:<path>         users' ImageFolder trees and <path> <label> lists
     generated/<task>                   the generated suite, in memory (no data_dir)
 
@@ -14,7 +16,7 @@ options ``on_bad_image`` and ``allow_outside_root`` (:class:`ReadOptions`); :fun
 checks a dataset on disk against what its benchmark expects (``snftune data check``).
 """
 
-from . import fewshot, fgvc, folders, generated, imagenet, vtab  # noqa: F401  (register the readers)
+from . import cifar, fewshot, fgvc, folders, generated, imagenet, vtab  # noqa: F401  (register the readers)
 from .check import DataReport, check_data
 from .errors import DataError, DataWarning
 from .lists import ImageListDataset, ReadOptions, Sample

@@ -14,11 +14,13 @@ import hashlib
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from .errors import DataError, DataWarning
@@ -72,6 +74,7 @@ class TaskReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # why the task could not be resolved (then nothing else was checked)
+    modes: dict[str, int] = field(default_factory=dict)  # images per Pillow mode found (RGB, L, I;16, F, ...)
 
     @property
     def ok(self) -> bool:
@@ -163,13 +166,53 @@ def check_task(
     and training/test duplicates by content. ``workers`` > 0 decodes in that many processes;
     ``progress`` shows a bar on a terminal for tasks of :data:`PROGRESS_FROM` images or more."""
     task = resolve_task(spec, data_dir, **(options or {}))
+    if task.in_memory:
+        return _check_in_memory(spec, task)
     listings = {split: _list_split(task, split) for split in task.splits}
     origins = _first_origins(listing.samples for listing in listings.values())
     inspected = inspect_images(list(origins.items()), workers, progress, f"{task.name}: reading images")
     report = TaskReport(spec, task.name, str(task.root) if task.root else None)
     report.splits = [_split_report(task, split, listing, inspected) for split, listing in listings.items()]
+    report.modes = dict(sorted(Counter(mode for _, _, mode in inspected.values() if mode).items()))
     report.duplicates = _duplicates(task, listings, inspected)
     report.problems, report.notes = _findings(task, report, listings, inspected)
+    return report
+
+
+def _check_in_memory(spec: str, task: Task) -> TaskReport:
+    """A task read from an archive into memory (CIFAR-100): split sizes and classes, and test images
+    whose pixels equal a training image's. Nothing to find missing or undecodable."""
+    report = TaskReport(spec, task.name, str(task.root))
+    digests: dict[str, list[str]] = {}
+    for split in task.splits:
+        try:
+            dataset = task.dataset(split)
+        except DataError as exc:
+            error = _one_line(str(exc)).removeprefix(f"{task.name}: ")
+            report.splits.append(SplitReport(split, expected=task.expected_sizes.get(split), error=error))
+            continue
+        labels = {int(label) for label in dataset.labels}
+        report.splits.append(
+            SplitReport(
+                split,
+                lines=len(dataset),
+                images=len(dataset),
+                expected=task.expected_sizes.get(split),
+                classes=len(labels),
+                absent_classes=_class_names(task, labels, split),
+            )
+        )
+        digests[split] = [hashlib.sha256(image.tobytes()).hexdigest() for image in dataset.images]
+    training: dict[str, tuple[str, str]] = {}
+    for split, values in digests.items():
+        if split != task.eval_split:
+            for index, digest in enumerate(values):
+                training.setdefault(digest, (split, f"{split}[{index}]"))
+    for index, digest in enumerate(digests.get(task.eval_split or "", [])):
+        if digest in training:
+            split, image = training[digest]
+            report.duplicates.append(Duplicate(digest, split, image, f"{task.eval_split}[{index}]"))
+    report.problems, report.notes = _findings(task, report, {s: _Listing() for s in task.splits}, {})
     return report
 
 
@@ -208,28 +251,36 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _inspect(item: tuple[str, str]) -> tuple[str | None, str | None]:
-    """(sha256 of the file's bytes, why it cannot be decoded or None)."""
+Inspection = tuple[str | None, str | None, str | None]
+"""(sha256 of the file's bytes, why it cannot be decoded or None, its Pillow mode or None)."""
+
+
+def _inspect(item: tuple[str, str]) -> Inspection:
     path, origin = item
     try:
         digest = sha256_of(path)
     except OSError as exc:
-        return None, f"cannot read {path} ({origin}): {exc}"
+        return None, f"cannot read {path} ({origin}): {exc}", None
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+    except Exception:  # load_rgb says why, in its words
+        mode = None
     try:
         load_rgb(path, origin)
     except UnreadableImageError as exc:
-        return digest, exc.detail
-    return digest, None
+        return digest, exc.detail, mode
+    return digest, None, mode
 
 
-def _inspect_chunk(items: list[tuple[str, str]]) -> list[tuple[str | None, str | None]]:
+def _inspect_chunk(items: list[tuple[str, str]]) -> list[Inspection]:
     return [_inspect(item) for item in items]
 
 
 def inspect_images(
     items: Sequence[tuple[str, str]], workers: int = 0, progress: bool = False, desc: str = "reading images"
-) -> dict[str, tuple[str | None, str | None]]:
-    """``{path: (sha256, problem)}`` for ``(path, origin)`` items, each file read and decoded once.
+) -> dict[str, Inspection]:
+    """``{path: (sha256, problem, mode)}`` for ``(path, origin)`` items, each file read and decoded once.
 
     Worker processes, not threads: :func:`load_rgb` turns Pillow's decompression-bomb warning
     into an error with a process-wide warning filter.
@@ -237,7 +288,7 @@ def inspect_images(
     chunks = [list(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
     # disable=None: tqdm shows the bar only on a terminal
     disable = None if progress and len(items) >= PROGRESS_FROM else True
-    results: dict[str, tuple[str | None, str | None]] = {}
+    results: dict[str, Inspection] = {}
     with tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, leave=False, disable=disable) as bar:
         if workers > 0 and len(chunks) > 1:
             with ProcessPoolExecutor(min(workers, len(chunks))) as pool:
@@ -312,7 +363,10 @@ def _findings(task: Task, report: TaskReport, listings: dict[str, _Listing], ins
     missing = _first_origins(listing.missing for listing in listings.values())
     if missing:
         problems.append(f"{len(missing)} missing image(s): {_capped([f'{p} ({o})' for p, o in missing.items()])}")
-    unreadable = [problem for _, problem in inspected.values() if problem]
+    unreadable = [problem for _, problem, _ in inspected.values() if problem]
+    if set(report.modes) - {"RGB"}:
+        modes = ", ".join(f"{mode} {count}" for mode, count in report.modes.items())
+        notes.append(f"image modes {modes} (16-bit read as 0..65535 and float as 0..1, scaled to 8 bits)")
     if unreadable:
         problems.append(f"{len(unreadable)} unreadable image(s): {_capped(unreadable)}")
     if report.duplicates:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import SnftuneError
 
-class DataError(ValueError):
+
+class DataError(SnftuneError, ValueError):
     """Data on disk does not match what a reader expects.
 
     Messages say what was expected, what was found, and what to do about it. Raised in a

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..inputs import read_text
 from .errors import DataError
 from .layout import DatasetInfo, canonical_name
 from .lists import ReadOptions, Sample, find_first
@@ -46,8 +47,7 @@ def fgvc_task_names() -> list[str]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(read_text(path, DataError, "split file"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc}). Re-download the VPT split files.") from exc
     if not isinstance(data, dict):

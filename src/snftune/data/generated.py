@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
+from ..inputs import check_value
+from ..suggest import did_you_mean
 from . import _render as R
 from .errors import DataError
 from .registry import Task, register_reader, reject_options
@@ -38,6 +40,9 @@ from .registry import Task, register_reader, reject_options
 SPLIT_SIZES = {"train800": 800, "val200": 200}
 SPLITS = ("train800", "val200", "train800val200", "test")
 MIN_SIZE, MAX_SIZE = 16, 64
+MAX_N_TEST = 100_000
+"""A split is drawn into memory whole: 100,000 images of 64 px are 1.2 GB; ``n_test=1e12`` is refused
+before anything is allocated."""
 _CHUNK = 250
 _SUPERSAMPLE_BELOW = 48  # larger images are drawn at their own size: 4x less work, edges still fine
 
@@ -331,9 +336,8 @@ def generated_task_names() -> list[str]:
 # ---------------------------------------------------------------- generation
 
 
-def _check_size(image_size: int) -> None:
-    if not MIN_SIZE <= image_size <= MAX_SIZE:
-        raise DataError(f"image_size must be in {MIN_SIZE}..{MAX_SIZE}, got {image_size}.")
+def _check_size(image_size: int) -> int:
+    return check_value(image_size, "image_size", int, MIN_SIZE, MAX_SIZE, DataError)
 
 
 def _rng(seed: int, task: str, split: str) -> np.random.Generator:
@@ -375,10 +379,8 @@ def generate_split(
         raise DataError(f"unknown generated task {task!r}; known: {', '.join(GENERATED_TASKS)}.")
     if split not in SPLITS:
         raise DataError(f"generated/{task}: no split {split!r}; available: {', '.join(SPLITS)}.")
-    _check_size(image_size)
-    if n_test < 1:
-        raise DataError(f"n_test must be positive, got {n_test}.")
-    return _generate(task, split, int(seed), int(image_size), int(n_test))
+    seed, image_size, n_test = _options(seed, image_size, n_test).values()
+    return _generate(task, split, seed, image_size, n_test)
 
 
 class ArrayDataset(Dataset):
@@ -405,8 +407,12 @@ class ArrayDataset(Dataset):
 
 
 def _options(seed: int = 0, image_size: int = 32, n_test: int = 1000) -> dict[str, int]:
-    _check_size(image_size)
-    return {"seed": int(seed), "image_size": int(image_size), "n_test": int(n_test)}
+    """The options typed and ranged before anything is drawn: ``n_test`` is held in memory whole."""
+    return {
+        "seed": check_value(seed, "seed", int, 0, 2**63 - 1, DataError),
+        "image_size": _check_size(image_size),
+        "n_test": check_value(n_test, "n_test", int, 1, MAX_N_TEST, DataError),
+    }
 
 
 @register_reader("generated", lambda: [f"generated/{t}" for t in GENERATED_TASKS])
@@ -414,7 +420,8 @@ def resolve_generated(rest: str, data_dir: Path | None, **options: Any) -> Task:
     """``generated/<task>``, in memory; options ``seed`` (0), ``image_size`` (32), ``n_test`` (1000)."""
     spec = f"generated/{rest}"
     if rest not in GENERATED_TASKS:
-        raise DataError(f"{spec}: unknown generated task; known: {', '.join(GENERATED_TASKS)}.")
+        hint = did_you_mean(rest, GENERATED_TASKS, prefix="generated/")
+        raise DataError(f"{spec}: unknown generated task{hint}; known: {', '.join(GENERATED_TASKS)}.")
     reject_options(spec, options, ("seed", "image_size", "n_test"))
     opts = _options(**options)
     info = GENERATED_TASKS[rest]

@@ -14,7 +14,8 @@ cannot be written. The few-shot/DG training pipeline begins with a random *resiz
 the original image, so the only cache that keeps it identical holds the full-resolution image;
 ``auto`` leaves that split uncached (pixels take about ten times the JPEG's bytes), ``ram`` and
 ``disk`` cache it. Datasets held in memory (the generated suite) have nothing to decode and
-are never cached.
+are never cached; datasets read from an archive into memory (CIFAR-100) have no decoding to
+save but a resize per image and epoch, so they are cached like files, keyed by their content.
 
 An entry is keyed by the transform steps it holds (their parameters, Pillow's and
 torchvision's versions) and by every listed file's path, size, modification and change time
@@ -99,9 +100,16 @@ def default_ram_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
+def cacheable(dataset: Dataset) -> bool:
+    """Files listed by an :class:`ImageListDataset`, or images held in memory that say what they
+    hold (``content_key``: a hash of their pixels and labels, as CIFAR-100's reader gives)."""
+    return isinstance(dataset, ImageListDataset) or isinstance(getattr(dataset, "content_key", None), str)
+
+
 def cache_key(dataset: ImageListDataset, prefix: list[Callable]) -> str:
     """What an entry holds, as a hash: the cached steps, the library versions that compute them,
-    and every file's path, size, times and label (one ``stat`` per file)."""
+    and every file's path, size, times and label (one ``stat`` per file), or the in-memory
+    dataset's ``content_key``."""
     digest = hashlib.sha256()
     header = {
         "format": FORMAT,
@@ -111,6 +119,9 @@ def cache_key(dataset: ImageListDataset, prefix: list[Callable]) -> str:
         "torchvision": torchvision.__version__,
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
+    if not isinstance(dataset, ImageListDataset):
+        digest.update(dataset.content_key.encode())
+        return digest.hexdigest()[:32]
     for sample in dataset.samples:
         digest.update(f"{os.path.abspath(sample.path)}\t{_file_state(sample.path)}\t{sample.label}\n".encode())
     return digest.hexdigest()[:32]
@@ -242,7 +253,7 @@ class ImageCache:
 
         A cold entry is built here, decoding every image once with ``workers`` processes.
         """
-        if self.mode == "off" or not isinstance(dataset, ImageListDataset):
+        if self.mode == "off" or not cacheable(dataset):
             return dataset
         prefix, rest = split_cacheable(dataset.transform)
         if not prefix or (self.mode == "auto" and not _bounded(prefix)):

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import RUN_FAILED, SnftuneError
+
 __all__ = [
     "DamagedEntryError",
     "ImageStore",
@@ -44,11 +46,13 @@ _ROOM_CHECK_EVERY = 64  # images between two free-space checks while writing
 _STALE_AFTER_S = 24 * 3600  # temporary folders older than this were left by a killed writer
 
 
-class NoRoomError(OSError):
+class NoRoomError(SnftuneError, OSError):
     """Writing the entry would leave less free space than the reserve (or the budget is spent)."""
 
+    exit_code = RUN_FAILED
 
-class DamagedEntryError(ValueError):
+
+class DamagedEntryError(SnftuneError, ValueError):
     """An entry on disk that does not hold what its name and ``entry.json`` promise."""
 
 

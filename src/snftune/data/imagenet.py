@@ -43,15 +43,18 @@ from .layout import (
 )
 from .lists import ReadOptions, Sample, check_label, image_files, read_list_file
 from .registry import Task, register_reader, reject_options, require_data_dir
+from .val_labels import flat_val_samples
 
 NUM_CLASSES = 1000
 VAL_SIZE = 50_000  # ILSVRC-2012 val
 DG_SHOTS = 16
 SEEDS = (0, 1, 2)  # NOAH's list seeds
 SOURCE = DatasetInfo(
-    NUM_CLASSES, ("imagenet", "ImageNet", "imagenet-1k", "imagenet1k", "ILSVRC2012"), ("train", "images/train", "")
+    NUM_CLASSES,
+    ("imagenet", "ImageNet", "imagenet-1k", "imagenet1k", "ILSVRC2012"),
+    ("train", "images/train", "ILSVRC/Data/CLS-LOC/train", ""),  # NOAH, CoOp, Kaggle, the folder itself
 )
-VAL_DIRS = ("val", "images/val")
+VAL_DIRS = ("val", "images/val", "ILSVRC/Data/CLS-LOC/val")  # the last: Kaggle's layout
 VAL_LIST = "annotations/val_meta.list"
 TARGET_LISTS = ("annotations/test_meta.list", "test_meta.list", "annotations/val_meta.list", "val_meta.list")
 CONVENTIONS = {"mask200": "top-1 over the 200 present classes", "all1000": "top-1 over all 1000 classes"}
@@ -213,13 +216,17 @@ def source_samples(source: Source, split: str, name: str) -> list[Sample]:
     if with_val_list is not None:
         val_roots = image_candidates(source.folders, (*VAL_DIRS, ""))
         return _list_samples(with_val_list / VAL_LIST, val_roots, name, None)
-    trees = existing_folders(image_candidates(source.folders, VAL_DIRS))
+    folders = existing_folders(image_candidates(source.folders, VAL_DIRS))
+    trees = [f for f in folders if any(p.is_dir() for p in f.iterdir())]
     if trees:
         return _tree_samples(trees[0], name, None)
+    if folders:
+        return flat_val_samples(folders[0], source.folders, imagenet_wnids(), name)
     looked = [f / VAL_LIST for f in source.folders] + image_candidates(source.folders, VAL_DIRS)
     raise DataError(
         f"{name}: no ImageNet validation data; looked for:{looked_in(looked)}\nAdd the ILSVRC2012 val "
-        "images sorted into <wnid>/ folders (val/ or CoOp's images/val/), or a val_meta.list of them."
+        "images sorted into <wnid>/ folders (val/ or CoOp's images/val/), or a val_meta.list of them, or the "
+        "flat val/ folder with its ground truth (docs/data.md)."
     )
 
 
@@ -317,3 +324,22 @@ def _target_dataset(source, folders, info, allowed, name, split, transform, opti
     else:
         samples = _target_samples(folders, info, allowed, name)
     return options.dataset(samples, f"{name}:{split}", transform, NUM_CLASSES)
+
+
+def imagenet_task_names() -> list[str]:
+    return ["imagenet/16shot", *(f"imagenet/16shot/seed{s}" for s in SEEDS)]
+
+
+@register_reader("imagenet", imagenet_task_names)
+def resolve_imagenet(rest: str, data_dir: Path | None, **options: Any) -> Task:
+    """``imagenet/16shot[/seed<s>]``: NOAH's 16-shot list ``s`` (default 0), top-1 on the ILSVRC2012 val set
+    (protocol ``other``: the paper's "other visual recognition tasks")."""
+    match = re.fullmatch(r"16-?shots?(?:/seed_?(\d+))?", rest)
+    spec = f"imagenet/{rest}"
+    if match is None:
+        raise DataError(f"{spec}: expected imagenet/16shot or imagenet/16shot/seed<s> (NOAH's seeds {SEEDS}).")
+    if "seed" in options:
+        raise DataError(f"{spec}: the seed of NOAH's 16-shot list is part of the spec, e.g. imagenet/16shot/seed1.")
+    reject_options(spec, options)
+    name = f"imagenet/16shot/seed{match[1]}" if match[1] is not None else "imagenet/16shot"
+    return source_task(require_data_dir(data_dir, spec), DG_SHOTS, int(match[1] or 0), name, "other")

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..inputs import read_text
 from .errors import DataError, DataWarning, original_message
 
 BAD_IMAGE_MODES = ("error", "skip")
@@ -19,6 +21,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 SKIP_HINT = "on_bad_image='skip' (CLI: --data-options on_bad_image=skip)"
 OUTSIDE_HINT = "allow_outside_root=True (CLI: --data-options allow_outside_root=true)"
 _MAX_LISTED = 5
+MAX_CLASSES = 100_000
+"""More classes than any image dataset has (ImageNet-21k: 21,841): a larger label is a damaged list."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,19 @@ class UnreadableImageError(DataError):
 
 def parse_label(text: str, origin: str) -> int:
     try:
-        return int(text)
+        label = int(text)
     except ValueError:
         raise DataError(
             f"{origin}: expected an integer label as the last field, found {text!r}. "
             "Each line must read '<relative/path> <label>'."
         ) from None
+    if label >= MAX_CLASSES:
+        # The head gets one row per class up to the largest label: 10**12 would be a 384 TB head.
+        raise DataError(
+            f"{origin}: label {label} is out of range; labels are 0-based class indices below {MAX_CLASSES:,}. "
+            "Fix the list file."
+        )
+    return label
 
 
 def check_label(label: int, num_classes: int | None, origin: str, what: str = "") -> None:
@@ -113,21 +124,20 @@ def read_list_file(
     if not list_file.is_file():
         raise DataError(f"list file {list_file} does not exist. Check the data directory or the split name.")
     samples = []
-    with open(list_file, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            origin = f"{list_file} line {number}"
-            parts = line.rsplit(None, 1)
-            if len(parts) != 2:
-                raise DataError(
-                    f"{origin}: expected '<relative/path> <label>', found {line!r}. "
-                    "Each non-empty line needs a path and an integer label separated by white space."
-                )
-            label = parse_label(parts[1], origin)
-            check_label(label, num_classes, origin, what)
-            samples.append(Sample(os.path.join(image_root, parts[0]), label, origin, str(image_root)))
+    for number, raw in enumerate(read_text(list_file, DataError, "list file").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        origin = f"{list_file} line {number}"
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise DataError(
+                f"{origin}: expected '<relative/path> <label>', found {line!r}. "
+                "Each non-empty line needs a path and an integer label separated by white space."
+            )
+        label = parse_label(parts[1], origin)
+        check_label(label, num_classes, origin, what)
+        samples.append(Sample(os.path.join(image_root, parts[0]), label, origin, str(image_root)))
     if not samples:
         raise DataError(f"list file {list_file} has no samples (empty split). Regenerate or re-download it.")
     report_repeats(samples, list_file)
@@ -153,13 +163,12 @@ def report_repeats(samples: Sequence[Sample], list_file: Path) -> None:
 def list_relpaths(list_file: str | os.PathLike, limit: int) -> list[str]:
     """The image paths of the first ``limit`` non-empty lines of a ``<path> <label>`` list."""
     relpaths: list[str] = []
-    with open(list_file, encoding="utf-8") as handle:
-        for raw in handle:
-            parts = raw.strip().rsplit(None, 1)
-            if len(parts) == 2:
-                relpaths.append(parts[0])
-            if len(relpaths) >= limit:
-                break
+    for raw in read_text(list_file, DataError, "list file").splitlines():
+        parts = raw.strip().rsplit(None, 1)
+        if len(parts) == 2:
+            relpaths.append(parts[0])
+        if len(relpaths) >= limit:
+            break
     return relpaths
 
 
@@ -244,6 +253,40 @@ def check_inside_root(samples: Sequence[Sample], name: str) -> None:
         )
 
 
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
+_NO_FAITHFUL_RGB = ("LAB",)  # Pillow's convert relabels the channels instead of converting colours
+
+
+def to_rgb(img: Image.Image, where: str) -> Image.Image:
+    """``img`` as 8-bit RGB, with high-bit-depth greyscale scaled by its range.
+
+    ``convert("RGB")`` clips instead of scaling: a 16-bit grey of 32768 becomes 255 (white) and a
+    float 0.5 becomes 0 (black). So 16-bit modes (``I;16*``, and ``I`` as 16-bit PNGs decode) map
+    0..65535 to 0..255 and float images (``F``) map 0..1 to 0..255, as torchvision's ``ToTensor``
+    reads them; values outside that range would be clipped into a wrong picture and are refused
+    (``where`` names the file in the error). Other modes convert as timm's loader does."""
+    mode = img.mode
+    if mode in _NO_FAITHFUL_RGB:
+        raise UnreadableImageError(
+            f"image {where} is in colour space {mode}, which Pillow cannot convert to RGB; save it as RGB"
+        )
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        top = 1.0 if mode == "F" else 65535.0
+        finite = np.isfinite(values)
+        if values.size and not (finite.all() and values.min() >= 0 and values.max() <= top):
+            found = f"{values[finite].min():g}..{values[finite].max():g}" if finite.any() else "none finite"
+            raise UnreadableImageError(
+                f"image {where} is mode {mode} with values {found}{'' if finite.all() else ' and NaN or infinity'}; "
+                f"snftune reads mode {mode} as 0..{top:g} (scaled to 0..255): save it in that range or as 8-bit"
+            )
+        grey = np.rint(values * (255.0 / top)).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in _PREMULTIPLIED:
+        img = img.convert(_PREMULTIPLIED[mode])
+    return img.convert("RGB")
+
+
 def load_rgb(path: str, origin: str) -> Image.Image:
     """Decode fully (``convert`` forces the read) so a truncated file fails here, not in a transform.
 
@@ -257,12 +300,15 @@ def load_rgb(path: str, origin: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return img.convert("RGB")
+                img.load()
+                return to_rgb(img, f"{path} ({origin})")
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(
             f"image {path} ({origin}) is too large to decode safely: {str(exc).rstrip('.')} (the limit is "
             "PIL.Image.MAX_IMAGE_PIXELS; raise it in Python if the file is genuine)"
         ) from exc
+    except UnreadableImageError:
+        raise
     except Exception as exc:  # whatever Pillow raises, the file is the problem
         raise UnreadableImageError(f"cannot decode image {path} ({origin}): {exc}") from exc
 

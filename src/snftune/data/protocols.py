@@ -66,12 +66,18 @@ _SETTINGS = {
     "fgvc": _FGVC,
     "fewshot": replace(_NOAH, protocol="fewshot"),
     "dg": replace(_NOAH, protocol="dg"),
+    "other": replace(
+        _NOAH,
+        protocol="other",
+        source="Other visual recognition tasks (ImageNet-1k 16-shot, CIFAR-100 full): NOAH's recipe, as for the "
+        "ImageNet 16-shot source of domain generalisation.",
+    ),
     "folder": replace(_FGVC, protocol="folder", source="User data: the FGVC pipeline and the VTAB recipe."),
 }
 
 
 def protocol_settings(protocol: str, **overrides: Any) -> ProtocolSettings:
-    """The settings of ``protocol`` (``vtab``, ``fgvc``, ``fewshot``, ``dg``, ``folder``).
+    """The settings of ``protocol`` (``vtab``, ``fgvc``, ``fewshot``, ``dg``, ``other``, ``folder``).
 
     Keyword arguments override fields, e.g. ``protocol_settings("vtab", train={"lr": 5e-4})``.
     """
@@ -79,3 +85,7 @@ def protocol_settings(protocol: str, **overrides: Any) -> ProtocolSettings:
         raise DataError(f"unknown protocol {protocol!r}; known: {', '.join(_SETTINGS)}")
     settings = _SETTINGS[protocol]
     return ProtocolSettings.from_dict({**settings.to_dict(), **overrides}) if overrides else settings
+
+
+PROTOCOLS: tuple[str, ...] = tuple(_SETTINGS)
+"""Every protocol's name."""

@@ -14,10 +14,11 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..suggest import did_you_mean
 from .errors import DataError
 from .lists import ReadOptions
 
-PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "folder")
+PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "other", "folder")
 COMMON_OPTIONS = ("on_bad_image", "allow_outside_root")  # fields of ReadOptions, accepted for every spec
 
 DatasetFactory = Callable[[str, Callable | None, ReadOptions], Dataset]
@@ -31,9 +32,11 @@ class Task:
     ``train_split``/``eval_split`` are the protocol's final-run pair; ``tuning_splits`` the pair
     for choosing hyper-parameters (None when the data has no validation split). ``class_subset``
     lists the logit indices a prediction is restricted to at evaluation (ImageNet-A/-R: 200 of
-    1000); None means all ``num_classes``. ``expected_sizes`` holds the number of distinct images
-    a split must have where the benchmark fixes it (VTAB-1k, VPT's FGVC splits, k-shot lists, the
-    DG test sets); ``snftune data check`` compares against it. ``on_bad_image`` and
+    1000); None means all ``num_classes``. ``in_memory``: the splits are read whole from an archive
+    into memory (CIFAR-100), so there are no image files to list or decode. ``expected_sizes`` holds
+    the number of distinct images a split must have where the benchmark fixes it (VTAB-1k, VPT's
+    FGVC splits, k-shot lists, the DG test sets, CIFAR-100); ``snftune data check`` compares
+    against it. ``on_bad_image`` and
     ``allow_outside_root`` are the task options of :class:`~snftune.data.lists.ReadOptions`.
     """
 
@@ -52,6 +55,7 @@ class Task:
     expected_sizes: dict[str, int] = field(default_factory=dict)
     on_bad_image: str = "error"
     allow_outside_root: bool = False
+    in_memory: bool = False
     factory: DatasetFactory | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,8 +106,21 @@ def _split_spec(spec: str) -> tuple[str, str]:
         head = prefix + reader.separator
         if spec.startswith(head):
             return prefix, spec[len(head) :]
-    known = ", ".join(f"{p}{r.separator}…" for p, r in sorted(_READERS.items()))
-    raise DataError(f"unknown task spec {spec!r}; expected one of: {known}. See list_tasks() for names.")
+    raise DataError(f"unknown task spec {spec!r}{_suggestion(spec)}; expected one of: {_known_forms()}")
+
+
+def _known_forms() -> str:
+    return ", ".join(f"{p}{r.separator}…" for p, r in sorted(_READERS.items()))
+
+
+def _suggestion(spec: str) -> str:
+    """An existing folder or file given without its prefix, else the nearest task name."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and "folder" in _READERS:
+        return f" (did you mean 'folder:{spec}'? {spec} is a folder)"
+    if path.is_file() and "list" in _READERS:
+        return f" (did you mean 'list:{spec}'? {spec} is a file)"
+    return did_you_mean(spec, [*list_tasks(), *_READERS])
 
 
 def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options: Any) -> Task:
@@ -116,7 +133,9 @@ def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options
     """
     prefix, rest = _split_spec(spec.strip())
     if not rest:
-        raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}; see list_tasks({prefix!r}).")
+        names = _READERS[prefix].names()
+        examples = f", e.g. {', '.join(names[:3])}" if names else f", e.g. {prefix}{_READERS[prefix].separator}<path>"
+        raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}{examples}")
     reading = ReadOptions(**{k: options.pop(k) for k in COMMON_OPTIONS if k in options})
     task = _READERS[prefix].resolve(rest, Path(data_dir) if data_dir is not None else None, **options)
     return replace(task, on_bad_image=reading.on_bad_image, allow_outside_root=reading.allow_outside_root)

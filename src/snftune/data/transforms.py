@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from .augment import bound_rand_augments
 from .errors import DataError
+from .lists import to_rgb
 from .protocols import ProtocolSettings, protocol_settings
 
 DEFAULT_DATA_CONFIG: dict[str, Any] = {
@@ -60,7 +61,7 @@ class ToRGB:
     """Any PIL mode (L, P, RGBA, CMYK, …) to RGB, so every step after it sees three 8-bit channels."""
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return img if img.mode == "RGB" else to_rgb(img, f"of mode {img.mode}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -106,7 +107,7 @@ def _protocol_steps(
         else:
             crop = [T.Resize(resize, interpolation=mode), T.CenterCrop(size)]
         return [*crop, *_tail(mean, std)]
-    if protocol in ("fewshot", "dg"):
+    if protocol in ("fewshot", "dg", "other"):
         if train:
             timm_pipeline = create_transform(
                 input_size=(3, *size),
@@ -119,7 +120,7 @@ def _protocol_steps(
             )
             return bound_rand_augments(list(timm_pipeline.transforms))
         return [T.Resize(resize, interpolation=mode), T.CenterCrop(size), *_tail(mean, std)]
-    raise DataError(f"unknown protocol {protocol!r}; known: vtab, fgvc, fewshot, dg, folder")
+    raise DataError(f"unknown protocol {protocol!r}; known: vtab, fgvc, fewshot, dg, other, folder")
 
 
 # ---------------------------------------------------------------- what a pipeline does per call

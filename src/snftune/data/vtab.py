@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..suggest import did_you_mean
 from .errors import DataError
 from .lists import ReadOptions, find_first, read_list_file
 from .registry import Task, normalise_name, register_reader, reject_options, require_data_dir
@@ -86,7 +87,7 @@ def resolve_vtab(rest: str, data_dir: Path | None, num_classes: int | None = Non
     canonical = _canonical(rest, known)
     if canonical is None and num_classes is None:
         raise DataError(
-            f"{spec}: unknown VTAB-1k task {rest!r}. Known tasks: {', '.join(known)}. "
+            f"{spec}: unknown VTAB-1k task {rest!r}{did_you_mean(rest, known)}. Known tasks: {', '.join(known)}. "
             "For another folder in the VTAB-1k layout pass num_classes=<int>."
         )
     info = known.get(canonical) if canonical else None

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..errors import SnftuneError
 
 __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
     "atomic_torch_save",
+    "check_checkpoint",
     "load_checkpoint",
     "rng_states",
     "restore_rng_states",
@@ -32,10 +34,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, flushed to disk, then ``os.replace``."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), io_errors=(RuntimeError,))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SnftuneError, ValueError):
     """A checkpoint file that cannot be read safely (damaged, or not written by snftune)."""
 
 
@@ -55,6 +57,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not an snftune checkpoint (a {type(state).__name__}, not a dict)")
     return state
+
+
+_SECTIONS: dict[str, type | tuple[type, ...]] = {
+    "format": int,
+    "position": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+    "data_order": dict,
+    "progress": dict,
+    "config": dict,
+}
+_RECOVER = "delete it to start the run again, or use another --out"
+
+
+def check_checkpoint(state: dict[str, Any], path: str | os.PathLike, tuned: dict[str, torch.Tensor]) -> None:
+    """Refuses, before anything is loaded, a checkpoint whose sections are missing or of another
+    shape, or whose tensors are not exactly ``tuned`` (the model's tuned tensors, by name and shape):
+    a checkpoint of another method or model would otherwise fail half-way through loading."""
+    for key, kind in _SECTIONS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise CheckpointError(f"{path} is not a whole snftune checkpoint ('{key}' is {found}); {_RECOVER}")
+    position = state["position"]
+    if not all(isinstance(position.get(k), int) and position[k] >= 0 for k in ("epoch", "step")):
+        raise CheckpointError(f"{path} is damaged (position {position!r}); {_RECOVER}")
+    saved = state["model"]
+    missing, unexpected = sorted(set(tuned) - set(saved)), sorted(set(saved) - set(tuned))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} belongs to another method or model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            f"{_RECOVER}"
+        )
+    for name, tensor in tuned.items():
+        if not isinstance(saved[name], torch.Tensor) or saved[name].shape != tensor.shape:
+            found = tuple(saved[name].shape) if isinstance(saved[name], torch.Tensor) else type(saved[name]).__name__
+            raise CheckpointError(
+                f"{path} belongs to another model: '{name}' is {found}, this model's is {tuple(tensor.shape)}; "
+                f"{_RECOVER}"
+            )
 
 
 def rng_states() -> dict[str, Any]:

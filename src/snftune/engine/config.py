@@ -8,6 +8,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import SnftuneError
+
 __all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -17,7 +19,23 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 REPORTS = ("final", "best")
 
 
-class ConfigError(ValueError):
+UPPER_BOUNDS = {
+    "epochs": 1_000_000,
+    "batch_size": 1 << 20,
+    "eval_batch_size": 1 << 20,
+    "accum_steps": 1 << 20,
+    "seed": 2**64 - 1,
+    "workers": 1024,
+    "eval_every": 1_000_000,
+    "checkpoint_every": 1 << 40,
+    "log_every": 1 << 40,
+    "warmup_epochs": 1_000_000,
+}
+"""The largest value of each count: beyond them a setting is a typo, not a plan (a seed must
+fit the 64 bits of torch's generator)."""
+
+
+class ConfigError(SnftuneError, ValueError):
     """A training setting that is unknown or out of range."""
 
 
@@ -93,12 +111,20 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # ``compile: true`` in a settings file: the default backend
+            self.compile = "inductor" if self.compile else None
         for spec in dataclasses.fields(self):
             setattr(self, spec.name, _checked(spec.name, getattr(self, spec.name), spec.type))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name, high in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > high:
+                raise ConfigError(f"{name} must be at most {high:,}, got {value:,}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be in [0, 2**64 - 1], got {self.seed}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:

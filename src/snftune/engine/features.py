@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
+from ..errors import SnftuneError
 from ..tuning import head_parameter_names
 from .acceleration import amp_dtype, autocast
 from .config import TrainConfig
@@ -45,7 +46,7 @@ __all__ = [
 _PARITY_TOLERANCE = 1e-4  # |head(features) - model(images)|, relative to the logits' scale
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(SnftuneError, RuntimeError):
     """The model's logits are not its classifier applied to its pooled features."""
 
 

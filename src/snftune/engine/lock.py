@@ -17,13 +17,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import RUN_FAILED, SnftuneError
+
 __all__ = ["LOCK_NAME", "RunLockedError", "lock_holder", "run_lock"]
 
 LOCK_NAME = ".lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(SnftuneError, RuntimeError):
     """Another live process is writing the run folder."""
+
+    exit_code = RUN_FAILED
 
 
 def _alive(pid: int) -> bool:
@@ -37,10 +41,18 @@ def _alive(pid: int) -> bool:
 
 
 def _holder(path: Path) -> dict | None:
+    """The lock's record, or None when it holds none: empty (its writer was killed between creating
+    and filling it), or damaged (not JSON, a list, a pid that is not a number)."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        return None
+    pid, host = record.get("pid"), record.get("host")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31 or not isinstance(host, str):
+        return None
+    return record
 
 
 def _is_stale(holder: dict | None, path: Path) -> bool:
@@ -53,7 +65,7 @@ def _is_stale(holder: dict | None, path: Path) -> bool:
             return True
     if holder.get("host") != socket.gethostname():
         return False  # another machine's process: we cannot tell, so it holds
-    return not _alive(int(holder.get("pid", -1)))
+    return not _alive(holder["pid"])
 
 
 def lock_holder(folder: str | os.PathLike, name: str = LOCK_NAME) -> dict | None:
@@ -85,7 +97,7 @@ def run_lock(folder: str | os.PathLike, name: str = LOCK_NAME) -> Iterator[Path]
                 who = (
                     f"process {holder['pid']} on {holder['host']} since {holder.get('since')}"
                     if holder
-                    else "a process"
+                    else "a process whose lock holds no valid record yet (a damaged one is taken over after a minute)"
                 )
                 raise RunLockedError(
                     f"{folder} is being written by {who}; wait for it, or use another --out "

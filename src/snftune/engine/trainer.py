@@ -33,9 +33,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
+from ..errors import RUN_FAILED, SnftuneError
 from ..tuning import save_tuned, trainable_summary, tuned_tensors
 from .acceleration import amp_dtype, autocast, autocast_name, compiled, enable_grad_checkpointing, grad_scaler
-from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint, restore_rng_states, rng_states
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    check_checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .sampling import SeededSamples, StepBatchSampler, derive_seed, seed_worker
@@ -70,12 +78,14 @@ RESUMABLE_CHANGES = {
 }
 
 
-class ResumeError(RuntimeError):
+class ResumeError(SnftuneError, RuntimeError):
     """A checkpoint that cannot continue the requested run."""
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(SnftuneError, FloatingPointError):
     """The loss or the tuned weights stopped being finite: the run has no result to report."""
+
+    exit_code = RUN_FAILED
 
 
 def _diverged(what: str, epoch: int, step: int | None) -> DivergenceError:
@@ -514,6 +524,7 @@ def train(
     setup, state = _set_up(model, train_set, config, dist, num_classes or getattr(model, "num_classes", None))
     if resume and checkpoint.is_file():
         saved = load_checkpoint(checkpoint)
+        check_checkpoint(saved, checkpoint, tuned_tensors(model))
         _check_resumable(saved, config, len(train_set), checkpoint)
         state.load_state_dict(saved, running_sums=dist.is_main)
     log = _JsonLog(out_dir / LOG_NAME, dist.is_main, state.log_offset)

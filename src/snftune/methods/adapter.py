@@ -14,6 +14,7 @@ sequential, biases on) is the adapter baseline the paper compares against: 0.16M
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,8 +23,10 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, ResidualSite
+from ..inputs import check_value
 from .common import Size, factory_kwargs, normalise_size, per_block
-from .registry import MethodConfig, NotApplicableError, register_method
+from .mixed import MixedModule, Placed, TaskRouting, replace_each, shared_setting
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 POSITIONS = ("mlp", "attn", "both")
 FORMS = ("sequential", "parallel")
@@ -53,6 +56,7 @@ class AdapterConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         self.width = normalise_size(self.width, "width")
+        self.scale = check_value(self.scale, "scale", float, -1e3, 1e3)
         for name, value, allowed in (
             ("position", self.position, POSITIONS),
             ("form", self.form, FORMS),
@@ -97,6 +101,77 @@ class Adapter(nn.Module):
         z = x.movedim(self.channel_dim, -1)
         return x + (self.scale * self.up(self.act(self.down(z)))).movedim(-1, self.channel_dim)
 
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each slot holding some task's adapter gets a :class:`MixedAdapter` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda adapters, base: MixedAdapter(adapters, num_tasks, routing, base))
+
+
+class MixedAdapter(MixedModule):
+    """Each sample's own task's :class:`Adapter` after ``base`` (the slot's previous content):
+    ``x + scale * up(act(down(x)))``, any width, activation and scale per task (narrower tasks
+    padded with zero rows and columns, which add exactly 0)."""
+
+    def __init__(
+        self,
+        adapters: Mapping[int, Adapter],
+        num_tasks: int,
+        routing: TaskRouting,
+        base: nn.Module | None = None,
+    ) -> None:
+        super().__init__(adapters, routing, base)
+        self.channel_dim = int(shared_setting((a.channel_dim for a in adapters.values()), "the channel dimension"))
+        channels = int(shared_setting((a.down.in_features for a in adapters.values()), "channels"))
+        width = max(a.width for a in adapters.values())
+        kw = {"dtype": next(iter(adapters.values())).down.weight.dtype}
+        down_w = torch.zeros(num_tasks, width, channels, **kw)
+        down_b = torch.zeros(num_tasks, width, **kw)
+        up_w = torch.zeros(num_tasks, channels, width, **kw)
+        up_b = torch.zeros(num_tasks, channels, **kw)
+        scale = torch.zeros(num_tasks, **kw)
+        # Activations by type: a task's hidden units pass its own activation, selected per sample.
+        kinds: dict[type, list[int]] = {}
+        with torch.no_grad():
+            for task, adapter in adapters.items():
+                k = adapter.width
+                down_w[task, :k], up_w[task, :, :k] = adapter.down.weight, adapter.up.weight
+                if adapter.down.bias is not None:
+                    down_b[task, :k], up_b[task] = adapter.down.bias, adapter.up.bias
+                scale[task] = adapter.scale
+                kinds.setdefault(type(adapter.act), []).append(task)
+        self.add_tables(down_w=down_w, down_b=down_b, up_w=up_w, up_b=up_b, scale=scale)
+        self.activations = nn.ModuleList(kind() for kind in kinds)
+        for i, tasks in enumerate(kinds.values()):
+            mask = torch.zeros(num_tasks, **kw)
+            mask[tasks] = 1.0
+            self.add_tables(**{f"activation_mask_{i}": mask})
+
+    def _activate(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if len(self.activations) == 1:
+            return self.activations[0](h)
+        mixed = torch.zeros_like(h)
+        for i, act in enumerate(self.activations):
+            mask = getattr(self, f"activation_mask_{i}").index_select(0, ids).to(h.dtype)
+            mixed.addcmul_(act(h), mask[:, None, None])
+        return mixed
+
+    def _update(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``scale * up(act(down(x)))`` of task ``ids[i]`` on row ``i`` of ``x``."""
+        down_w, down_b, up_w, up_b, scale = (
+            t.index_select(0, ids).to(x.dtype) for t in (self.down_w, self.down_b, self.up_w, self.up_b, self.scale)
+        )
+        z = x.movedim(self.channel_dim, -1)
+        flat = z.reshape(z.shape[0], -1, z.shape[-1])
+        hidden = self._activate(torch.baddbmm(down_b[:, None], flat, down_w.transpose(1, 2)), ids)
+        update = torch.baddbmm(up_b[:, None], hidden, up_w.transpose(1, 2)) * scale[:, None, None]
+        return update.reshape(z.shape).movedim(-1, self.channel_dim)
+
+    def own(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return x + self._update(x, ids)
+
+    def extra_repr(self) -> str:
+        return f"tasks={sorted(self.tasks)}, width={self.down_w.shape[1]}, channel_dim={self.channel_dim}"
+
 
 def _chosen_sites(anat: Anatomy, position: str) -> list[list[ResidualSite]]:
     """Per block, the sites that ``position`` selects."""
@@ -130,4 +205,8 @@ register_method(
     presets={
         "adapter-parallel": ({"form": "parallel"}, "parallel adapter beside each MLP branch (AdaptFormer form)"),
     },
+    capabilities=Capabilities(
+        servable=True,
+        why_not={"mergeable": "its bottleneck has a nonlinear activation, which no frozen weight can absorb"},
+    ),
 )

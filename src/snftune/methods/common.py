@@ -1,5 +1,5 @@
-"""What several methods share: where new parameters go, merging updates into frozen layers,
-and per-block sizes.
+"""What several methods share: where new parameters go, the layer protocol of merging, and
+per-block sizes.
 
 Per-block sizes: one int for every block, or one entry per block. NOAH searches a size
 (prompt length, adapter width, LoRA rank) per block, and a depth (the first ``depth`` blocks
@@ -10,8 +10,9 @@ get the module): so layers keep their own size, and a config size may be a tuple
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from .registry import NotApplicableError
@@ -26,46 +27,54 @@ def factory_kwargs(model: nn.Module) -> dict[str, Any]:
     return {"device": reference.device, "dtype": reference.dtype}
 
 
-def _mergeable_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers that wrap a frozen ``base_layer`` with an update they can fold into it (LoRA, SSF):
-    they define ``merge()`` and ``unmerge()``, and ``mergeable`` when it depends on the base layer."""
-    return [
-        m
-        for m in model.modules()
-        if callable(getattr(m, "merge", None))
-        and callable(getattr(m, "unmerge", None))
-        and getattr(m, "mergeable", True)
-    ]
+@runtime_checkable
+class Mergeable(Protocol):
+    """A layer that wraps a frozen layer (``base_layer``) with an update it can fold into it.
+
+    ``snftune.merge`` calls ``merge()`` on every such layer of a model whose method declared
+    ``Capabilities(mergeable=True)``; ``unmerge()`` must restore the frozen weights exactly (keep
+    the original, since ``W + D - D`` is not ``W`` in floating point). ``mergeable`` is False for
+    an instance that cannot fold (SSF after timm's norm-act layers); it then stays unmerged.
+    """
+
+    mergeable: bool
+
+    def merge(self) -> None: ...
+
+    def unmerge(self) -> None: ...
 
 
-def merge(model: nn.Module) -> int:
-    """Folds every mergeable update of ``model`` into its frozen layer; returns the layers merged.
-    The outputs stay the same (to rounding) and inference costs what the backbone's does."""
-    layers = _mergeable_layers(model)
-    for layer in layers:
-        layer.merge()
-    return len(layers)
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, LayerNorm2d)
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
 
 
-def unmerge(model: nn.Module) -> int:
-    """Undoes :func:`merge` exactly (the original weights were kept); returns the layers unmerged."""
-    layers = _mergeable_layers(model)
-    for layer in layers:
-        layer.unmerge()
-    return len(layers)
+def output_channel_dim(layer: nn.Module) -> int | None:
+    """Where ``layer``'s output channels (and so its bias) lie: 1 (convolutions, batch and group
+    norms, timm's channels-first ``LayerNorm2d``), -1 (linear layers, layer norms), or None for a
+    layer of no known kind."""
+    if isinstance(layer, _CHANNELS_FIRST):
+        return 1
+    if isinstance(layer, _CHANNELS_LAST):
+        return -1
+    return None
 
 
-def normalise_size(value: int | Sequence[int], name: str) -> Size:
-    """An int >= 1, or a tuple of ints >= 0 (lists from JSON or YAML become tuples)."""
+MAX_SIZE = 4096
+"""The largest rank, width or prompt length a method accepts: past a backbone's own width a low-rank
+update is not low-rank any more, and a typo (``length=100000``) would be allocated before anyone notices."""
+
+
+def normalise_size(value: int | Sequence[int], name: str, maximum: int = MAX_SIZE) -> Size:
+    """An int in 1..maximum, or a tuple of ints in 0..maximum (lists from JSON or YAML become tuples)."""
     if isinstance(value, bool) or not isinstance(value, int | Sequence) or isinstance(value, str):
         raise ValueError(f"{name} must be an int or a list of ints (one per block), got {value!r}")
     if isinstance(value, int):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}; use a per-block list with 0 to skip blocks")
+        if not 1 <= value <= maximum:
+            raise ValueError(f"{name} must be in 1..{maximum}, got {value}; use a per-block list with 0 to skip blocks")
         return value
     sizes = tuple(value)
-    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in sizes):
-        raise ValueError(f"{name} as a list needs one int >= 0 per block, got {list(value)!r}")
+    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= maximum for v in sizes):
+        raise ValueError(f"{name} as a list needs one int in 0..{maximum} per block, got {list(value)!r}")
     return sizes
 
 
@@ -79,3 +88,21 @@ def per_block(value: Size, num_blocks: int, name: str) -> list[int]:
             "give one int, or one size per block"
         )
     return list(value)
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> None:
+    """Refuses anything but an int >= ``minimum`` (a bool is not an int here), naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_positive(value: Any, name: str) -> None:
+    """Refuses anything but a finite number > 0, naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
+def check_rate(value: Any, name: str) -> None:
+    """Refuses anything but a number in [0, 1) (a dropout rate), naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")

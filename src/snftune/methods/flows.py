@@ -17,15 +17,22 @@ plus a recurrence on J scalars per position, and its backward needs only the inp
 (which the backbone keeps anyway) and the ``t_j``: J scalars per position instead of J
 activations. :class:`_FusedFlow` implements that forward and its hand-derived backward
 (also for the affine step alone, where it saves autograd's slow broadcast reductions).
+
+Serving many tasks in one batch (:class:`MixedShortcutFlow`) runs the same closed form with
+every sample's own ``u``, ``w``, ``b`` (:func:`tanh_recurrence` is the one recurrence of both).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ShortcutFlow", "invertible_u"]
+from .mixed import MixedModule, Placed, TaskRouting, channel_view, replace_each, shared_setting
+
+__all__ = ["MixedShortcutFlow", "ShortcutFlow", "invertible_u", "tanh_recurrence"]
 
 _SHARPNESS = 10.0
 _MARGIN = 0.01
@@ -97,15 +104,26 @@ class _Layout:
         return x.sum(0) if self.channels_last else x.sum((0, 2))
 
 
-def _tanh_recurrence(layout: _Layout, proj: torch.Tensor, b: torch.Tensor, wu: torch.Tensor) -> torch.Tensor:
-    """``t_j = tanh(proj_j + b_j + sum_{k<j} wu[j, k] t_k)``, stacked along the J axis."""
+def tanh_recurrence(
+    offsets: Sequence[torch.Tensor], coupling: Callable[[int, int], torch.Tensor]
+) -> list[torch.Tensor]:
+    """The planar steps' scalars ``t_j = tanh(offsets[j] + sum_{k<j} coupling(j, k) t_k)``.
+
+    ``offsets[j] = w_j . z_0 + b_j`` at every position and ``coupling(j, k) = w_j . u_k``: one
+    flow's scalars (:class:`_FusedFlow`), or every sample's own (:class:`MixedShortcutFlow`).
+    """
     steps: list[torch.Tensor] = []
-    for j in range(b.shape[0]):
-        a = layout.step(proj, j) + b[j]
+    for j, a in enumerate(offsets):
         for k in range(j):
-            a = a + wu[j, k] * steps[k]
+            a = a + coupling(j, k) * steps[k]
         steps.append(torch.tanh(a))
-    return layout.stack(steps)
+    return steps
+
+
+def _tanh_recurrence(layout: _Layout, proj: torch.Tensor, b: torch.Tensor, wu: torch.Tensor) -> torch.Tensor:
+    """One flow's ``t_j``, stacked along the J axis."""
+    offsets = [layout.step(proj, j) + b[j] for j in range(b.shape[0])]
+    return layout.stack(tanh_recurrence(offsets, lambda j, k: wu[j, k]))
 
 
 def _backward_dtype(x: torch.Tensor, grad: torch.Tensor) -> torch.dtype:
@@ -332,3 +350,73 @@ class ShortcutFlow(nn.Module):
                 z = z - self._per_channel(u[j], z) * torch.tanh(alpha + b[j]).unsqueeze(self.channel_dim)
         x = (z - self._per_channel(self.shift.double(), z)) * self._per_channel((-self.log_scale.double()).exp(), z)
         return x.to(y.dtype)
+
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each slot holding some task's flow gets a :class:`MixedShortcutFlow` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda flows, base: MixedShortcutFlow(flows, num_tasks, routing, base))
+
+
+def per_sample_planar_steps(
+    z0: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor, channel_dim: int
+) -> torch.Tensor:
+    """The planar steps with every sample's own ``u``, ``w`` (N, J, C), ``b`` (N, J), ``u`` already
+    made invertible. A step with ``u = w = b = 0`` adds exactly 0, which pads tasks with fewer steps."""
+    z = z0.movedim(channel_dim, -1)
+    flat = z.reshape(z.shape[0], -1, z.shape[-1])  # (N, M, C)
+    proj = torch.bmm(flat, w.transpose(1, 2))  # (N, M, J): w_j . z_0
+    wu = torch.bmm(w, u.transpose(1, 2))  # (N, J, J): w_j . u_k
+    offsets = [proj[..., j] + b[:, j, None] for j in range(w.shape[1])]
+    steps = tanh_recurrence(offsets, lambda j, k: wu[:, j, k, None])
+    out = torch.baddbmm(flat, torch.stack(steps, dim=-1), u)
+    return out.reshape(z.shape).movedim(-1, channel_dim)
+
+
+class MixedShortcutFlow(MixedModule):
+    """Each sample's own task's :class:`ShortcutFlow` (any number of planar steps per task) after
+    ``base`` (the slot's previous content; the empty slot by default)."""
+
+    def __init__(
+        self,
+        flows: Mapping[int, ShortcutFlow],
+        num_tasks: int,
+        routing: TaskRouting,
+        base: nn.Module | None = None,
+    ) -> None:
+        super().__init__(flows, routing, base)
+        self.channels = int(shared_setting((f.channels for f in flows.values()), "channels"))
+        self.channel_dim = int(shared_setting((f.channel_dim for f in flows.values()), "the channel dimension"))
+        steps = max(f.planar_steps for f in flows.values())
+        kw = {"dtype": next(iter(flows.values())).shift.dtype}
+        shift = torch.zeros(num_tasks, self.channels, **kw)
+        scale = torch.ones(num_tasks, self.channels, **kw)
+        u = torch.zeros(num_tasks, steps, self.channels, **kw)
+        w = torch.zeros(num_tasks, steps, self.channels, **kw)
+        b = torch.zeros(num_tasks, steps, **kw)
+        with torch.no_grad():
+            for task, flow in flows.items():
+                shift[task] = flow.shift
+                scale[task] = flow.log_scale.exp()
+                if flow.planar_steps:
+                    j = flow.planar_steps
+                    u[task, :j] = invertible_u(flow.u, flow.w)
+                    w[task, :j], b[task, :j] = flow.w, flow.b
+        self.add_tables(shift=shift, scale=scale, u=u, w=w, b=b)
+
+    @property
+    def planar_steps(self) -> int:
+        return self.u.shape[1]
+
+    def own(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The flow of task ``ids[i]`` on row ``i`` of ``x``."""
+        shift, scale, u, w, b = (
+            t.index_select(0, ids).to(x.dtype) for t in (self.shift, self.scale, self.u, self.w, self.b)
+        )
+        # As the fused flow does: the affine step on x as it is laid out, keeping x's strides.
+        z = torch.addcmul(channel_view(shift, x, self.channel_dim), channel_view(scale, x, self.channel_dim), x)
+        if not self.planar_steps:
+            return z
+        return per_sample_planar_steps(z, u, w, b, self.channel_dim)
+
+    def extra_repr(self) -> str:
+        return f"tasks={sorted(self.tasks)}, channels={self.channels}, planar_steps={self.planar_steps}"

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from .registry import MethodConfig, register_method
+from .registry import Capabilities, MethodConfig, register_method
 
 
 @dataclass
@@ -24,4 +24,12 @@ def apply_full(model: nn.Module, config: FullConfig) -> None:
         parameter.requires_grad_(True)
 
 
-register_method(FullConfig, apply_full, "Full fine-tuning: every parameter, BatchNorm statistics updating")
+register_method(
+    FullConfig,
+    apply_full,
+    "Full fine-tuning: every parameter, BatchNorm statistics updating",
+    capabilities=Capabilities(
+        mergeable=True,  # nothing to fold: the tuned model is a backbone of its own
+        why_not={"servable": "every weight of the backbone changes, so each task needs a backbone of its own"},
+    ),
+)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from .registry import MethodConfig, register_method
+from .registry import Capabilities, MethodConfig, register_method
 
 
 @dataclass
@@ -21,4 +21,9 @@ def apply_linear(model: nn.Module, config: LinearConfig) -> None:
     """Adds nothing; the head is the only trainable part."""
 
 
-register_method(LinearConfig, apply_linear, "Linear probing: the classifier head only")
+register_method(
+    LinearConfig,
+    apply_linear,
+    "Linear probing: the classifier head only",
+    capabilities=Capabilities(mergeable=True, servable=True),  # nothing to fold: the backbone is untouched
+)

@@ -13,6 +13,10 @@ Where timm keeps the qkv biases beside the fused layer (EVA, BEiT, Swin V2), the
 (:class:`LoRASplitBiasQKV`) takes them over (:mod:`.split_bias`), so the frozen output is
 unchanged to the bit and the update is not bypassed.
 
+Served in a mixed batch (:class:`MixedLoRA`), each sample of a shared frozen linear layer gets
+its own task's ``scaling * B A x``; the tasks' pairs share one layout over the whole output
+(:meth:`LoRALinear.full_output_update`), so tasks with other chunks, ranks and scalings mix.
+
 On CNNs, ``targets=("conv1x1",)`` wraps the 1x1 convolutions of every block's branch
 (:class:`LoRAConv1x1`): ResNet and RegNet ``conv1``/``conv3``, EfficientNet/MobileNet
 ``conv_pw``/``conv_pwl``, ConvNeXt's channel MLP ``fc1``/``fc2``.
@@ -21,7 +25,7 @@ On CNNs, ``targets=("conv1x1",)`` wraps the 1x1 convolutions of every block's br
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,8 +35,10 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, is_pointwise
+from ..inputs import check_sequence, check_value
 from .common import Size, normalise_size, per_block
-from .registry import MethodConfig, NotApplicableError, register_method
+from .mixed import MixedModule, Placed, TaskRouting, replace_each
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
 QKV_PARTS = ("q", "k", "v")
@@ -66,12 +72,14 @@ class LoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         self.rank = normalise_size(self.rank, "rank")
-        self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        self.targets = check_sequence(self.targets, "targets", str)
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets must be distinct names from {TARGETS}, got {list(self.targets)}")
         if "qkv" in self.targets and set(QKV_PARTS) & set(self.targets):
             raise ValueError("target either 'qkv' (one update of the fused layer) or some of 'q', 'k', 'v', not both")
+        self.alpha = check_value(self.alpha, "alpha", float, 0.0, 1e6)
+        self.dropout = check_value(self.dropout, "dropout", float, 0.0, 1.0)
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
@@ -114,6 +122,11 @@ class LoRALinear(nn.Module):
         self.register_buffer("_index", torch.tensor(self.updated, device=kw["device"]), persistent=False)
         self.merged = False
         self._original: torch.Tensor | None = None
+
+    mergeable = True
+    """``scaling * B A`` folds into the frozen weight (see :class:`~snftune.methods.Mergeable`)."""
+    why_not_mixed = ""
+    """Empty: a plain linear layer's LoRA has a per-sample form (:class:`MixedLoRA`)."""
 
     @staticmethod
     def _shape_of(base_layer: nn.Module) -> tuple[int, int]:
@@ -169,10 +182,82 @@ class LoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}, chunks={self.chunks}, updated={self.updated}"
 
+    def full_output_update(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` with ``scaling * B_chunks A_chunks == B @ A`` over the whole output: (R, in), (out, R).
+
+        Each chunk's ``B`` is placed at its chunk's rows and its own ``rank`` columns, and the
+        scaling is folded into ``A``, so that tasks with other chunks, ranks, scalings or targets
+        share one form.
+        """
+        k, r = len(self.updated), self.rank
+        out_features = self._shape_of(self.base_layer)[1]
+        rows = out_features // self.chunks
+        b = self.lora_B.new_zeros(out_features, k * r)
+        for i, chunk in enumerate(self.updated):
+            b[chunk * rows : (chunk + 1) * rows, i * r : (i + 1) * r] = self.lora_B[i * rows : (i + 1) * rows]
+        return (self.lora_A * self.scaling).detach(), b.detach()
+
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each linear layer some task updates gets a :class:`MixedLoRA` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda layers, base: MixedLoRA(layers, num_tasks, routing, base))
+
+
+class MixedLoRA(MixedModule):
+    """A shared frozen ``nn.Linear`` (``base``, or a mixed module wrapping it) plus each sample's
+    own task's LoRA update.
+
+    Only the output chunks that some task updates are computed (``q`` and ``v`` of a fused qkv:
+    two thirds of it), and added in place as :class:`LoRALinear` adds them.
+    """
+
+    def __init__(self, layers: Mapping[int, LoRALinear], num_tasks: int, routing: TaskRouting, base: nn.Module) -> None:
+        super().__init__(layers, routing, base)
+        chunkings = {layer.chunks for layer in layers.values()}
+        self.chunks = chunkings.pop() if len(chunkings) == 1 else 1
+        kept = sorted({c for layer in layers.values() for c in layer.updated}) if self.chunks > 1 else [0]
+        updates = {task: layer.full_output_update() for task, layer in layers.items()}
+        rank = max(a.shape[0] for a, _ in updates.values())
+        a0, b0 = next(iter(updates.values()))
+        rows = b0.shape[0] // self.chunks
+        A = a0.new_zeros(num_tasks, rank, a0.shape[1])
+        B = b0.new_zeros(num_tasks, len(kept) * rows, rank)
+        for task, (a, b) in updates.items():
+            A[task, : a.shape[0]] = a
+            B[task, :, : b.shape[1]] = b.unflatten(0, (self.chunks, rows))[kept].flatten(0, 1)
+        self.add_tables(A=A, B=B, kept=torch.tensor(kept))
+        self.all_chunks = len(kept) == self.chunks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.base_layer(x)
+        if not self.routing.any_present(self.tasks):
+            return output
+        rows, ids = self.routing.select(self.tasks, x.shape[0])
+        if rows is not None:
+            x = x.index_select(0, rows)
+        A, B = (t.index_select(0, ids).to(x.dtype) for t in (self.A, self.B))
+        update = torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), A.transpose(1, 2)), B.transpose(1, 2))
+        # In place, as LoRALinear adds its update: F.linear keeps no output for its backward.
+        target = output if self.all_chunks else output.unflatten(-1, (self.chunks, -1))
+        if rows is not None:
+            target = target.index_select(0, rows)
+        if self.all_chunks:
+            target.add_(update.reshape(target.shape))
+        else:
+            target.index_add_(-2, self.kept, update.reshape(*target.shape[:-2], len(self.kept), -1))
+        if rows is not None:
+            output.index_copy_(0, rows, target.reshape(len(rows), *output.shape[1:]))
+        return output
+
+    def extra_repr(self) -> str:
+        return f"tasks={sorted(self.tasks)}, rank={self.A.shape[1]}, chunks={self.chunks}, kept={self.kept.tolist()}"
+
 
 class LoRAConv1x1(LoRALinear):
     """LoRA on a 1x1 convolution of (B, C, H, W) maps: the same ``B A`` on every position's
     channel vector, as two thin 1x1 convolutions (PEFT's conv LoRA with a 1x1 kernel)."""
+
+    why_not_mixed = "LoRA on a 1x1 convolution has no per-sample form yet"
 
     @staticmethod
     def _shape_of(base_layer: nn.Module) -> tuple[int, int]:
@@ -188,6 +273,10 @@ class LoRAConv1x1(LoRALinear):
 class LoRASplitBiasQKV(TakesOverQKVBiases, LoRALinear):
     """LoRA on a fused qkv linear whose biases timm keeps in the attention (EVA, BEiT, Swin V2):
     see :mod:`.split_bias`. The base output is timm's own biased call, then the update."""
+
+    why_not_mixed = (
+        "LoRA on a qkv layer whose biases timm keeps in the attention (EVA, BEiT, Swin V2) has no per-sample form yet"
+    )
 
     def __init__(self, base_layer: nn.Linear, attention: nn.Module, *args, **kwargs) -> None:
         super().__init__(base_layer, *args, **kwargs)
@@ -331,4 +420,5 @@ register_method(
         ),
         "lora-conv": ({"targets": (CONV_TARGET,)}, "LoRA on the 1x1 convolutions of each CNN block (rank 8)"),
     },
+    capabilities=Capabilities(mergeable=True, servable=True),
 )

@@ -31,12 +31,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..backbones import install_sites
-from ..backbones.sites import Anatomy, fill_slot
+from ..backbones.sites import Anatomy, families, fill_slot
+from ..inputs import check_sequence, check_value
 from .adapter import Adapter, AdapterConfig, apply_adapter
-from .common import Size, factory_kwargs, normalise_size, per_block
+from .common import MAX_SIZE, Size, factory_kwargs, normalise_size, per_block
 from .lora import LoRALinear
 from .noah_subnets import MODULES, NOAH_SIZES, Subnet, SubnetSpace, quarter_depths, read_noah_subnet
-from .registry import MethodConfig, MethodSettingsError, NotApplicableError, register_method
+from .registry import Capabilities, MethodConfig, MethodSettingsError, NotApplicableError, register_method
 from .vpt import PromptTokens, StripPrompts, VPTConfig, apply_vpt
 
 __all__ = [
@@ -56,17 +57,25 @@ NOAH_DROPOUT = 0.1
 
 
 def _check_dropout(value: float) -> None:
+    check_value(value, "dropout", float, 0.0, 1.0)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {value}")
+
+
+def _only_vit(method: str) -> dict[str, str]:
+    """Every family but ViT/DeiT, and why: NOAH's declared unsupported families."""
+    return {
+        family: f"{method} puts prompt tokens, LoRA and adapters in ViT blocks; this is a {family} backbone. "
+        "Use a ViT/DeiT model."
+        for family in families()
+        if family != "vit"
+    }
 
 
 def _vit_anatomy(model: nn.Module, method: str) -> Anatomy:
     anat = install_sites(model)
     if anat.family != "vit":
-        raise NotApplicableError(
-            f"{method} puts prompt tokens, LoRA and adapters in ViT blocks; this is a {anat.family} backbone. "
-            "Use a ViT/DeiT model."
-        )
+        raise NotApplicableError(_only_vit(method)[anat.family])
     return anat
 
 
@@ -187,9 +196,7 @@ class NoahSupernetConfig(MethodConfig):
             value = getattr(self, name)
             if value is None:
                 continue
-            value = (value,) if isinstance(value, int) else tuple(value)
-            if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-                raise ValueError(f"{name} must be ints >= 1, got {list(value)}")
+            value = check_sequence(value, name, int, 1, MAX_SIZE)
             if len(set(value)) != len(value):
                 raise ValueError(f"{name} lists a value twice: {list(value)}")
             setattr(self, name, tuple(sorted(value)))
@@ -326,6 +333,7 @@ class NoahConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.subnet is not None:
+            check_value(self.subnet, "subnet", str)
             if any(getattr(self, m) is not None for m in MODULES):
                 raise ValueError("give either subnet=<NOAH subnet YAML> or prompt/lora/adapter sizes, not both")
             found = read_noah_subnet(self.subnet)
@@ -367,9 +375,21 @@ register_method(
     NoahSupernetConfig,
     apply_noah_supernet,
     "NOAH's supernet: prompts, LoRA and adapter at size 100 in every block, a random subnet per training step",
+    capabilities=Capabilities(
+        unsupported_families=_only_vit("noah-supernet"),
+        why_not={
+            "mergeable": "its update changes with the active subnet: there is nothing fixed to fold in",
+            "servable": "its modules change with the active subnet; serve a retrained subnet ('noah') instead",
+        },
+    ),
 )
 register_method(
     NoahConfig,
     apply_noah,
     "NOAH: prompts, LoRA (qkv) and adapter with per-block sizes (subnet=<NOAH subnet YAML>, or a search's result)",
+    capabilities=Capabilities(
+        servable=True,
+        unsupported_families=_only_vit("noah"),
+        why_not={"mergeable": "its prompts and adapters are no update of a frozen weight"},
+    ),
 )

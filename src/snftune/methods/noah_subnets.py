@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
+from ..errors import SnftuneError
+from ..inputs import load_yaml
 
 __all__ = [
     "MODULES",
@@ -49,7 +51,7 @@ Draw = Callable[[int], int]
 """A source of randomness: ``draw(n)`` is an index in ``[0, n)``."""
 
 
-class SubnetFileError(ValueError):
+class SubnetFileError(SnftuneError, ValueError):
     """A NOAH subnet file that cannot be read as one."""
 
 
@@ -197,10 +199,7 @@ def read_noah_subnet(path: str | os.PathLike) -> Subnet:
     path = Path(path).expanduser()
     if not path.is_file():
         raise SubnetFileError(f"subnet file {path} does not exist; pass a NOAH subnet YAML (with a RETRAIN: block)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SubnetFileError(f"subnet file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    data = load_yaml(path, source=f"subnet file {path}", error=SubnetFileError)
     block = data.get("RETRAIN") if isinstance(data, dict) else None
     if not isinstance(block, dict):
         raise SubnetFileError(

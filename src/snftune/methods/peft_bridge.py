@@ -5,7 +5,7 @@ in place (``peft.inject_adapter_in_model``, no ``PeftModel`` wrapper), targeting
 names (``qkv``, ``fc2``, ...). PEFT leaves only its adapter tensors trainable and
 ``snftune.apply`` then re-enables the classifier head, so PEFT's ``modules_to_save`` is not
 needed; saving and loading go through ``save_tuned``/``load_tuned`` like any method. PEFT is
-optional: applying without it raises :class:`PeftUnavailableError` naming the install line.
+optional: applying without it raises :class:`PeftUnavailableError` naming the extra to install.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from .registry import MethodConfig, NotApplicableError, UnknownMethodError, register_method
-
-PEFT_REQUIREMENT = "peft==0.21.2"
+from ..errors import MissingExtraError
+from .registry import Capabilities, MethodConfig, NotApplicableError, UnknownMethodError, register_method
 
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "lora": {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"]},
@@ -31,17 +30,19 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 """Per tuner, the PEFT config fields used unless ``options`` sets them (timm module names)."""
 
 
-class PeftUnavailableError(ImportError):
+class PeftUnavailableError(MissingExtraError):
     """HF PEFT is not installed."""
+
+    package = "HF PEFT"
+    used_by = "the 'peft' methods"
+    extra = "peft"
 
 
 def import_peft() -> ModuleType:
     try:
         return importlib.import_module("peft")
-    except ImportError as error:
-        raise PeftUnavailableError(
-            f"the 'peft' methods need HF PEFT, which is not installed: pip install {PEFT_REQUIREMENT}"
-        ) from error
+    except ImportError:
+        raise PeftUnavailableError() from None
 
 
 def _check_tuner(tuner: str) -> None:
@@ -108,8 +109,14 @@ def apply_peft(model: nn.Module, config: PeftBridgeConfig) -> None:
 register_method(
     PeftBridgeConfig,
     apply_peft,
-    f"HF PEFT tuners injected into the timm model (optional: pip install {PEFT_REQUIREMENT})",
+    "HF PEFT tuners injected into the timm model (optional: pip install 'snftune[peft]')",
     presets={
         f"peft:{name}": ({"tuner": name}, f"HF PEFT's {name} on {DEFAULT_OPTIONS[name]}") for name in DEFAULT_OPTIONS
     },
+    capabilities=Capabilities(
+        why_not={
+            "mergeable": "PEFT's layers merge through PEFT itself (merge_and_unload), whose unmerge is not exact",
+            "servable": "PEFT's layers have no per-sample form in snftune (PEFT's own mixed batches need a PeftModel)",
+        },
+    ),
 )

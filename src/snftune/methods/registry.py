@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from torch import nn
+
+from ..errors import SnftuneError
+from ..inputs import load_yaml
+from ..suggest import did_you_mean
+from .mixed import mixed_parts as outermost_mixed_forms
 
 __all__ = [
     "Capabilities",
@@ -28,6 +31,7 @@ __all__ = [
     "register_method",
     "method_for",
     "capabilities",
+    "refuse_unsupported_family",
     "resolve_config",
     "config_from_dict",
     "method_names",
@@ -35,7 +39,7 @@ __all__ = [
 ]
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(SnftuneError, ValueError):
     """A method name, preset or config field that snftune does not know."""
 
 
@@ -43,7 +47,7 @@ class MethodSettingsError(UnknownMethodError):
     """A method setting with a value the method rejects (e.g. ``planar_steps=-1``)."""
 
 
-class NotApplicableError(ValueError):
+class NotApplicableError(SnftuneError, ValueError):
     """A method that does not fit the given backbone (e.g. prompt tokens on a ResNet)."""
 
 
@@ -98,11 +102,20 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method.
+
+    Attributes:
+        mixed_parts: a tuned model -> the modules holding its tuned tensors, by path, each
+            implementing :class:`~snftune.methods.mixed.MixedForm` (what ``MultiTaskModel``
+            serves). Default: the outermost modules that implement it.
+    """
+
     name: str
     config_cls: type[MethodConfig]
     apply: Callable[[nn.Module, MethodConfig], None]
     description: str
     capabilities: Capabilities = Capabilities()
+    mixed_parts: Callable[[nn.Module], dict[str, nn.Module]] = outermost_mixed_forms
 
 
 _METHODS: dict[str, Method] = {}
@@ -115,8 +128,13 @@ def register_method(
     description: str,
     presets: dict[str, tuple[dict[str, Any], str]] | None = None,
     capabilities: Capabilities | None = None,
+    mixed_parts: Callable[[nn.Module], dict[str, nn.Module]] | None = None,
 ) -> Method:
     """Registers ``config_cls.method`` and its presets ({name: (overrides, description)}).
+
+    ``capabilities`` declares what the method can do beyond training (merge, serve, families);
+    ``mixed_parts`` is needed only by a servable method whose tuned tensors are not held by
+    modules of its own (see :class:`Method`).
 
     A name already taken by a method or a preset is refused, as HF PEFT refuses a duplicate
     adapter name: silently replacing a method would change what a saved config means.
@@ -130,7 +148,9 @@ def register_method(
             raise ValueError(f"the method name '{new}' is already registered; choose another name")
     if name in presets:
         raise ValueError(f"preset '{name}' has the name of its own method")
-    method = Method(name, config_cls, apply, description, capabilities or Capabilities())
+    method = Method(
+        name, config_cls, apply, description, capabilities or Capabilities(), mixed_parts or outermost_mixed_forms
+    )
     _METHODS[name] = method
     for preset, (overrides, preset_description) in presets.items():
         _PRESETS[preset] = (name, overrides, preset_description)
@@ -151,8 +171,21 @@ def capabilities(name: str | MethodConfig) -> Capabilities:
     if name in _PRESETS:
         name = _PRESETS[name][0]
     if name not in _METHODS:
-        raise UnknownMethodError(f"unknown method '{name}'. Known methods: {', '.join(method_names())}")
+        raise unknown_method(name)
     return _METHODS[name].capabilities
+
+
+def refuse_unsupported_family(config: MethodConfig, family: str) -> None:
+    """Raises :class:`NotApplicableError` with the method's declared reason when it does not
+    support the backbone family ``family`` (``snftune.apply`` calls it before the method edits the model)."""
+    reason = method_for(config).capabilities.unsupported_families.get(family)
+    if reason is not None:
+        raise NotApplicableError(f"{config.method} does not fit {family}: {reason}")
+def unknown_method(name: str) -> UnknownMethodError:
+    """The error for a method name nobody registered: the nearest known name first, then all of them."""
+    return UnknownMethodError(
+        f"unknown method '{name}'{did_you_mean(name, method_names())}. Known methods: {', '.join(method_names())}"
+    )
 
 
 def method_names() -> list[str]:
@@ -168,13 +201,14 @@ def preset_names() -> dict[str, str]:
 def config_from_dict(method: str, values: dict[str, Any]) -> MethodConfig:
     """Builds a registered method's config, naming any field it does not have."""
     if method not in _METHODS:
-        raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")
+        raise unknown_method(method)
     config_cls = _METHODS[method].config_cls
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise UnknownMethodError(
-            f"method '{method}' has no setting {', '.join(map(repr, unknown))}. "
+            f"method '{method}' has no setting {', '.join(map(repr, unknown))}"
+            f"{did_you_mean(unknown[0], fields) if len(unknown) == 1 else ''}. "
             f"Its settings: {', '.join(sorted(fields)) or 'none'}"
         )
     return _build(config_cls, values)
@@ -189,10 +223,7 @@ def _build(config_cls: type[MethodConfig], values: dict[str, Any]) -> MethodConf
 
 
 def _load_config_file(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UnknownMethodError(f"{path} is not valid YAML: {error}") from error
+    data = load_yaml(path, error=UnknownMethodError)
     if not isinstance(data, dict) or "method" not in data:
         raise UnknownMethodError(f"{path} must be a mapping with a 'method' key, e.g. 'method: snf-deep'")
     data = dict(data)
@@ -221,4 +252,4 @@ def resolve_config(method: str | MethodConfig, **overrides: Any) -> MethodConfig
         return config_from_dict(name, {**preset_values, **overrides})
     if method in _METHODS:
         return config_from_dict(method, overrides)
-    raise UnknownMethodError(f"unknown method '{method}'. Known methods: {', '.join(method_names())}")
+    raise unknown_method(method)

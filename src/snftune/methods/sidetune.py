@@ -21,8 +21,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .common import factory_kwargs
-from .registry import MethodConfig, NotApplicableError, register_method
+from ..inputs import check_sequence, check_value
+from .common import MAX_SIZE, factory_kwargs
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 
 @dataclass
@@ -42,9 +43,8 @@ class SideTuneConfig(MethodConfig):
     alpha_init: float = 1.0
 
     def __post_init__(self) -> None:
-        self.channels = tuple(self.channels)
-        if not self.channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.channels):
-            raise ValueError(f"channels must be a non-empty list of ints >= 1, got {list(self.channels)}")
+        self.channels = check_sequence(self.channels, "channels", int, 1, MAX_SIZE)
+        self.alpha_init = check_value(self.alpha_init, "alpha_init", float, -1e3, 1e3)
 
 
 def side_network(in_chans: int, channels: tuple[int, ...], features: int, device=None, dtype=None) -> nn.Sequential:
@@ -107,4 +107,10 @@ register_method(
     SideTuneConfig,
     apply_sidetune,
     "Side-tuning: a 4-layer conv side network blended with the frozen features by a learned alpha",
+    capabilities=Capabilities(
+        why_not={
+            "mergeable": "its side network runs beside the backbone; there is no frozen weight to fold it into",
+            "servable": "its side network and blend hooks have no per-sample form yet",
+        },
+    ),
 )

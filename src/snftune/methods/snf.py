@@ -16,13 +16,17 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import ResidualSite
+from ..inputs import check_value
 from .adapter import Adapter
-from .common import factory_kwargs
+from .common import MAX_SIZE, factory_kwargs
 from .flows import ShortcutFlow
-from .registry import MethodConfig, register_method
+from .registry import Capabilities, MethodConfig, register_method
 
 PLACEMENTS = ("shortcut", "residual")
 MODULES = ("flow", "bottleneck")
+MAX_PLANAR_STEPS = 64
+"""The paper uses 0-9 steps; each step is a sequential pass over every position, so a bound keeps a typo
+(``planar_steps=100000000``, tens of GB) from being allocated."""
 
 
 @dataclass
@@ -51,14 +55,16 @@ class SNFConfig(MethodConfig):
     memory_efficient: bool = True
 
     def __post_init__(self) -> None:
-        if self.planar_steps < 0:
-            raise ValueError(f"planar_steps must be >= 0, got {self.planar_steps}")
+        self.planar_steps = check_value(self.planar_steps, "planar_steps", int, 0, MAX_PLANAR_STEPS)
+        self.bottleneck_width = check_value(self.bottleneck_width, "bottleneck_width", int, 1, MAX_SIZE)
+        self.init_range = check_value(self.init_range, "init_range", float, 0.0, 10.0)
+        check_value(self.memory_efficient, "memory_efficient", bool)
+        check_value(self.placement, "placement", str)
+        check_value(self.module, "module", str)
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got '{self.placement}'")
         if self.module not in MODULES:
             raise ValueError(f"module must be one of {MODULES}, got '{self.module}'")
-        if self.bottleneck_width < 1:
-            raise ValueError(f"bottleneck_width must be >= 1, got {self.bottleneck_width}")
 
 
 def _build_module(site: ResidualSite, config: SNFConfig, placement: dict) -> nn.Module:
@@ -93,4 +99,11 @@ register_method(
         "snf-bottleneck": ({"module": "bottleneck"}, "ablation (Table 7): bottleneck MLP on the shortcut"),
         "snf-residual": ({"placement": "residual", "planar_steps": 0}, "ablation (Table 6): flow on the branch"),
     },
+    capabilities=Capabilities(
+        servable=True,
+        why_not={
+            "mergeable": "the flow acts on the identity shortcut, which has no weight to fold it into "
+            "(and its planar steps are not linear)"
+        },
+    ),
 )

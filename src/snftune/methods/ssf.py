@@ -8,18 +8,24 @@ operation, it folds into that operation's weight and bias after training
 
 SSF initialises ``gamma ~ N(1, 0.02)`` and ``beta ~ N(0, 0.02)``; ``init_std=0`` starts
 from the exact identity.
+
+Served in a mixed batch (:class:`MixedScaleShift`), each sample's output of a shared frozen
+layer gets its own task's scale and shift.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from timm.layers import LayerNorm2d
 from torch import nn
 
-from .registry import MethodConfig, NotApplicableError, register_method
+from ..inputs import check_sequence, check_value
+from .common import output_channel_dim
+from .mixed import MixedModule, Placed, TaskRouting, channel_view, replace_each, shared_setting
+from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
 KINDS: dict[str, tuple[type[nn.Module], ...]] = {
@@ -27,7 +33,6 @@ KINDS: dict[str, tuple[type[nn.Module], ...]] = {
     "conv": (nn.Conv2d,),
     "norm": (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm),
 }
-CHANNELS_FIRST = (nn.Conv2d, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, LayerNorm2d)
 
 
 @dataclass
@@ -46,12 +51,11 @@ class SSFConfig(MethodConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        self.targets = tuple(self.targets)
+        self.targets = check_sequence(self.targets, "targets", str)
         unknown = sorted(set(self.targets) - set(KINDS))
         if not self.targets or unknown:
             raise ValueError(f"targets must be a non-empty subset of {tuple(KINDS)}, got {list(self.targets)}")
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        self.init_std = check_value(self.init_std, "init_std", float, 0.0, 10.0)
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -69,13 +73,16 @@ def _out_channels(layer: nn.Module) -> int:
 class ScaleShift(nn.Module):
     """``scale * base_layer(x) + shift`` per output channel of a frozen layer."""
 
+    why_not_mixed = ""
+    """Empty: its scale and shift have a per-sample form (:class:`MixedScaleShift`)."""
+
     def __init__(self, base_layer: nn.Module, init_std: float = 0.02) -> None:
         super().__init__()
         channels = _out_channels(base_layer)
         reference = next(base_layer.parameters(), None)
         kw = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
         self.base_layer = base_layer
-        self.channel_dim = 1 if isinstance(base_layer, CHANNELS_FIRST) else -1
+        self.channel_dim = output_channel_dim(base_layer) or -1
         self.scale = nn.Parameter(torch.ones(channels, **kw))
         self.shift = nn.Parameter(torch.zeros(channels, **kw))
         if init_std:
@@ -134,11 +141,44 @@ class ScaleShift(nn.Module):
         self._original = None
         self.merged = False
 
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each layer some task scales and shifts gets a :class:`MixedScaleShift` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda layers, base: MixedScaleShift(layers, num_tasks, routing, base))
+
+
+class MixedScaleShift(MixedModule):
+    """A shared frozen layer's output (``base``), each row scaled and shifted by its own task's
+    :class:`ScaleShift` (scale 1 and shift 0, exactly the frozen output, for other tasks)."""
+
+    def __init__(self, layers: Mapping[int, ScaleShift], num_tasks: int, routing: TaskRouting, base: nn.Module) -> None:
+        super().__init__(layers, routing, base)
+        self.channel_dim = int(
+            shared_setting((layer.channel_dim for layer in layers.values()), "the channel dimension")
+        )
+        reference = next(iter(layers.values())).scale
+        scale = torch.ones(num_tasks, reference.shape[0], dtype=reference.dtype)
+        shift = torch.zeros(num_tasks, reference.shape[0], dtype=reference.dtype)
+        with torch.no_grad():
+            for task, layer in layers.items():
+                scale[task], shift[task] = layer.scale, layer.shift
+        self.add_tables(scale=scale, shift=shift)
+
+    def own(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        scale, shift = (
+            channel_view(t.index_select(0, ids).to(x.dtype), x, self.channel_dim) for t in (self.scale, self.shift)
+        )
+        return x * scale + shift
+
 
 class ScaleShiftSplitBias(TakesOverQKVBiases, ScaleShift):
     """SSF after a fused qkv linear whose biases timm keeps in the attention (EVA, BEiT, Swin V2;
     see :mod:`.split_bias`): the scale and shift follow timm's own biased call, and merge into
     the weight and the three bias parts."""
+
+    why_not_mixed = (
+        "SSF on a qkv layer whose biases timm keeps in the attention (EVA, BEiT, Swin V2) has no per-sample form yet"
+    )
 
     def __init__(self, base_layer: nn.Linear, attention: nn.Module, init_std: float = 0.02) -> None:
         super().__init__(base_layer, init_std)
@@ -180,4 +220,5 @@ register_method(
     SSFConfig,
     apply_ssf,
     "SSF: a per-channel scale and shift after every linear, convolution and norm layer (mergeable)",
+    capabilities=Capabilities(mergeable=True, servable=True),
 )

@@ -3,6 +3,6 @@ prediction over image folders (:mod:`.predict`, ``snftune predict``)."""
 
 from .heads import MultiTaskOutput
 from .multitask import MultiTaskModel
-from .tasks import SERVABLE_METHODS, ServingError
+from .tasks import ServingError
 
-__all__ = ["SERVABLE_METHODS", "MultiTaskModel", "MultiTaskOutput", "ServingError"]
+__all__ = ["MultiTaskModel", "MultiTaskOutput", "ServingError"]

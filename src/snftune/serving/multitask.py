@@ -2,8 +2,9 @@
 
 The point of tuning kilobytes per task is to keep one backbone for all of them. A
 :class:`MultiTaskModel` puts every task's method into the one frozen backbone in a per-sample
-form (:mod:`.slots` for SNF flows and adapters, :mod:`.layers` for LoRA and BitFit,
-:mod:`.prompts` for VPT), so a batch that mixes tasks, and methods, runs the backbone once.
+form, so a batch that mixes tasks, and methods, runs the backbone once. It knows no method:
+each method's modules put their own mixed form in (the protocol of
+:mod:`snftune.methods.mixed`); this module routes rows to tasks and stacks the heads.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import torch
 from torch import nn
 
 from ..backbones import install_sites
+from ..methods.mixed import TaskRouting
 from .heads import MultiTaskOutput, TaskHeads
-from .layers import MixedBias, MixedLoRA, bias_channel_dim
-from .prompts import install_prompts
-from .routing import TaskRouting
-from .slots import mixed_slot
 from .tasks import ServingError, TaskParts, load_task, meta_copy
 
 __all__ = ["MultiTaskModel"]
@@ -27,17 +25,18 @@ __all__ = ["MultiTaskModel"]
 TaskIds = torch.Tensor | Sequence[int | str]
 
 
-def _by_key(parts: list[TaskParts], attribute: str) -> dict:
-    """{key: {task index: value}} over every task's ``attribute`` dict."""
-    merged: dict = {}
-    for task, part in enumerate(parts):
-        for key, value in getattr(part, attribute).items():
-            merged.setdefault(key, {})[task] = value
-    return merged
+def _placed_by_kind(tasks: list[TaskParts]) -> dict[type, dict[str, dict[int, nn.Module]]]:
+    """{kind of part: {path: {task index: its part there}}}, kinds in the order the tasks bring them."""
+    placed: dict[type, dict[str, dict[int, nn.Module]]] = {}
+    for index, task in enumerate(tasks):
+        for path, part in task.parts.items():
+            placed.setdefault(type(part), {}).setdefault(path, {})[index] = part
+    return placed
 
 
 class MultiTaskModel(nn.Module):
-    """One frozen backbone serving tuned tasks of SNF, LoRA, Adapter, VPT, BitFit and linear probing.
+    """One frozen backbone serving tuned tasks of every method declared servable
+    (``snftune.capabilities(name).servable``: SNF, LoRA, Adapter, VPT, BitFit, SSF, linear probing, NOAH subnets).
 
     Args:
         backbone: the untuned timm model the files were tuned on (the same architecture, shapes
@@ -50,13 +49,13 @@ class MultiTaskModel(nn.Module):
     head (``-inf`` past each sample's own class count) and the mask of real columns. Each row
     equals what the task's own model (a fresh backbone + ``load_tuned``) gives for that image.
     VPT tasks share a prompt region as wide as the longest prompts, masked per sample
-    (see :mod:`snftune.serving.prompts`). Inference only: the model stays in eval mode.
+    (see :mod:`snftune.methods.vpt`). Inference only: the model stays in eval mode.
 
     Raises:
         FileNotFoundError: a file is missing.
         TunedFileError: a file is not a tuned file, or was made for another backbone.
-        ServingError: a method without a per-sample form (full, sidetune, peft:...), or a backbone
-            that is already tuned.
+        ServingError: a method not declared servable (full, sidetune, peft:...), a part without a
+            per-sample form, or a backbone that is already tuned.
     """
 
     def __init__(self, backbone: nn.Module, tasks: Mapping[str, str | os.PathLike]) -> None:
@@ -73,37 +72,18 @@ class MultiTaskModel(nn.Module):
         # Every file is read and checked before the backbone is touched.
         parts = [load_task(skeleton, str(name), path) for name, path in tasks.items()]
         _check_frozen_buffers(backbone, parts)
-        _check_bias_layers(backbone, parts)
         self.task_names = [part.name for part in parts]
         self.methods = [part.label for part in parts]
         self.routing = TaskRouting()
         reference = next(backbone.parameters())
         backbone.requires_grad_(False)
-        anat = install_sites(backbone)
+        install_sites(backbone)
         self.backbone = backbone
-        self.mixers = nn.ModuleDict()
-        self._fill_slots(parts)
-        self._hook_layers(parts)
-        prompts = {task: part.prompts for task, part in enumerate(parts) if part.prompts}
-        self.prompt_width = install_prompts(backbone, anat, prompts, len(parts), self.routing)
+        for kind, placed in _placed_by_kind(parts).items():
+            kind.install_mixed(backbone, placed, len(parts), self.routing)
         self.heads = TaskHeads([part.head for part in parts], [part.num_classes for part in parts])
         self.to(device=reference.device, dtype=reference.dtype)
         self.eval()
-
-    def _fill_slots(self, parts: list[TaskParts]) -> None:
-        for (site_name, slot), modules in _by_key(parts, "slots").items():
-            self.backbone.get_submodule(site_name).fill(slot, mixed_slot(modules, len(parts), self.routing))
-
-    def _hook_layers(self, parts: list[TaskParts]) -> None:
-        for name, layers in _by_key(parts, "lora").items():
-            mixer = MixedLoRA(layers, len(parts), self.routing)
-            self.mixers[f"lora:{name.replace('.', '/')}"] = mixer
-            self.backbone.get_submodule(name).register_forward_hook(mixer.hook)
-        for name, biases in _by_key(parts, "biases").items():
-            layer = self.backbone.get_submodule(name)
-            mixer = MixedBias(biases, layer.bias, bias_channel_dim(layer), len(parts), self.routing)
-            self.mixers[f"bias:{name.replace('.', '/')}"] = mixer
-            layer.register_forward_hook(mixer.hook)
 
     @property
     def num_classes(self) -> list[int]:
@@ -148,18 +128,6 @@ class MultiTaskModel(nn.Module):
                 "(snftune.apply) and serve the file it saves"
             )
         return super().train(False)
-
-
-def _check_bias_layers(backbone: nn.Module, parts: list[TaskParts]) -> None:
-    """Every layer whose bias a BitFit file tunes has a known place for its bias (see ``bias_channel_dim``)."""
-    for part in parts:
-        for name in part.biases:
-            layer = backbone.get_submodule(name)
-            if bias_channel_dim(layer) is None:
-                raise ServingError(
-                    f"{part.path} (task '{part.name}') tunes the bias of {name} ({type(layer).__name__}), a layer "
-                    "kind without a per-sample rule; serve it with a model of its own (snftune.load_tuned)"
-                )
 
 
 def _check_frozen_buffers(backbone: nn.Module, parts: list[TaskParts]) -> None:

@@ -22,6 +22,7 @@ from ..atomic import atomic_write_text
 from ..data import DataError, build_transform, resolve_task
 from ..data.lists import IMAGE_EXTENSIONS, image_files, load_rgb
 from ..engine import TrainConfig
+from ..inputs import read_text
 from ..runs import RunSettings, build_backbone, read_run_config, read_tuned_source
 from .multitask import MultiTaskModel
 from .tasks import ServingError
@@ -166,10 +167,7 @@ def list_images(spec: str | os.PathLike) -> list[ImageRef]:
         raise DataError(f"{path} does not exist; pass an image folder, a list of image paths, or an image")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return [ImageRef(path, path.name)]
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is neither an image nor a text list of image paths ({error})") from error
+    lines = read_text(path, DataError, "image list (or an image of unknown extension)").splitlines()
     refs = []
     for line in (raw.strip() for raw in lines):
         if not line or line.startswith("#"):

@@ -18,16 +18,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..backbones import install_sites
-from ..backbones.sites import ResidualSite
-from ..methods import Adapter, LoRALinear, ShortcutFlow
-from ..methods.vpt import PromptTokens
+from ..methods import capabilities, method_for
 from ..tuning import TunedFileError, head_parameter_names, load_tuned, read_tuned_metadata
 
-__all__ = ["SERVABLE_METHODS", "ServingError", "TaskParts", "load_task", "meta_copy"]
-
-SERVABLE_METHODS = ("snf", "lora", "adapter", "vpt", "bitfit", "linear")
-"""Methods whose every tuned tensor has a per-sample form (the registry names in tuned files)."""
+__all__ = ["ServingError", "TaskParts", "load_task", "meta_copy"]
 
 
 class ServingError(TunedFileError):
@@ -48,15 +42,13 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 @dataclass
 class TaskParts:
-    """What one tuned file adds to the shared backbone, by where it goes.
+    """What one tuned file adds to the shared backbone.
 
     Attributes:
-        slots: (residual site name, ``"shortcut"``/``"branch"``) -> the ShortcutFlow or Adapter there.
-        lora: name of a backbone linear layer -> the LoRALinear that updates it.
-        biases: name of a backbone layer -> its BitFit bias.
-        prompts: block index -> the PromptTokens that block inserts or replaces.
-        buffers: backbone buffers the file holds (BatchNorm statistics of BitFit's layers); frozen,
-            so they must equal the backbone's own.
+        parts: path in the backbone -> the module of the task's method there that holds its tuned
+            tensors (a :class:`~snftune.methods.mixed.MixedForm`: a flow, a LoRA layer, ...).
+        buffers: backbone buffers the file holds (BitFit's BatchNorm statistics); frozen, so they
+            must equal the backbone's own.
         head: the task's classifier; ``num_classes`` its output width.
     """
 
@@ -65,10 +57,7 @@ class TaskParts:
     label: str
     head: nn.Module
     num_classes: int
-    slots: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
-    lora: dict[str, LoRALinear] = field(default_factory=dict)
-    biases: dict[str, torch.Tensor] = field(default_factory=dict)
-    prompts: dict[int, PromptTokens] = field(default_factory=dict)
+    parts: dict[str, nn.Module] = field(default_factory=dict)
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -78,22 +67,28 @@ def _head_shape(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[int
     return tuple(weights[0].shape) if weights else None
 
 
+def _refuse(path: Path, name: str, reason: str) -> ServingError:
+    return ServingError(
+        f"{path} (task '{name}'): {reason}; serve this file with a model of its own (snftune.load_tuned)"
+    )
+
+
 def load_task(skeleton: nn.Module, name: str, path: str | os.PathLike) -> TaskParts:
     """Reads a tuned file made for ``skeleton``'s backbone (a :func:`meta_copy` of it, untuned).
 
     Raises:
         FileNotFoundError: no such file.
         TunedFileError: not a tuned file, or made for another backbone (as ``load_tuned``).
-        ServingError: a method without a per-sample form (full, sidetune, peft:...).
+        ServingError: a method not declared servable, or a part without a per-sample form.
     """
     path = Path(path)
     metadata = read_tuned_metadata(path)
     method = metadata["method"]
-    if method not in SERVABLE_METHODS:
+    declared = capabilities(method)
+    if not declared.servable:
         raise ServingError(
             f"{path} (task '{name}') is tuned with '{metadata.get('label', method)}', which cannot be served "
-            f"in a mixed batch: MultiTaskModel serves {', '.join(SERVABLE_METHODS)}. Serve it with a model "
-            "of its own (snftune.load_tuned)."
+            f"in a mixed batch: {declared.reason('servable')}. Serve it with a model of its own (snftune.load_tuned)."
         )
     tensors = load_file(str(path))
     donor = meta_copy(skeleton)
@@ -103,44 +98,22 @@ def load_task(skeleton: nn.Module, name: str, path: str | os.PathLike) -> TaskPa
     load_tuned(donor, path)  # the backbone, method and tensor checks of a single-task model
     if head is None:
         raise ServingError(f"{path} (task '{name}') holds no classifier head; serving needs each task's head")
-    classes = head[0]
     donor.load_state_dict(tensors, strict=False, assign=True)
-    parts = TaskParts(name, path, metadata.get("label", method), donor.get_classifier(), classes)
+    task = TaskParts(name, path, metadata.get("label", method), donor.get_classifier(), head[0])
     claimed = set(head_parameter_names(donor))
-    blocks = {id(block): i for i, block in enumerate(install_sites(donor).blocks)}
-    for module_name, module in donor.named_modules():
-        if isinstance(module, ResidualSite):
-            for slot in ("shortcut", "branch"):
-                filled = getattr(module, slot)
-                if isinstance(filled, ShortcutFlow | Adapter):
-                    parts.slots[(module_name, slot)] = filled
-                    claimed.update(f"{module_name}.{slot}.{n}" for n, _ in filled.named_parameters())
-        elif isinstance(module, LoRALinear):
-            if type(module) is not LoRALinear:  # mixed LoRA hooks a plain nn.Linear's own forward
-                raise ServingError(
-                    f"{path} (task '{name}'): LoRA on {module_name} is a {type(module).__name__} (a 1x1 "
-                    "convolution, or a qkv layer whose biases timm keeps in the attention: EVA, BEiT, Swin V2), "
-                    "which has no per-sample form yet; serve this file with a model of its own (snftune.load_tuned)"
-                )
-            parts.lora[module_name] = module
-            claimed.update(f"{module_name}.{n}" for n in ("lora_A", "lora_B"))
-        elif id(module) in blocks and isinstance(getattr(module, "token_slot", None), PromptTokens):
-            parts.prompts[blocks[id(module)]] = module.token_slot
-            claimed.add(f"{module_name}.token_slot.prompts")
+    in_head = {module_name for module_name, m in donor.named_modules() if m is donor.get_classifier()}
+    for part_path, part in method_for(donor.snftune_state.config).mixed_parts(donor).items():
+        if any(part_path == h or part_path.startswith(f"{h}.") for h in in_head):
+            continue  # the head is served by TaskHeads
+        if getattr(part, "why_not_mixed", ""):
+            raise _refuse(path, name, f"{part_path}: {part.why_not_mixed}")
+        task.parts[part_path] = part
+        claimed.update(f"{part_path}.{n}" for n, _ in part.named_parameters())
     for buffer_name, _ in donor.named_buffers():
         if buffer_name in tensors and buffer_name not in claimed:
-            parts.buffers[buffer_name] = tensors[buffer_name]
+            task.buffers[buffer_name] = tensors[buffer_name]
             claimed.add(buffer_name)
-    if method == "bitfit":
-        for tensor_name in sorted(set(tensors) - claimed):
-            module_name, _, leaf = tensor_name.rpartition(".")
-            if leaf == "bias":
-                parts.biases[module_name] = tensors[tensor_name]
-                claimed.add(tensor_name)
     unclaimed = sorted(set(tensors) - claimed)
     if unclaimed:
-        raise ServingError(
-            f"{path} (task '{name}', method '{parts.label}'): tensor(s) {unclaimed[:3]} have no per-sample form; "
-            "serve this file with a model of its own (snftune.load_tuned)"
-        )
-    return parts
+        raise _refuse(path, name, f"method '{task.label}': tensor(s) {unclaimed[:3]} have no per-sample form")
+    return task

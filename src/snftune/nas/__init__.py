@@ -1,4 +1,5 @@
-"""Architecture search: NOAH's supernet -> evolutionary search -> retrain pipeline."""
+"""Neural architecture search: NOAH's supernet -> evolutionary search -> retrain pipeline
+(hyper-parameter selection is :mod:`snftune.selection`)."""
 
 from .evolution import EvolutionSettings, evolve
 from .noah import NoahPlan, NoahSettings, parse_count, plan_noah, run_noah

@@ -33,7 +33,7 @@ from ..atomic import atomic_write_json
 from ..backbones import anatomy
 from ..backbones.embedded import RANDOM, is_embedded, sha256_of
 from ..data import build_transform, resolve_task
-from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, TrainConfig, evaluate, run_lock
+from ..engine import TUNED_NAME, DistInfo, TrainConfig, evaluate, read_metrics, run_lock
 from ..engine.trainer import amp_dtype
 from ..methods.noah import NoahSupernetConfig, set_active_subnet, supernet_space
 from ..methods.noah_subnets import Subnet, SubnetSpace, subnet_parameters, write_noah_subnet
@@ -41,17 +41,18 @@ from ..methods.registry import resolve_config
 from ..runs import (
     CONFIG_NAME,
     ResolvedRun,
+    RunSpec,
     SettingsError,
     build_backbone,
+    final_folders,
     input_config,
+    merge_layers,
     read_run_config,
     resolve_settings,
     run_state,
-    settings_differences,
-    settings_from_record,
     train_run,
 )
-from ..selection import CellPlan, SearchSpace, final_folders
+from ..selection import SearchSpace
 from ..tuning import apply, load_tuned
 from .evolution import EvolutionSettings, evolve
 
@@ -68,7 +69,6 @@ __all__ = [
     "check_plan",
     "load_supernet",
     "noah_differences",
-    "noah_state",
     "parse_count",
     "plan_noah",
     "run_noah",
@@ -77,9 +77,17 @@ __all__ = [
 SUPERNET_DIR, SEARCH_DIR = "supernet", "search"
 STATE_NAME, RESULT_NAME, SUBNET_NAME = "state.json", "result.json", "subnet.yaml"
 
-SUPERNET_RECIPE: dict[str, Any] = {"epochs": 500, "lr": 5e-4, "weight_decay": 1e-4, "batch_size": 64, "eval_every": 10}
+SUPERNET_RECIPE: dict[str, Any] = {
+    "epochs": 500,
+    "warmup_epochs": 10,
+    "lr": 5e-4,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "eval_every": 10,
+}
 """NOAH's VTAB-1k supernet (configs/NOAH/VTAB/supernet: 500 epochs, lr 5e-4, weight decay 1e-4,
-batch 64; validation every 10 epochs). The retrain is NOAH's VTAB retrain recipe, which is
+batch 64; validation every 10 epochs; the engine's 10 warm-up epochs, scaled when the values
+given change the length). The retrain is NOAH's VTAB retrain recipe, which is
 the VTAB protocol's own (100 epochs, lr 1e-3, weight decay 1e-4): it needs no recipe here."""
 
 PHASE_KEYS = (*TrainConfig.field_names(), "drop_path")
@@ -148,12 +156,34 @@ class NoahSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-@dataclass
-class NoahPlan(CellPlan):
-    """A NOAH cell: the run values shared by its phases (method ``noah``), seeds for the retrain,
-    and NOAH's settings. ``space`` (a hyper-parameter search) is always None."""
+@dataclass(frozen=True)
+class NoahPlan:
+    """NOAH's pipeline in one folder (a :class:`snftune.runs.Plan`): the run values shared by
+    its phases (method ``noah``), seeds for the retrain, and NOAH's settings. Built checked by
+    :func:`plan_noah`; :meth:`state` needs only the seeds (``snftune bench --status``)."""
 
+    values: dict[str, Any]
+    seeds: tuple[int, ...] | None = None
     noah: NoahSettings = field(default_factory=NoahSettings)
+
+    def state(self, folder: Path) -> str:
+        """``done`` when every retrain finished, ``resume`` when any phase started, else ``todo``."""
+        states = [run_state(run) for run in final_folders(folder, self.seeds)]
+        if all(state == "done" for state in states):
+            return "done"
+        started = any(state != "todo" for state in states) or (folder / SUPERNET_DIR).is_dir()
+        return "resume" if started else "todo"
+
+    def check(self) -> ResolvedRun:
+        return check_plan(self).final
+
+    def differences(self, folder: Path) -> list[str]:
+        return noah_differences(folder, self)
+
+    def run(
+        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
+    ) -> list[dict[str, Any]]:
+        return run_noah(self, folder, dist, log)
 
 
 @dataclass(frozen=True)
@@ -173,10 +203,15 @@ def plan_noah(
 ) -> NoahPlan:
     """A checked plan from run values whose ``method_options`` hold NOAH's settings (``space``,
     a hyper-parameter search, is refused: NOAH's phases have their own recipe)."""
+    if space is not None:
+        raise SettingsError(
+            "NOAH's phases have their own recipe: give no hyper-parameter search space for method noah "
+            "(set the supernet/retrain settings in its options instead)"
+        )
     options = dict(values.get("method_options") or {})
     seed = seeds[0] if seeds else int(values.get("seed") or 0)
     base = {k: v for k, v in values.items() if k not in ("method", "method_options", "out")}
-    plan = NoahPlan({**base, "method": "noah"}, space, seeds, NoahSettings.from_options(options, seed))
+    plan = NoahPlan({**base, "method": "noah"}, seeds, NoahSettings.from_options(options, seed))
     check_plan(plan)
     return plan
 
@@ -187,22 +222,23 @@ def _base(plan: NoahPlan, *drop: str) -> dict[str, Any]:
 
 def supernet_values(plan: NoahPlan, tuning_splits: tuple[str, str]) -> dict[str, Any]:
     """The supernet run: NOAH's recipe under the values given, on the tuning pair."""
-    return {
-        **SUPERNET_RECIPE,
-        **_base(plan, "train_split", "eval_split"),
+    fixed = {
         "seed": plan.noah.evolution.seed,
-        **plan.noah.supernet,
         "method": "noah-supernet",
         "method_options": plan.noah.supernet_method_options(),
         "train_split": tuning_splits[0],
         "eval_split": tuning_splits[1],
     }
+    base = _base(plan, "train_split", "eval_split")
+    layers = (SUPERNET_RECIPE, {**base, "seed": fixed["seed"]}, plan.noah.supernet)
+    values, _ = merge_layers(*layers)
+    return {**values, **{k: v for k, v in fixed.items() if k != "seed" or "seed" not in plan.noah.supernet}}
 
 
 def retrain_values(plan: NoahPlan, subnet: Subnet | None, seed: int | None) -> dict[str, Any]:
     """A retrain run of ``subnet`` (method ``noah`` with its sizes) on the final split."""
     options = {**(subnet.to_dict() if subnet else {}), "dropout": plan.noah.supernet_method.dropout}
-    values = {**_base(plan), **plan.noah.retrain, "method": "noah", "method_options": options}
+    values = {**merge_layers(_base(plan), plan.noah.retrain)[0], "method": "noah", "method_options": options}
     if seed is not None:
         values["seed"] = seed
     return values
@@ -212,11 +248,6 @@ def check_plan(plan: NoahPlan) -> NoahCheck:
     """Every setting checked before anything trains: the runs' settings, a validation split to
     search on, a ViT (the supernet is built on the meta device), and a parameter limit that the
     smallest subnet fits."""
-    if plan.space is not None:
-        raise SettingsError(
-            "NOAH's phases have their own recipe: give no hyper-parameter search space for method noah "
-            "(set the supernet/retrain settings in its options instead)"
-        )
     final = resolve_settings(retrain_values(plan, None, None))
     task = final.task
     if task.tuning_splits is None:
@@ -250,7 +281,7 @@ def _train_phase(values: dict[str, Any], folder: Path, name: str, log: Callable[
     resolved = resolve_settings(values)
     state = run_state(folder)
     if state == "done":
-        differences = settings_differences(read_run_config(folder), resolved.settings)
+        differences = resolved.settings.differences(read_run_config(folder))
         if differences:
             raise SettingsError(
                 f"{folder} holds a {name} run made with other settings ({'; '.join(differences[:4])}); "
@@ -260,7 +291,7 @@ def _train_phase(values: dict[str, Any], folder: Path, name: str, log: Callable[
     else:
         log(f"{name}: {'resuming' if state == 'resume' else 'training'} in {folder}")
         train_run(resolved, folder, state == "resume")
-    return json.loads((folder / METRICS_NAME).read_text())
+    return read_metrics(folder)
 
 
 @dataclass
@@ -288,7 +319,7 @@ class SupernetScorer:
 def load_supernet(run: Path) -> SupernetScorer:
     """The supernet of a finished run folder, on its device, with its validation images
     decoded and transformed once (a search evaluates hundreds of subnets on them)."""
-    settings = settings_from_record(read_run_config(run))
+    settings = RunSpec.from_record(read_run_config(run))
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_tuned(build_backbone(settings, drop_path=0.0), run / TUNED_NAME).to(device)
     task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
@@ -378,15 +409,6 @@ def run_noah(
     ]
 
 
-def noah_state(folder: Path, plan: NoahPlan) -> str:
-    """``done`` when every retrain finished, ``resume`` when any phase started, else ``todo``."""
-    states = [run_state(run) for run in final_folders(folder, plan.seeds)]
-    if all(state == "done" for state in states):
-        return "done"
-    started = any(state != "todo" for state in states) or (folder / SUPERNET_DIR).is_dir()
-    return "resume" if started else "todo"
-
-
 def noah_differences(folder: Path, plan: NoahPlan) -> list[str]:
     """How the phases already in ``folder`` differ from what ``plan`` asks for (empty: reusable)."""
     tuning = check_plan(plan).tuning_splits
@@ -394,7 +416,7 @@ def noah_differences(folder: Path, plan: NoahPlan) -> list[str]:
     supernet = folder / SUPERNET_DIR
     if (supernet / CONFIG_NAME).is_file():
         new = resolve_settings(supernet_values(plan, tuning)).settings
-        found += [f"supernet: {d}" for d in settings_differences(read_run_config(supernet), new)]
+        found += [f"supernet: {d}" for d in new.differences(read_run_config(supernet))]
     for name in (RESULT_NAME, STATE_NAME):
         path = folder / SEARCH_DIR / name
         if path.is_file():
@@ -407,5 +429,5 @@ def noah_differences(folder: Path, plan: NoahPlan) -> list[str]:
         for seed, run in zip(plan.seeds or (None,), final_folders(folder, plan.seeds), strict=True):
             if (run / CONFIG_NAME).is_file():
                 new = resolve_settings(retrain_values(plan, best, seed)).settings
-                found += [f"retrain: {d}" for d in settings_differences(read_run_config(run), new)]
+                found += [f"retrain: {d}" for d in new.differences(read_run_config(run))]
     return found

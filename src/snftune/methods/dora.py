@@ -1,0 +1,144 @@
+"""DoRA (Liu et al., ICML 2024): weight-decomposed low-rank adaptation.
+
+Each updated weight row is split into a magnitude and a direction: the direction takes
+LoRA's update and is normalised, the magnitude is learned::
+
+    W' = m * (W0 + s B A) / ||W0 + s B A||_c
+
+``||.||_c`` is the norm of each output's weight vector (the paper's column norm of its
+``d x k`` weight, PEFT's ``weight.norm(dim=1)`` of an (out, in) linear weight). ``m`` starts
+at ``||W0||_c`` and ``B`` at zero, so the model starts unchanged. As in the paper (section 4.3)
+and PEFT, the norm is treated as a constant in the backward pass. The forward is PEFT's:
+``(m / n - 1) W0 x + (m / n) s B A x`` added to the frozen output, the bias not rescaled.
+
+DoRA reuses LoRA's layers (:class:`~.lora.LoRALinear`: chunks of a fused qkv, timm's split
+qkv biases, 1x1 convolutions of CNN blocks with ``targets=("conv1x1",)``, the ``dora-conv``
+preset) and its targets; only the magnitude ``m`` (one per updated output) is new.
+:func:`snftune.merge` writes ``W'`` into the frozen rows, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import install_sites
+from .lora import CONV_TARGET, LoRAConfig, LoRAConv1x1, LoRALinear, _plan, _Target
+from .registry import Capabilities, NotApplicableError, register_method
+from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
+
+
+@dataclass
+class DoRAConfig(LoRAConfig):
+    """Settings of DoRA: LoRA's (rank 8, alpha 8, the query and value chunks of the attention),
+    with a learned magnitude per updated output. The DoRA paper reports no VTAB-1k run; these
+    are the settings of the LoRA it builds on, as in snftune's ``lora``."""
+
+    method: ClassVar[str] = "dora"
+
+
+class DoRALinear(LoRALinear):
+    """LoRA on chosen output chunks of a frozen linear layer, with a magnitude per updated row."""
+
+    def __init__(self, base_layer: nn.Module, *args, **kwargs) -> None:
+        super().__init__(base_layer, *args, **kwargs)
+        with torch.no_grad():
+            norms = self._updated_rows().norm(dim=-1).flatten()
+        self.magnitude = nn.Parameter(norms)
+
+    def _updated_rows(self) -> torch.Tensor:
+        """The frozen weight's updated chunks, (k, out / chunks, in)."""
+        return self._weight_2d().unflatten(0, (self.chunks, -1))[self._index]
+
+    def _gain(self, rows: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``m / ||W0 + delta||_c`` per updated row, (k, out / chunks); the norm carries no gradient."""
+        norm = (rows + delta).norm(dim=-1).detach()
+        return self.magnitude.view(norm.shape) / norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base(x)
+        if self.merged:
+            return out
+        k = len(self.updated)
+        rows = self._updated_rows()
+        gain = self._gain(rows, LoRALinear.delta_weight(self))
+        u = F.linear(self.dropout(x), self.lora_A).unflatten(-1, (k, self.rank))
+        low_rank = torch.einsum("...kr,kcr->...kc", u, self.lora_B.unflatten(0, (k, -1))) * self.scaling
+        frozen = torch.einsum("...i,kci->...kc", x, rows)
+        update = (gain - 1) * frozen + gain * low_rank
+        # under autocast ``out`` may be bfloat16/float16 while ``update`` (a float32 gain times it) is float32
+        out.unflatten(-1, (self.chunks, -1)).index_add_(-2, self._index, update.to(out.dtype))
+        return out
+
+    def delta_weight(self) -> torch.Tensor:
+        """``W' - W0`` for the updated chunks, so :meth:`LoRALinear.merge` writes ``W'``."""
+        rows = self._updated_rows()
+        delta = LoRALinear.delta_weight(self)
+        return self._gain(rows, delta).unsqueeze(-1) * (rows + delta) - rows
+
+
+class DoRAConv1x1(DoRALinear, LoRAConv1x1):
+    """DoRA on a 1x1 convolution of (B, C, H, W) maps (CNN blocks: ``targets=("conv1x1",)``):
+    the magnitude and norm per output channel, as PEFT's convolution DoRA with a 1x1 kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base(x)
+        if self.merged:
+            return out
+        rows = self._updated_rows()
+        gain = self._gain(rows, LoRALinear.delta_weight(self)).view(1, -1, 1, 1)
+        frozen = F.conv2d(x, rows[0][:, :, None, None])
+        low_rank = self._low_rank(self.dropout(x)) * self.scaling
+        return out.add_((gain - 1) * frozen + gain * low_rank)
+
+
+class DoRASplitBiasQKV(TakesOverQKVBiases, DoRALinear):
+    """DoRA on a fused qkv whose biases timm keeps in the attention (EVA, BEiT, Swin V2)."""
+
+    def __init__(self, base_layer: nn.Linear, attention: nn.Module, *args, **kwargs) -> None:
+        super().__init__(base_layer, *args, **kwargs)
+        self.take_over_qkv_biases(attention)
+
+
+def _wrap(target: _Target, rank: int, config: DoRAConfig) -> None:
+    layer = getattr(target.owner, target.name)
+    args = (rank, config.alpha, target.chunks, target.updated, config.dropout)
+    if isinstance(layer, nn.Conv2d):
+        wrapped = DoRAConv1x1(layer, *args)
+    elif keeps_qkv_biases_apart(target.owner, target.name):
+        wrapped = DoRASplitBiasQKV(layer, target.owner, *args)
+    else:
+        wrapped = DoRALinear(layer, *args)
+    setattr(target.owner, target.name, wrapped)
+
+
+def apply_dora(model: nn.Module, config: DoRAConfig) -> None:
+    """Wraps LoRA's target layers (every block whose rank is not 0) with a DoRA layer."""
+    try:
+        plan = _plan(install_sites(model), config)
+    except NotApplicableError as error:
+        raise NotApplicableError(f"DoRA (LoRA's targets): {error}") from error
+    for target, rank in plan:
+        _wrap(target, rank, config)
+
+
+register_method(
+    DoRAConfig,
+    apply_dora,
+    "DoRA: LoRA (rank 8, query and value) on the direction, a learned magnitude per output (mergeable)",
+    presets={
+        "dora-conv": ({"targets": (CONV_TARGET,)}, "DoRA on the 1x1 convolutions of each CNN block (rank 8)"),
+    },
+    capabilities=Capabilities(
+        mergeable=True,
+        servable=False,
+        why_not={
+            "servable": "the magnitude rescales the frozen output row by row, which serving's per-sample LoRA "
+            "path does not compute; the serving protocol is being reworked (merge one task's model instead)"
+        },
+    ),
+)
