@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         values, notes = merge_layers(recorded_values(out), values, names=("the run folder",))
         values.pop("out", None)
     resolved = resolve_settings(values)
-    apply_threads(resolved.settings.threads)  # --threads, the run folder's on --resume, else the idle cores
     notes = [*notes, *resolved.notes]
     plan: Plan
     if args.search or args.seeds:  # selection on validation, then one final run per seed
@@ -58,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda line: print(line, flush=True)) if dist.is_main else (lambda line: None)
     for note in notes:
         say(note)
+    apply_threads(resolved.settings.threads)  # --threads, the run folder's on --resume, else the idle cores
     try:
         results = plan.run(out, dist, log=say)
     finally:
