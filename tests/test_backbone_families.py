@@ -592,7 +592,7 @@ def test_params_table_lists_vpt_refusals_and_blocks_without_a_skip(capsys) -> No
     cli_main(["params", "--models", "efficientnet_b0", "beit_base_patch16_224", "--methods", "vpt-deep", "adapter"])
     out = capsys.readouterr().out
     assert "| vpt-deep | n/a | 92,160 (0.092M) |" in out
-    assert "vpt-deep on efficientnet_b0: VPT inserts prompt tokens" in out
+    assert "vpt-deep on efficientnet_b0: vpt does not fit efficientnet: VPT inserts prompt tokens" in out
     assert "- efficientnet_b0: 7 (blocks.0.0, blocks.1.0," in out
 
 

@@ -255,7 +255,8 @@ def test_bench_options_for_scale_are_checked_before_anything_runs(grid, tmp_path
     monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
     assert bench(out, grid[1], "--executor", "ray") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("snftune bench: error: --executor ray needs Ray")
+    assert err.count("\n") == 1 and err.startswith("snftune bench: error: Ray is not installed")
+    assert "pip install 'snftune[ray]'" in err
     assert 'pip install -e ".[ray]"' in err
     assert not out.exists()
 

@@ -36,7 +36,8 @@ from test_reliability import fails, snapshot, suite_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "depth=2", "patch_size=8", "--img-size", "32"]
+TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "random", "--model-kwargs", "depth=2", "patch_size=8"]
+TINY += ["--img-size", "32"]
 CELL = Path("snf-shallow") / "generated-shapes"
 
 
