@@ -76,12 +76,10 @@ register_method(
     "AdaptFormer: a ReLU bottleneck (width 8) beside each MLP, output scaled by 0.1",
     capabilities=Capabilities(
         mergeable=False,
-        servable=False,
+        servable=True,
         unsupported_families=UNSUPPORTED,
         why_not={
             "mergeable": "the bottleneck has a ReLU between its projections, so it does not fold into a linear layer",
-            "servable": "its modules are Adapters in shortcut slots, which MultiTaskModel mixes per sample, but "
-            "serving accepts methods by name (adaptformer is not listed yet, pending the serving protocol)",
         },
     ),
 )
