@@ -278,7 +278,7 @@ def _judged_on(selected: list[CellResult]) -> str:
         parts.append(f"{'/'.join(map(str, seeds))} seeds")
     if folds != [1]:
         parts.append(f"{'/'.join(map(str, folds))} folds")
-    return f", each on {' x '.join(parts)}, the mean chosen"
+    return f", each judged by its mean over {' x '.join(parts)}"
 
 
 def _how_decided(selected: list[CellResult]) -> str:
