@@ -376,13 +376,7 @@ def _differences(plan: SelectionPlan, folder: Path) -> list[str]:
 
 
 def _trial_run(
-    plan: SelectionPlan,
-    resolved: ResolvedRun,
-    run: Path,
-    values: dict[str, Any],
-    doing: str,
-    dist: DistInfo,
-    log: Callable[[str], None],
+    run: Path, values: dict[str, Any], doing: str, dist: DistInfo, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """One run of a trial, trained unless finished: its validation top-1, or the divergence that
     stopped it (left as ``diverged.json``, so a rerun does not train it again)."""
@@ -504,7 +498,7 @@ def _select(
             run = _unit_folder(trial_folder, seed, fold, options)
             where = (f" seed {seed}" if options.seeds > 1 else "") + (f" fold {fold}/{options.folds}" if fold else "")
             doing = f"  trial {index}/{len(space)} {trial_label(trial)}{where}"
-            outcome = _trial_run(plan, resolved, run, plan.trial_values(resolved, trial, seed, fold), doing, dist, log)
+            outcome = _trial_run(run, plan.trial_values(resolved, trial, seed, fold), doing, dist, log)
             runs.append({"seed": seed, "fold": fold, **outcome, "run": str(run.relative_to(folder))})
         trials.append(_trial_summary(trial, runs, str(trial_folder.relative_to(folder)), selected_on, options))
     ranking = _ranking(trials)

@@ -27,7 +27,7 @@ from ..atomic import atomic_write_text
 from ..engine import METRICS_NAME, read_metrics
 from ..provenance import common_fields
 from ..runs import final_folders
-from ..selection import read_selection
+from ..selection import read_selection, values_text
 from .plots import plot_tradeoff
 from .suites import Suite
 
@@ -346,10 +346,6 @@ def _caption(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _chosen_text(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in values.items())
-
-
 def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
     if fmt == "json":
         return json.dumps(table, indent=2, allow_nan=False) + "\n"
@@ -397,7 +393,7 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
         lines.append("|---|" + "---|" * len(columns))
         for row in chosen_rows:
             lines.append(
-                f"| {row['row']} | " + " | ".join(_chosen_text(row["chosen"].get(c, {})) or "–" for c in columns) + " |"
+                f"| {row['row']} | " + " | ".join(values_text(row["chosen"].get(c, {})) or "–" for c in columns) + " |"
             )
     return "\n".join(lines) + "\n"
 
