@@ -57,6 +57,7 @@ from .tuning import apply, load_tuned, read_tuned_metadata
 
 __all__ = [
     "CONFIG_NAME",
+    "PLAN_KEYS",
     "RUN_KEYS",
     "RUN_VALUES",
     "RunKey",
@@ -188,9 +189,14 @@ RUN_KEYS = tuple(RUN_VALUES)
 """Keys of a run besides the training-loop settings (TrainConfig's fields)."""
 
 
+PLAN_KEYS = ("select_seeds", "select_folds", "unstable_range")
+"""Settings of a hyper-parameter selection, not of a run (:class:`snftune.selection.SelectionOptions`
+checks them): a settings file and the command line carry them to the plan; a run ignores them."""
+
+
 def known_keys() -> list[str]:
-    """Every setting a run takes: the run keys and the training loop's."""
-    return [*RUN_KEYS, *TrainConfig.field_names()]
+    """Every setting a settings file takes: the run keys, the training loop's and the selection's."""
+    return [*RUN_KEYS, *TrainConfig.field_names(), *PLAN_KEYS]
 
 
 def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -97,21 +97,32 @@ class Suite:
     data_options: dict[str, Any] = field(default_factory=dict)
     table: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
-    """Hyper-parameters chosen on validation for every method (snftune.selection), e.g. {lr: [1e-3, 5e-3]}."""
+    """Hyper-parameters chosen on validation for every method (snftune.selection), e.g. {lr: [1e-3, 5e-3]},
+    and how trials are judged (``select_seeds: 3``, ``select_folds: 5``, ``unstable_range: 10``)."""
     seeds: list[int] | None = None
     """Final runs per cell, one per seed (None: one run with the settings' seed)."""
 
     def search_space(self, method: SuiteMethod) -> SearchSpace | None:
-        """The method's own search space, else the suite's; None when there is nothing to search."""
-        space = self.search if method.search is None else method.search
+        """The method's own search space, else the suite's; None when there is nothing to search.
+        How trials are judged (``select_seeds``, ``select_folds``, ``unstable_range``) may sit in
+        the suite's ``search:`` (for every method) and in a method's own (which wins)."""
+        from ..runs import PLAN_KEYS
         from ..selection import SearchSpace
 
-        return SearchSpace.parse(space, f"suite {self.name}, search of {method.label}") if space else None
+        space = self.search if method.search is None else method.search
+        if not space or (method.search is None and set(space) <= set(PLAN_KEYS)):
+            return None
+        suite_options = {key: value for key, value in self.search.items() if key in PLAN_KEYS}
+        return SearchSpace.parse(space, f"suite {self.name}, search of {method.label}", options=suite_options)
 
     def with_search(self, search: dict[str, Any]) -> Suite:
-        """The suite with one search space for every method (checked here)."""
+        """The suite with one search space for every method (checked here); how the suite's
+        search judges trials (``select_seeds``, ...) is kept."""
+        from ..runs import PLAN_KEYS
+
+        kept = {key: value for key, value in self.search.items() if key in PLAN_KEYS}
         suite = dataclasses.replace(
-            self, search=dict(search), methods=[dataclasses.replace(m, search=None) for m in self.methods]
+            self, search={**kept, **search}, methods=[dataclasses.replace(m, search=None) for m in self.methods]
         )
         for method in suite.methods:
             suite.search_space(method)

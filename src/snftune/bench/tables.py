@@ -27,7 +27,7 @@ from ..atomic import atomic_write_text
 from ..engine import METRICS_NAME, read_metrics
 from ..provenance import common_fields
 from ..runs import final_folders
-from ..selection import read_selection
+from ..selection import read_selection, values_text
 from .plots import plot_tradeoff
 from .suites import Suite
 
@@ -84,7 +84,15 @@ def _selection_summary(folder: Path) -> dict[str, Any] | None:
         "chosen": record["chosen"],
         "chosen_val_top1": record["chosen_val_top1"],
         "selected_on": record["selected_on"],
-        "trials": [{"values": t["values"], "val_top1": t["val_top1"]} for t in record["trials"]],
+        "trials": [
+            {"values": t["values"], "val_top1": t["val_top1"], "unstable": t.get("unstable", False)}
+            for t in record["trials"]
+        ],
+        "select_seeds": record.get("select_seeds", 1),
+        "select_folds": record.get("select_folds"),
+        "unstable_range": record.get("unstable_range"),
+        "decided": (record.get("decision") or {}).get("decided"),
+        "warnings": record.get("warnings", []),
     }
 
 
@@ -251,11 +259,48 @@ def _selection_rule(suite: Suite, results: list[CellResult]) -> str:
         return "fixed: the suite's settings, no search"
     splits = sorted({r.selection["selected_on"] for r in selected})
     trials = sorted({len(r.selection["trials"]) for r in selected})
-    return (
+    rule = (
         f"chosen per cell on {', '.join(splits)} (best validation top-1, ties to the first listed; "
-        f"{'/'.join(map(str, trials))} trials), then trained on the final split; the test split was not read "
-        "before the choice"
+        f"{'/'.join(map(str, trials))} trials{_judged_on(selected)}), then trained on the final split; the test "
+        "split was not read before the choice"
     )
+    return rule + _how_decided(selected)
+
+
+def _judged_on(selected: list[CellResult]) -> str:
+    """``, each on 3 seeds, the mean chosen``: how many runs judged each trial, when more than one."""
+    seeds = sorted({r.selection.get("select_seeds") or 1 for r in selected})
+    folds = sorted({r.selection.get("select_folds") or 1 for r in selected})
+    if seeds == [1] and folds == [1]:
+        return ""
+    parts = []
+    if seeds != [1]:
+        parts.append(f"{'/'.join(map(str, seeds))} seeds")
+    if folds != [1]:
+        parts.append(f"{'/'.join(map(str, folds))} folds")
+    return f", each judged by its mean over {' x '.join(parts)}"
+
+
+def _how_decided(selected: list[CellResult]) -> str:
+    """How many cells' choices the validation split did not decide (the best trial's lead inside
+    its spread over seeds or folds), and the rule for unstable trials, once per table."""
+    cells = {(r.row, r.data): r.selection for r in selected}
+    measured = [s for s in cells.values() if s.get("decided") is not None]
+    text = ""
+    if measured:
+        undecided = sum(not s["decided"] for s in measured)
+        text += (
+            f". Not decided by validation (the best trial's lead within its spread over seeds/folds) in "
+            f"{undecided} of {len(measured)} cells"
+        )
+    bounds = sorted({s["unstable_range"] for s in cells.values() if s.get("unstable_range") is not None})
+    if bounds:
+        unstable = sum(any(t.get("unstable") for t in s["trials"]) for s in cells.values())
+        text += (
+            f". A trial that diverged or whose seeds differ by more than {'/'.join(f'{b:g}' for b in bounds)} "
+            f"points is unstable and never chosen over a stable one ({unstable} of {len(cells)} cells had one)"
+        )
+    return text
 
 
 def _common_provenance(results: list[CellResult]) -> dict[str, Any]:
@@ -299,10 +344,6 @@ def _caption(table: dict[str, Any]) -> list[str]:
             averages += f"; '{GROUP_MEAN}' is the mean of the {len(table['groups'])} group means"
         lines.append(f"Group columns ({', '.join(table['groups'])}) are means over their tasks; {averages}.")
     return lines
-
-
-def _chosen_text(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in values.items())
 
 
 def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
@@ -352,7 +393,7 @@ def format_table(table: dict[str, Any], fmt: str = "markdown") -> str:
         lines.append("|---|" + "---|" * len(columns))
         for row in chosen_rows:
             lines.append(
-                f"| {row['row']} | " + " | ".join(_chosen_text(row["chosen"].get(c, {})) or "–" for c in columns) + " |"
+                f"| {row['row']} | " + " | ".join(values_text(row["chosen"].get(c, {})) or "–" for c in columns) + " |"
             )
     return "\n".join(lines) + "\n"
 

@@ -92,6 +92,27 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
         "weight_decay=0.0001,0.001), then train on the final split with the best; see docs/protocols.md",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="final runs, one per seed (results: mean ± std)")
+    parser.add_argument(
+        "--select-seeds",
+        type=int,
+        metavar="N",
+        help="run each --search trial on N seeds and choose on the mean validation top-1 (default 1); "
+        "see docs/trust.md",
+    )
+    parser.add_argument(
+        "--select-folds",
+        type=int,
+        metavar="K",
+        help="run each --search trial on K folds of the tuning pair (e.g. train800+val200, stratified by class) "
+        "and choose on the mean over folds (default: no folds)",
+    )
+    parser.add_argument(
+        "--unstable-range",
+        type=float,
+        metavar="POINTS",
+        help="a trial whose seeds' validation top-1 differ by more than this is unstable, never chosen over "
+        "a stable one (default 10)",
+    )
     group = parser.add_argument_group("training (defaults: the task's protocol, docs/protocols.md)")
     group.add_argument("--epochs", type=int)
     group.add_argument("--lr", type=float)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.config:  # refused before torch is imported: at once
         raise CLIError("missing --out (the run folder to write)")
     from ..engine import cleanup_distributed, setup_distributed
-    from ..runs import CONFIG_NAME, Plan, RunPlan, merge_layers, recorded_values, resolve_settings
+    from ..runs import CONFIG_NAME, PLAN_KEYS, Plan, RunPlan, merge_layers, recorded_values, resolve_settings
     from ..selection import SearchSpace, SelectionPlan
 
     values, notes = values_from_args(args)
@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         values.pop("out", None)
     resolved = resolve_settings(values)
     notes = [*notes, *resolved.notes]
+    judging = [key for key in PLAN_KEYS if values.get(key) is not None]
+    if judging and not args.search:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in judging)
+        raise CLIError(f"{flags} judge the trials of a search: add --search (e.g. --search lr=0.001,0.005)")
     plan: Plan
     if args.search or args.seeds:  # selection on validation, then one final run per seed
         space = SearchSpace.parse(parse_search(args.search), "--search") if args.search else None

@@ -20,6 +20,7 @@ from .lists import ReadOptions
 
 PROTOCOLS = ("vtab", "fgvc", "fewshot", "dg", "other", "folder")
 COMMON_OPTIONS = ("on_bad_image", "allow_outside_root")  # fields of ReadOptions, accepted for every spec
+# ``folds`` (snftune.data.folds) is accepted for every spec with a tuning pair too.
 
 DatasetFactory = Callable[[str, Callable | None, ReadOptions], Dataset]
 Resolver = Callable[..., "Task"]
@@ -129,7 +130,8 @@ def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options
     Every reader accepts ``on_bad_image`` (``"error"`` or ``"skip"``: the default of
     :meth:`Task.dataset`) and ``allow_outside_root`` (``False``: an image that resolves outside the
     dataset root is an error). Other keyword options go to the reader (e.g. ``seed``/``image_size``
-    for generated tasks, ``num_classes`` for a custom VTAB-format or list task).
+    for generated tasks, ``num_classes`` for a custom VTAB-format or list task). ``folds: K`` adds
+    the splits ``fold<k>-train``/``fold<k>-val`` of the tuning pair (:mod:`snftune.data.folds`).
     """
     prefix, rest = _split_spec(spec.strip())
     if not rest:
@@ -137,8 +139,25 @@ def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, **options
         examples = f", e.g. {', '.join(names[:3])}" if names else f", e.g. {prefix}{_READERS[prefix].separator}<path>"
         raise DataError(f"task spec {spec!r} names no dataset after {prefix!r}{examples}")
     reading = ReadOptions(**{k: options.pop(k) for k in COMMON_OPTIONS if k in options})
+    folds = options.pop("folds", None)
     task = _READERS[prefix].resolve(rest, Path(data_dir) if data_dir is not None else None, **options)
-    return replace(task, on_bad_image=reading.on_bad_image, allow_outside_root=reading.allow_outside_root)
+    task = replace(task, on_bad_image=reading.on_bad_image, allow_outside_root=reading.allow_outside_root)
+    return _with_folds(task, folds) if folds is not None else task
+
+
+def _with_folds(task: Task, folds: Any) -> Task:
+    """``task`` with the fold splits of its tuning pair (the ``folds`` option: :mod:`.folds`)."""
+    from .folds import check_folds, fold_split_names, with_folds
+
+    folds = check_folds(folds, task.name)
+    if task.tuning_splits is None:
+        raise DataError(f"{task.name}: folds are cut from the tuning pair (train -> val), and this task has none")
+    return replace(
+        task,
+        splits=(*task.splits, *fold_split_names(folds)),
+        options={**task.options, "folds": folds},
+        factory=with_folds(task.factory, task.name, task.tuning_splits, folds),
+    )
 
 
 def list_tasks(prefix: str | None = None) -> list[str]:
