@@ -30,6 +30,7 @@ from ..engine.distributed import broadcast_object
 from ..nas.noah import NoahPlan, plan_noah
 from ..runs import (
     Plan,
+    RunRequest,
     RunSpec,
     SettingsError,
     evaluate_tuned,
@@ -51,6 +52,7 @@ __all__ = [
     "CellOutcome",
     "PlannedCell",
     "SerialExecutor",
+    "cell_request",
     "cell_results",
     "cell_values",
     "changed_cells",
@@ -78,23 +80,23 @@ class PlannedCell:
 SIZE_OPTIONS = ("subnet", "prompt", "lora", "adapter")
 
 
-def is_noah_search(values: dict[str, Any]) -> bool:
+def is_noah_search(request: RunRequest) -> bool:
     """Method ``noah`` with nothing that fixes its sizes: the sizes are to be searched."""
-    options = values.get("method_options") or {}
-    return values.get("method") == "noah" and not any(key in options for key in SIZE_OPTIONS)
+    options = request.get("method_options") or {}
+    return request.get("method") == "noah" and not any(key in options for key in SIZE_OPTIONS)
 
 
 def plan_cell(
-    values: dict[str, Any], space: SearchSpace | None, seeds: tuple[int, ...] | None, checked: bool = True
+    request: RunRequest, space: SearchSpace | None, seeds: tuple[int, ...] | None, checked: bool = True
 ) -> Plan:
     """A cell's plan: NOAH's pipeline for method ``noah`` without sizes (its settings checked now,
     before anything trains, unless ``checked`` is False: ``--status`` reads only the folder), else
     selection (when there is a space) and the final runs. A NOAH cell's method options hold
     NOAH's settings (``param_limit``, ``population``, ..., ``supernet: {...}``); its retrained
     subnet is the cell's final run, so tables read it like any other."""
-    if is_noah_search(values):
-        return plan_noah(values, seeds, space) if checked else NoahPlan(values, seeds)
-    plan = SelectionPlan(values, space, seeds)
+    if is_noah_search(request):
+        return plan_noah(request, seeds, space) if checked else NoahPlan(request, seeds)
+    plan = SelectionPlan(request, space, seeds)
     if checked:
         plan.check()
     return plan
@@ -109,9 +111,19 @@ class CellFailure:
 
 
 def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Settings of one cell: the suite's, then the overrides (a settings file and the command
-    line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the warm-up)."""
+    """Settings of one cell as given: the suite's, then the overrides (a settings file and the
+    command line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the
+    warm-up). :func:`cell_request` is the same as a request to plan."""
     return _cell_values(suite, cell, overrides)[0]
+
+
+def cell_request(
+    suite: Suite, cell: Cell, overrides: dict[str, Any], pretrained: str | None = None
+) -> tuple[RunRequest, list[str]]:
+    """One cell's run as asked for (:func:`cell_values`, with the backbone's ``pretrained``
+    weights as chosen for the grid) and the notes on its derived settings (a scaled warm-up)."""
+    values, notes = _cell_values(suite, cell, overrides)
+    return RunRequest(values).replacing(pretrained=pretrained), notes
 
 
 def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -190,10 +202,9 @@ def plan_suite(
         if cell.task.train_from:
             planned.append(PlannedCell(cell, None))
             continue
-        values, notes = _cell_values(suite, cell, overrides)
-        values["pretrained"] = weights[cell.model.label]
+        request, notes = cell_request(suite, cell, overrides, weights[cell.model.label])
         seeds = tuple(suite.seeds) if suite.seeds else None
-        plan = plan_cell(values, suite.search_space(cell.method), seeds)
+        plan = plan_cell(request, suite.search_space(cell.method), seeds)
         resolved = plan.check()
         for note in (*notes, *resolved.notes):
             if log is not None and note not in said:
