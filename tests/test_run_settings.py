@@ -16,12 +16,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from snftune.bench.runner import cell_values, weights_by_backbone
+from snftune.bench.runner import cell_request, weights_by_backbone
 from snftune.bench.suites import load_suite, suite_names
 from snftune.bench.tables import CellResult, build_table, format_table
 from snftune.cli import main
 from snftune.data.protocols import PROTOCOLS
-from snftune.runs import RunSpec, SettingsError, read_run_config, train_settings
+from snftune.runs import RunRequest, RunSpec, SettingsError, read_run_config, train_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +44,7 @@ def fails(capsys, args: list[str], message: str, code: int = 2) -> str:
 def test_every_shipped_suite_and_protocol_trains_for_one_epoch(name):
     suite = load_suite(name)
     for cell in suite.cells():
-        values = cell_values(suite, cell, {"epochs": 1})
+        values = cell_request(suite, cell, RunRequest({"epochs": 1}))[0].given
         for protocol in PROTOCOLS:
             config, _ = train_settings(protocol, values)
             assert config.epochs == 1 and 0 <= config.warmup_epochs < 1

@@ -54,7 +54,6 @@ __all__ = [
     "SerialExecutor",
     "cell_request",
     "cell_results",
-    "cell_values",
     "changed_cells",
     "is_noah_search",
     "plan_cell",
@@ -110,24 +109,14 @@ class CellFailure:
     log: Path
 
 
-def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Settings of one cell as given: the suite's, then the overrides (a settings file and the
-    command line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the
-    warm-up). :func:`cell_request` is the same as a request to plan."""
-    return _cell_values(suite, cell, overrides)[0]
-
-
 def cell_request(
-    suite: Suite, cell: Cell, overrides: dict[str, Any], pretrained: str | None = None
+    suite: Suite, cell: Cell, overrides: RunRequest, pretrained: str | None = None
 ) -> tuple[RunRequest, list[str]]:
-    """One cell's run as asked for (:func:`cell_values`, with the backbone's ``pretrained``
-    weights as chosen for the grid) and the notes on its derived settings (a scaled warm-up)."""
-    values, notes = _cell_values(suite, cell, overrides)
-    return RunRequest(values).replacing(pretrained=pretrained), notes
-
-
-def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    values: dict[str, Any] = {
+    """One cell's run as asked for: the suite's settings, then the overrides (a settings file and
+    the command line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the
+    warm-up), with ``pretrained`` (None: the suite's weights for the backbone); and the notes on
+    its derived settings."""
+    suite_values = {
         "model": cell.model.model,
         "pretrained": cell.model.pretrained,
         "model_kwargs": dict(cell.model.model_kwargs),
@@ -138,7 +127,9 @@ def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[d
         "data_options": dict(suite.data_options),
         **suite.train,
     }
-    return merge_layers(values, overrides, names=(f"suite {suite.name}",))
+    values, notes = merge_layers(suite_values, dict(overrides.given), names=(f"suite {suite.name}",))
+    request = RunRequest(values)
+    return (request if pretrained is None else request.replacing(pretrained=pretrained)), notes
 
 
 def _split_weights_item(item: str) -> tuple[str | None, str]:
@@ -182,7 +173,7 @@ def weights_by_backbone(suite: Suite, pretrained: list[str] | None) -> dict[str,
 
 def plan_suite(
     suite: Suite,
-    overrides: dict[str, Any],
+    overrides: RunRequest,
     pretrained: list[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[PlannedCell]:
@@ -263,7 +254,7 @@ def run_suite(
     plan: list[PlannedCell],
     out: Path,
     *,
-    overrides: dict[str, Any] | None = None,
+    overrides: RunRequest | None = None,
     dist: DistInfo | None = None,
     log: Callable[[str], None] = print,
     rerun_changed: bool = False,
@@ -283,7 +274,7 @@ def run_suite(
     the whole suite, from what is on disk.
     """
     dist = dist or DistInfo()
-    overrides = overrides or {}
+    overrides = overrides if overrides is not None else RunRequest()
     changed = changed_cells(suite, plan, out)
     if changed and not rerun_changed:
         listed = [f"{folder.relative_to(out)} ({'; '.join(diffs)})" for folder, diffs in list(changed.items())[:8]]
@@ -330,7 +321,7 @@ def run_suite(
     return failures
 
 
-def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: RunRequest) -> list[dict[str, Any]]:
     """A task evaluated with the weights tuned on another task (domain generalisation), once
     per final run (seed) of that task."""
     seeds = tuple(suite.seeds) if suite.seeds else None
@@ -347,7 +338,7 @@ def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[s
             data_options={**suite.data_options, **overrides.get("data_options", {})},
         )
         if overrides.get("data_dir"):
-            settings = dataclasses.replace(settings, data_dir=overrides["data_dir"])
+            settings = dataclasses.replace(settings, data_dir=overrides.get("data_dir"))
         device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
         metrics = {
@@ -410,7 +401,7 @@ class CellExecutor(Protocol):
         suite: Suite,
         cells: list[tuple[str, PlannedCell]],
         out: Path,
-        overrides: dict[str, Any],
+        overrides: RunRequest,
         report: CellReport,
     ) -> None: ...
 
@@ -419,7 +410,7 @@ def cell_results(
     suite: Suite,
     planned: PlannedCell,
     out: Path,
-    overrides: dict[str, Any],
+    overrides: RunRequest,
     dist: DistInfo,
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
@@ -437,7 +428,7 @@ def run_planned_cell(
     out: Path,
     label: str,
     *,
-    overrides: dict[str, Any] | None = None,
+    overrides: RunRequest | None = None,
     dist: DistInfo | None = None,
     log: Callable[[str], None] = print,
     executor: str = "serial",
@@ -450,9 +441,9 @@ def run_planned_cell(
     process comes back LOCKED, one finished meanwhile ALREADY_DONE. A failure leaves its
     traceback in ``<cell>/error.log``. The wall time, device, host and ``executor`` (a name for
     the record) go to ``<cell>/cell.json``. ``dist``: None for a single process on the local
-    device (``overrides["device"]``, else CUDA when there is one).
+    device (``overrides.get("device")``, else CUDA when there is one).
     """
-    overrides = overrides or {}
+    overrides = overrides if overrides is not None else RunRequest()
     dist = dist or _single_process(overrides.get("device"))
     folder = planned.cell.folder(out)
     say = log if dist.is_main else _quiet
@@ -497,7 +488,7 @@ class SerialExecutor:
         suite: Suite,
         cells: list[tuple[str, PlannedCell]],
         out: Path,
-        overrides: dict[str, Any],
+        overrides: RunRequest,
         report: CellReport,
     ) -> None:
         for label, planned in cells:
