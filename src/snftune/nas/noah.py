@@ -77,14 +77,16 @@ __all__ = [
 SUPERNET_DIR, SEARCH_DIR = "supernet", "search"
 STATE_NAME, RESULT_NAME, SUBNET_NAME = "state.json", "result.json", "subnet.yaml"
 
-SUPERNET_RECIPE: dict[str, Any] = {
-    "epochs": 500,
-    "warmup_epochs": 10,
-    "lr": 5e-4,
-    "weight_decay": 1e-4,
-    "batch_size": 64,
-    "eval_every": 10,
-}
+SUPERNET_RECIPE = RunRequest(
+    {
+        "epochs": 500,
+        "warmup_epochs": 10,
+        "lr": 5e-4,
+        "weight_decay": 1e-4,
+        "batch_size": 64,
+        "eval_every": 10,
+    }
+)
 """NOAH's VTAB-1k supernet (configs/NOAH/VTAB/supernet: 500 epochs, lr 5e-4, weight decay 1e-4,
 batch 64; validation every 10 epochs; the engine's 10 warm-up epochs, scaled when the values
 given change the length). The retrain is NOAH's VTAB retrain recipe, which is
@@ -121,8 +123,8 @@ class NoahSettings:
 
     evolution: EvolutionSettings = field(default_factory=EvolutionSettings)
     supernet_method: NoahSupernetConfig = field(default_factory=NoahSupernetConfig)
-    supernet: dict[str, Any] = field(default_factory=dict)
-    retrain: dict[str, Any] = field(default_factory=dict)
+    supernet: RunRequest = field(default_factory=RunRequest)
+    retrain: RunRequest = field(default_factory=RunRequest)
 
     @classmethod
     def from_options(cls, options: dict[str, Any], seed: int = 0) -> NoahSettings:
@@ -146,7 +148,7 @@ class NoahSettings:
                     f"NOAH's {phase} overrides: {', '.join(map(repr, wrong))} cannot be set per phase; "
                     f"known: {', '.join(PHASE_KEYS)}"
                 )
-            phases[phase] = overrides
+            phases[phase] = RunRequest(overrides)
         method = resolve_config("noah-supernet", **{k: options[k] for k in method_keys if k in options})
         return cls(EvolutionSettings(**search, seed=seed), method, phases["supernet"], phases["retrain"])
 
@@ -238,14 +240,15 @@ def supernet_request(plan: NoahPlan, tuning_splits: tuple[str, str]) -> RunReque
         "eval_split": tuning_splits[1],
     }
     base = plan.request.without("method", "method_options", "train_split", "eval_split")
-    request = RunRequest(SUPERNET_RECIPE).with_overrides({**base.given, "seed": fixed["seed"]}, plan.noah.supernet)
-    return request.replacing(**{k: v for k, v in fixed.items() if k != "seed" or "seed" not in plan.noah.supernet})
+    overrides = plan.noah.supernet.given
+    request = SUPERNET_RECIPE.with_overrides({**base.given, "seed": fixed["seed"]}, overrides)
+    return request.replacing(**{k: v for k, v in fixed.items() if k != "seed" or "seed" not in overrides})
 
 
 def retrain_request(plan: NoahPlan, subnet: Subnet | None, seed: int | None) -> RunRequest:
     """A retrain run of ``subnet`` (method ``noah`` with its sizes) on the final split."""
     options = {**(subnet.to_dict() if subnet else {}), "dropout": plan.noah.supernet_method.dropout}
-    base = plan.request.without("method", "method_options").with_overrides(plan.noah.retrain)
+    base = plan.request.without("method", "method_options").with_overrides(plan.noah.retrain.given)
     return base.replacing(method="noah", method_options=options, **({} if seed is None else {"seed": seed}))
 
 
