@@ -8,6 +8,10 @@ the run folder, so a run can be rebuilt, resumed or evaluated from its folder al
 Sources are merged by :func:`merge_layers` (protocol -> suite -> YAML -> command line -> a
 trial), every key checked against its declaration (:data:`RUN_VALUES`, :class:`TrainConfig`)
 and resolved into one frozen :class:`RunSpec`, which writes, reads and compares ``config.yaml``.
+What travels between layers is a :class:`RunRequest` (the merged sources, resolved once, in
+one place: :attr:`RunRequest.resolved`) or what it resolved to (:class:`ResolvedRun`); a
+trial, a final run or a NOAH phase is a request derived from its plan's
+(:meth:`RunRequest.with_overrides`).
 
 Work in a folder is a :class:`Plan` (``check``, ``state``, ``differences``, ``run``): one run
 (:class:`RunPlan`), a selection (:class:`snftune.selection.SelectionPlan`), NOAH's pipeline
