@@ -37,6 +37,7 @@ import torch
 from snftune.bench.ray_executor import RayExecutor, import_ray
 from snftune.bench.runner import SerialExecutor, plan_suite, run_suite
 from snftune.bench.suites import Suite, parse_suite
+from snftune.runs import RunRequest
 
 METHODS = ["linear", "bitfit", "snf-shallow", "lora"]
 TASKS = ["shapes", "cells", "textures", "terrain", "count", "position", "orientation", "distance"]
@@ -59,7 +60,7 @@ def tiny_suite(tasks: int) -> Suite:
 
 
 def run_grid(suite: Suite, out: Path, executor) -> float:
-    overrides = {"workers": 0, "progress": False}
+    overrides = RunRequest({"workers": 0, "progress": False})
     plan = plan_suite(suite, overrides)
     start = time.perf_counter()
     failures = run_suite(suite, plan, out, overrides=overrides, log=lambda line: None, executor=executor)

@@ -30,7 +30,7 @@ from snftune.bench.suites import load_suite
 from snftune.bench.tracking import CELL_LOCK_NAME, cell_lock, read_cell_record
 from snftune.cli import main
 from snftune.data.generated import DOWNSTREAM_SHAPES, generate_split
-from snftune.runs import SettingsError
+from snftune.runs import RunRequest, SettingsError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TABLES = ("results.md", "results.csv")
@@ -123,7 +123,7 @@ def test_the_serial_run_records_each_cells_wall_time_and_device(serial):
 
 def test_shards_partition_the_cells_and_keep_a_source_with_the_cells_evaluated_from_it(grid):
     suite = load_suite(str(grid[0]))
-    plan = plan_suite(suite, {})
+    plan = plan_suite(suite, RunRequest())
 
     def slices(count: int) -> list[list[str]]:
         return [

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -16,12 +17,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from snftune.bench.runner import cell_values, weights_by_backbone
+from snftune.bench.runner import cell_request, weights_by_backbone
 from snftune.bench.suites import load_suite, suite_names
 from snftune.bench.tables import CellResult, build_table, format_table
 from snftune.cli import main
 from snftune.data.protocols import PROTOCOLS
-from snftune.runs import RunSpec, SettingsError, read_run_config, train_settings
+from snftune.runs import RunRequest, RunSpec, SettingsError, read_run_config, train_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +45,7 @@ def fails(capsys, args: list[str], message: str, code: int = 2) -> str:
 def test_every_shipped_suite_and_protocol_trains_for_one_epoch(name):
     suite = load_suite(name)
     for cell in suite.cells():
-        values = cell_values(suite, cell, {"epochs": 1})
+        values = cell_request(suite, cell, RunRequest({"epochs": 1}))[0].given
         for protocol in PROTOCOLS:
             config, _ = train_settings(protocol, values)
             assert config.epochs == 1 and 0 <= config.warmup_epochs < 1
@@ -56,6 +57,18 @@ def test_a_shorter_run_keeps_the_protocols_warmup_fraction_and_says_so():
     assert len(notes) == 1 and "warm-up: 2 of 20 epochs" in notes[0]
     config, notes = train_settings("vtab", {"epochs": 20, "warmup_epochs": 5})
     assert config.warmup_epochs == 5 and notes == []  # an explicit warm-up is kept
+
+
+def test_a_trial_on_a_request_scales_the_warmup_as_a_direct_request_and_each_resolves_once():
+    given = {"model": "snftune-vit-tiny", "method": "linear", "data": "generated/shapes", "epochs": 10}
+    base = RunRequest({**given, "warmup_epochs": 2})
+    trial = base.with_overrides({"epochs": 5, "lr": 0.01})
+    assert trial.resolved is trial.resolved  # resolved once, then reused
+    assert trial.spec == RunRequest({**given, "epochs": 5, "warmup_epochs": 1.0, "lr": 0.01}).spec
+    assert (base.spec.train.epochs, base.spec.train.warmup_epochs) == (10, 2)  # the base is unchanged
+    copy = pickle.loads(pickle.dumps(trial))  # as a Ray task receives a plan: the request, resolved again there
+    assert "resolved" not in copy.__dict__ and copy.spec == trial.spec
+    assert trial.without("lr").replacing(method="bitfit").spec.method == "bitfit"
 
 
 @pytest.mark.parametrize("name", ["generated", "demo"])

@@ -17,7 +17,7 @@ from snftune.atomic import atomic_write_json
 from snftune.bench.suites import parse_suite
 from snftune.cli import main
 from snftune.data import DataError, resolve_task
-from snftune.runs import SettingsError, write_run_config
+from snftune.runs import RunRequest, SettingsError, write_run_config
 from snftune.selection import SearchSpace, SelectionPlan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,12 +65,12 @@ def scripted(monkeypatch):
 
 def test_one_seed_picks_the_worse_setting_and_three_seeds_do_not(scripted, tmp_path):
     space = {"lr": [0.01, 0.03]}
-    one = SelectionPlan(BASE, SearchSpace.parse(space), seeds=(0,))
+    one = SelectionPlan(RunRequest(BASE), SearchSpace.parse(space), seeds=(0,))
     assert [m["top1"] for m in one.run(tmp_path / "one", log=lambda line: None)] == [TEST[0.03]]
     assert json.loads((tmp_path / "one" / "selection.json").read_text())["chosen"] == {"lr": 0.03}
 
     lines: list[str] = []
-    three = SelectionPlan(BASE, SearchSpace.parse({**space, "select_seeds": 3}), seeds=(0,))
+    three = SelectionPlan(RunRequest(BASE), SearchSpace.parse({**space, "select_seeds": 3}), seeds=(0,))
     assert [m["top1"] for m in three.run(tmp_path / "three", log=lines.append)] == [TEST[0.01]]
     record = json.loads((tmp_path / "three" / "selection.json").read_text())
     assert record["chosen"] == {"lr": 0.01} and record["select_seeds"] == 3 and record["selection_seeds"] == [0, 1, 2]
@@ -97,14 +97,14 @@ def test_one_seed_picks_the_worse_setting_and_three_seeds_do_not(scripted, tmp_p
 
 def test_a_trial_whose_seeds_disagree_beyond_the_bound_is_not_chosen(scripted, tmp_path):
     space = SearchSpace.parse({"lr": [0.01, 0.03, 0.1], "select_seeds": 3})
-    SelectionPlan(BASE, space).run(tmp_path / "bounded", log=lambda line: None)
+    SelectionPlan(RunRequest(BASE), space).run(tmp_path / "bounded", log=lambda line: None)
     record = json.loads((tmp_path / "bounded" / "selection.json").read_text())
     wide = record["trials"][2]
     assert wide["unstable"] and wide["seed_range"] == pytest.approx(30.0) and wide["val_top1"] > 73.0
     assert "differ by 30.00 points (more than 10)" in wide["unstable_reason"]
     assert record["chosen"] == {"lr": 0.01} and record["unstable_range"] == 10.0
     # A wider bound, as a settings file or the command line gives it (it wins over the space's default).
-    SelectionPlan({**BASE, "unstable_range": 40}, space).run(tmp_path / "wide", log=lambda line: None)
+    SelectionPlan(RunRequest({**BASE, "unstable_range": 40}), space).run(tmp_path / "wide", log=lambda line: None)
     record = json.loads((tmp_path / "wide" / "selection.json").read_text())
     assert record["chosen"] == {"lr": 0.1} and not any(t["unstable"] for t in record["trials"])
 

@@ -8,6 +8,10 @@ the run folder, so a run can be rebuilt, resumed or evaluated from its folder al
 Sources are merged by :func:`merge_layers` (protocol -> suite -> YAML -> command line -> a
 trial), every key checked against its declaration (:data:`RUN_VALUES`, :class:`TrainConfig`)
 and resolved into one frozen :class:`RunSpec`, which writes, reads and compares ``config.yaml``.
+What travels between layers is a :class:`RunRequest` (the merged sources, resolved once, in
+one place: :attr:`RunRequest.resolved`) or what it resolved to (:class:`ResolvedRun`); a
+trial, a final run or a NOAH phase is a request derived from its plan's
+(:meth:`RunRequest.with_overrides`).
 
 Work in a folder is a :class:`Plan` (``check``, ``state``, ``differences``, ``run``): one run
 (:class:`RunPlan`), a selection (:class:`snftune.selection.SelectionPlan`), NOAH's pipeline
@@ -19,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +71,7 @@ __all__ = [
     "RunFailedError",
     "Plan",
     "RunPlan",
+    "RunRequest",
     "RunSettings",
     "RunSpec",
     "final_folders",
@@ -437,6 +443,50 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         feature_cache=feature_cache is not False,
     )
     return ResolvedRun(settings, task, method_config, tuple(notes))
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run as asked for: the settings its sources gave (a suite, a settings file, the command
+    line, merged by :func:`merge_layers`), before the protocol fills in the rest. It resolves
+    once, when first needed (:attr:`resolved`: checked, typed, with its task and method config).
+    A trial or a phase is a new request on top of it (:meth:`with_overrides`), so a changed
+    length scales the warm-up of the sources it was given, exactly as a direct request would."""
+
+    given: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "given", dict(self.given))
+
+    @functools.cached_property
+    def resolved(self) -> ResolvedRun:
+        """The request resolved and checked (:func:`resolve_settings`), once."""
+        return resolve_settings(dict(self.given))
+
+    @property
+    def spec(self) -> RunSpec:
+        return self.resolved.settings
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The request alone: it is resolved again where it is unpickled (a Ray task)."""
+        return {"given": self.given}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A setting as given (None when no source gave it: the protocol's default applies)."""
+        return self.given.get(key, default)
+
+    def with_overrides(self, *layers: Mapping[str, Any]) -> RunRequest:
+        """This request under sources of higher precedence (a trial's values, a phase's
+        overrides), merged by :func:`merge_layers`."""
+        return RunRequest(merge_layers(dict(self.given), *(dict(layer) for layer in layers))[0])
+
+    def replacing(self, **values: Any) -> RunRequest:
+        """This request with settings set outright (no merge of mappings, no warm-up scaling)."""
+        return RunRequest({**self.given, **values})
+
+    def without(self, *keys: str) -> RunRequest:
+        """This request without the settings ``keys`` (their protocol defaults apply)."""
+        return RunRequest({key: value for key, value in self.given.items() if key not in keys})
 
 
 def _check_weights_named(model: str, pretrained: Any) -> None:

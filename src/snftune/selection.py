@@ -30,6 +30,8 @@ run that diverged leaves ``diverged.json`` and is not trained again.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -49,11 +51,10 @@ from .runs import (
     ResolvedRun,
     RunFailedError,
     RunKey,
+    RunRequest,
     SettingsError,
     final_folders,
-    merge_layers,
     read_run_config,
-    resolve_settings,
     run_state,
     train_run,
 )
@@ -206,48 +207,51 @@ def values_text(values: dict[str, Any]) -> str:
 class SelectionPlan:
     """Runs that choose hyper-parameters, then train: trials of ``space`` on the tuning pair (none
     without a space), each on the selection's seeds and folds (:class:`SelectionOptions`: the
-    space's, then ``select_*`` keys of ``values``), then one final run per seed with the chosen
-    values (one run in the folder itself without seeds). ``values``: the run's settings (suite,
-    file and command line). A :class:`snftune.runs.Plan`."""
+    space's, then ``select_*`` settings of ``request``), then one final run per seed with the chosen
+    values (one run in the folder itself without seeds). ``request``: the run as asked for (suite,
+    file and command line); each trial's and final run's request is derived from it once
+    (:meth:`trial_request`, :meth:`final_request`) and resolves once. A :class:`snftune.runs.Plan`."""
 
-    values: dict[str, Any]
+    request: RunRequest
     space: SearchSpace | None = None
     seeds: tuple[int, ...] | None = None
 
     @property
     def options(self) -> SelectionOptions:
-        """The space's options (a suite's ``search:``), then those of the run values (a settings
+        """The space's options (a suite's ``search:``), then those of the request (a settings
         file, the command line)."""
         base = self.space.options.to_keys() if self.space is not None else {}
-        given = {key: self.values[key] for key in PLAN_KEYS if self.values.get(key) is not None}
+        given = {key: self.request.get(key) for key in PLAN_KEYS if self.request.get(key) is not None}
         return SelectionOptions.parse({**base, **given}, "selection")
 
-    def run_values(self) -> dict[str, Any]:
-        """The values without the selection's own keys."""
-        return {key: value for key, value in self.values.items() if key not in PLAN_KEYS}
+    @functools.cached_property
+    def run_request(self) -> RunRequest:
+        """The request without the selection's own settings: the base of every run of the plan."""
+        return self.request.without(*PLAN_KEYS)
 
-    def final_values(self, chosen: dict[str, float], seed: int | None) -> dict[str, Any]:
-        values = merge_layers(self.run_values(), chosen)[0]
-        if seed is not None:
-            values["seed"] = seed
-        return values
+    @property
+    def resolved(self) -> ResolvedRun:
+        """The base run, resolved once."""
+        return self.run_request.resolved
 
-    def selection_seeds(self, resolved: ResolvedRun) -> tuple[int, ...]:
+    def final_request(self, chosen: dict[str, float], seed: int | None) -> RunRequest:
+        """A final run: the chosen values on the base, with ``seed`` (None: the base's)."""
+        return self._derived(self.run_request, chosen, {} if seed is None else {"seed": seed})
+
+    def selection_seeds(self) -> tuple[int, ...]:
         """The trials' seeds: the plan's first seed (else the run's) and the next ones."""
-        start = self.seeds[0] if self.seeds else resolved.settings.train.seed
+        start = self.seeds[0] if self.seeds else self.resolved.settings.train.seed
         return tuple(start + offset for offset in range(self.options.seeds))
 
-    def units(self, resolved: ResolvedRun) -> list[tuple[int, int | None]]:
+    def units(self) -> list[tuple[int, int | None]]:
         """The (seed, fold) of every run of one trial (fold None: the tuning pair itself)."""
         folds = range(1, self.options.folds + 1) if self.options.folds else (None,)
-        return [(seed, fold) for fold in folds for seed in self.selection_seeds(resolved)]
+        return [(seed, fold) for fold in folds for seed in self.selection_seeds()]
 
-    def trial_values(
-        self, resolved: ResolvedRun, trial: dict[str, float], seed: int | None = None, fold: int | None = None
-    ) -> dict[str, Any]:
+    def trial_request(self, trial: dict[str, float], seed: int | None = None, fold: int | None = None) -> RunRequest:
         """One run of a trial: on the tuning pair, or on fold ``fold`` of it (trained on the other
         folds, evaluated on this one), with ``seed`` (default: the first selection seed)."""
-        train_split, eval_split = _tuning_splits(resolved)
+        train_split, eval_split = _tuning_splits(self.resolved)
         layer: dict[str, Any] = {"train_split": train_split, "eval_split": eval_split}
         if fold is not None:
             layer = {
@@ -255,19 +259,34 @@ class SelectionPlan:
                 "eval_split": f"fold{fold}-val",
                 "data_options": {"folds": self.options.folds},
             }
-        layer["seed"] = self.selection_seeds(resolved)[0] if seed is None else seed
-        return merge_layers(self.run_values(), trial, layer)[0]
+        layer["seed"] = self.selection_seeds()[0] if seed is None else seed
+        return self._derived(self.run_request, trial, layer)
+
+    @functools.cached_property
+    def _requests(self) -> dict[str, RunRequest]:
+        return {}
+
+    def _derived(self, base: RunRequest, *layers: dict[str, Any]) -> RunRequest:
+        """``base`` under ``layers``, built once per plan (so each run of the plan resolves once)."""
+        key = repr(layers)
+        if key not in self._requests:
+            self._requests[key] = base.with_overrides(*layers)
+        return self._requests[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The plan's fields only: what it resolved is resolved again where it is unpickled (a Ray task)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def check(self) -> ResolvedRun:
         """The base run and every trial resolved (a trial the settings refuse fails now), each
         trial on its first seed and fold, the first trial on all of them."""
-        resolved = resolve_settings(self.run_values())
+        resolved = self.resolved
         trials = self.space.trials() if self.space else []
-        units = self.units(resolved)
+        units = self.units()
         for trial in trials:
-            resolve_settings(self.trial_values(resolved, trial, *units[0]))
+            self.trial_request(trial, *units[0]).resolved  # noqa: B018 (resolving checks)
         for unit in units[1:] if trials else ():
-            resolve_settings(self.trial_values(resolved, trials[0], *unit))
+            self.trial_request(trials[0], *unit).resolved  # noqa: B018
         return resolved
 
     def state(self, folder: Path) -> str:
@@ -342,7 +361,6 @@ def read_selection(folder: Path) -> dict[str, Any] | None:
 
 def _differences(plan: SelectionPlan, folder: Path) -> list[str]:
     """How the runs already in ``folder`` differ from what ``plan`` asks for (empty: reusable)."""
-    resolved = resolve_settings(plan.run_values())
     recorded = read_selection(folder)
     if recorded is not None and plan.space is None:
         return [f"search space: {recorded.get('space')} -> none"]
@@ -353,36 +371,36 @@ def _differences(plan: SelectionPlan, folder: Path) -> list[str]:
         was = (recorded.get("select_seeds", 1), recorded.get("select_folds"))
         if was != (options.seeds, options.folds):
             return [f"select_seeds, select_folds: {was} -> {(options.seeds, options.folds)}"]
-    runs: list[tuple[Path, dict[str, Any]]] = []
+    runs: list[tuple[Path, RunRequest]] = []
     if plan.space is not None:
         for trial in plan.space.trials():
             trial_folder = folder / SELECTION_DIR / trial_label(trial)
             runs += [
-                (_unit_folder(trial_folder, seed, fold, options), plan.trial_values(resolved, trial, seed, fold))
-                for seed, fold in plan.units(resolved)
+                (_unit_folder(trial_folder, seed, fold, options), plan.trial_request(trial, seed, fold))
+                for seed, fold in plan.units()
             ]
     chosen = recorded["chosen"] if recorded is not None else {}
     seeds = plan.seeds or (None,)
     runs += [
-        (run, plan.final_values(chosen, seed))
+        (run, plan.final_request(chosen, seed))
         for seed, run in zip(seeds, final_folders(folder, plan.seeds), strict=True)
     ]
     found = []
-    for run, values in runs:
+    for run, request in runs:
         if (run / CONFIG_NAME).is_file():
-            differences = resolve_settings(values).settings.differences(read_run_config(run))
+            differences = request.spec.differences(read_run_config(run))
             found += [f"{run.relative_to(folder)}: {d}" if run != folder else d for d in differences]
     return found
 
 
 def _trial_run(
-    run: Path, values: dict[str, Any], doing: str, dist: DistInfo, log: Callable[[str], None]
+    run: Path, request: RunRequest, doing: str, dist: DistInfo, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """One run of a trial, trained unless finished: its validation top-1, or the divergence that
     stopped it (left as ``diverged.json``, so a rerun does not train it again)."""
     if (run / DIVERGED_NAME).is_file():
         return {"val_top1": None, "diverged": read_json_record(run / DIVERGED_NAME, {"error": str})["error"]}
-    trial_run = resolve_settings(values)
+    trial_run = request.resolved
     state = run_state(run)
     if state != "done":
         log(f"{doing} on {trial_run.settings.train_split}: {'resuming' if state == 'resume' else 'training'}")
@@ -483,12 +501,11 @@ def _warnings(trials: list[dict[str, Any]], decision: dict[str, Any]) -> list[st
     return found
 
 
-def _select(
-    plan: SelectionPlan, resolved: ResolvedRun, folder: Path, dist: DistInfo, log: Callable[[str], None]
-) -> dict[str, float]:
+def _select(plan: SelectionPlan, folder: Path, dist: DistInfo, log: Callable[[str], None]) -> dict[str, float]:
     """Runs every trial on the tuning pair (on each selection seed and fold) and returns the chosen
     values (written to selection.json, with how decided the choice is)."""
-    options, units, space = plan.options, plan.units(resolved), plan.space.trials()
+    resolved = plan.resolved
+    options, units, space = plan.options, plan.units(), plan.space.trials()
     selected_on = _selected_on(resolved, options)
     trials = []
     for index, trial in enumerate(space, 1):
@@ -498,7 +515,7 @@ def _select(
             run = _unit_folder(trial_folder, seed, fold, options)
             where = (f" seed {seed}" if options.seeds > 1 else "") + (f" fold {fold}/{options.folds}" if fold else "")
             doing = f"  trial {index}/{len(space)} {trial_label(trial)}{where}"
-            outcome = _trial_run(run, plan.trial_values(resolved, trial, seed, fold), doing, dist, log)
+            outcome = _trial_run(run, plan.trial_request(trial, seed, fold), doing, dist, log)
             runs.append({"seed": seed, "fold": fold, **outcome, "run": str(run.relative_to(folder))})
         trials.append(_trial_summary(trial, runs, str(trial_folder.relative_to(folder)), selected_on, options))
     ranking = _ranking(trials)
@@ -510,7 +527,7 @@ def _select(
         "tuning_splits": list(_tuning_splits(resolved)),
         "selected_on": selected_on,
         **options.to_keys(),
-        "selection_seeds": list(plan.selection_seeds(resolved)),
+        "selection_seeds": list(plan.selection_seeds()),
         "trials": trials,
         "chosen": chosen,
         "chosen_val_top1": trials[ranking[0]]["val_top1"],
@@ -552,19 +569,19 @@ def _run(plan: SelectionPlan, folder: Path, dist: DistInfo | None, log: Callable
     the cell is refused, naming the differences.
     """
     dist = dist or DistInfo()
-    resolved = resolve_settings(plan.run_values())
+    plan.resolved  # noqa: B018 (a bad base setting is refused before anything is read or trained)
     differences = plan.differences(folder) if folder.is_dir() else []
     if differences:
         raise SettingsError(
             f"{folder} holds runs made with other settings ({'; '.join(differences[:4])}); use another folder"
         )
-    chosen = _select(plan, resolved, folder, dist, log) if plan.space is not None else {}
+    chosen = _select(plan, folder, dist, log) if plan.space is not None else {}
     results = []
     for seed, run in zip(plan.seeds or (None,), final_folders(folder, plan.seeds), strict=True):
         state = run_state(run)
         if state != "done":
             if plan.seeds:
                 log(f"  seed {seed}: {'resuming' if state == 'resume' else 'training'}")
-            train_run(resolve_settings(plan.final_values(chosen, seed)), run, state == "resume", dist)
+            train_run(plan.final_request(chosen, seed).resolved, run, state == "resume", dist)
         results.append(read_metrics(run))
     return results

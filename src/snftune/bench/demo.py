@@ -19,7 +19,7 @@ from ..atomic import atomic_write_json
 from ..data.generated import GENERATED_TASKS, generated_task_names
 from ..engine import cleanup_distributed, setup_distributed
 from ..engine.acceleration import idle_threads
-from ..runs import RunFailedError, SettingsError
+from ..runs import RunFailedError, RunRequest, SettingsError
 from .plots import plot_run_features
 from .runner import plan_suite, run_suite
 from .suites import Suite, SuiteTask, load_suite
@@ -102,7 +102,8 @@ def _run_demo(options: DemoOptions, log: Callable[[str], None]) -> dict[str, Any
         raise SettingsError(f"{out} is not empty; pass --resume to continue that demo, or choose another --out")
     suite = demo_suite(options)
     overrides = demo_overrides(options)
-    plan = plan_suite(suite, overrides)
+    request = RunRequest(overrides)
+    plan = plan_suite(suite, request)
     methods = list(dict.fromkeys(p.cell.method.label for p in plan))
     tasks = list(dict.fromkeys(p.cell.task.data for p in plan))
     log(
@@ -111,7 +112,7 @@ def _run_demo(options: DemoOptions, log: Callable[[str], None]) -> dict[str, Any
     )
     dist = setup_distributed(overrides.get("device"))
     try:
-        failures = run_suite(suite, plan, out, overrides=overrides, dist=dist, log=log)
+        failures = run_suite(suite, plan, out, overrides=request, dist=dist, log=log)
     finally:
         cleanup_distributed()
     if failures:

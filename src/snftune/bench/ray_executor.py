@@ -25,6 +25,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..errors import MissingExtraError
+from ..runs import RunRequest
 from .runner import ERROR_LOG_NAME, CellOutcome, CellReport, PlannedCell, run_planned_cell
 from .suites import Suite
 
@@ -82,7 +83,7 @@ class RayExecutor:
         suite: Suite,
         cells: list[tuple[str, PlannedCell]],
         out: Path,
-        overrides: dict[str, Any],
+        overrides: RunRequest,
         report: CellReport,
     ) -> None:
         if not cells:
@@ -107,7 +108,7 @@ class RayExecutor:
         suite: Suite,
         cells: list[tuple[str, PlannedCell]],
         out: Path,
-        overrides: dict[str, Any],
+        overrides: RunRequest,
         report: CellReport,
     ) -> None:
         resources = ray.cluster_resources()
@@ -142,7 +143,7 @@ class RayExecutor:
 
 
 def _run_cell_task(
-    shared: tuple[Suite, Path, dict[str, Any]], planned: PlannedCell, label: str, threads: int, *after: CellOutcome
+    shared: tuple[Suite, Path, RunRequest], planned: PlannedCell, label: str, threads: int, *after: CellOutcome
 ) -> CellOutcome:
     """One cell in a Ray worker. ``after``: the outcomes of the cells it is evaluated from (only
     there so that Ray starts this task once they have ended)."""

@@ -30,6 +30,7 @@ from ..engine.distributed import broadcast_object
 from ..nas.noah import NoahPlan, plan_noah
 from ..runs import (
     Plan,
+    RunRequest,
     RunSpec,
     SettingsError,
     evaluate_tuned,
@@ -51,8 +52,8 @@ __all__ = [
     "CellOutcome",
     "PlannedCell",
     "SerialExecutor",
+    "cell_request",
     "cell_results",
-    "cell_values",
     "changed_cells",
     "is_noah_search",
     "plan_cell",
@@ -78,23 +79,23 @@ class PlannedCell:
 SIZE_OPTIONS = ("subnet", "prompt", "lora", "adapter")
 
 
-def is_noah_search(values: dict[str, Any]) -> bool:
+def is_noah_search(request: RunRequest) -> bool:
     """Method ``noah`` with nothing that fixes its sizes: the sizes are to be searched."""
-    options = values.get("method_options") or {}
-    return values.get("method") == "noah" and not any(key in options for key in SIZE_OPTIONS)
+    options = request.get("method_options") or {}
+    return request.get("method") == "noah" and not any(key in options for key in SIZE_OPTIONS)
 
 
 def plan_cell(
-    values: dict[str, Any], space: SearchSpace | None, seeds: tuple[int, ...] | None, checked: bool = True
+    request: RunRequest, space: SearchSpace | None, seeds: tuple[int, ...] | None, checked: bool = True
 ) -> Plan:
     """A cell's plan: NOAH's pipeline for method ``noah`` without sizes (its settings checked now,
     before anything trains, unless ``checked`` is False: ``--status`` reads only the folder), else
     selection (when there is a space) and the final runs. A NOAH cell's method options hold
     NOAH's settings (``param_limit``, ``population``, ..., ``supernet: {...}``); its retrained
     subnet is the cell's final run, so tables read it like any other."""
-    if is_noah_search(values):
-        return plan_noah(values, seeds, space) if checked else NoahPlan(values, seeds)
-    plan = SelectionPlan(values, space, seeds)
+    if is_noah_search(request):
+        return plan_noah(request, seeds, space) if checked else NoahPlan(request, seeds)
+    plan = SelectionPlan(request, space, seeds)
     if checked:
         plan.check()
     return plan
@@ -108,14 +109,14 @@ class CellFailure:
     log: Path
 
 
-def cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Settings of one cell: the suite's, then the overrides (a settings file and the command
-    line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the warm-up)."""
-    return _cell_values(suite, cell, overrides)[0]
-
-
-def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    values: dict[str, Any] = {
+def cell_request(
+    suite: Suite, cell: Cell, overrides: RunRequest, pretrained: str | None = None
+) -> tuple[RunRequest, list[str]]:
+    """One cell's run as asked for: the suite's settings, then the overrides (a settings file and
+    the command line), merged by :func:`snftune.runs.merge_layers` (a changed length scales the
+    warm-up), with ``pretrained`` (None: the suite's weights for the backbone); and the notes on
+    its derived settings."""
+    suite_values = {
         "model": cell.model.model,
         "pretrained": cell.model.pretrained,
         "model_kwargs": dict(cell.model.model_kwargs),
@@ -126,7 +127,9 @@ def _cell_values(suite: Suite, cell: Cell, overrides: dict[str, Any]) -> tuple[d
         "data_options": dict(suite.data_options),
         **suite.train,
     }
-    return merge_layers(values, overrides, names=(f"suite {suite.name}",))
+    values, notes = merge_layers(suite_values, dict(overrides.given), names=(f"suite {suite.name}",))
+    request = RunRequest(values)
+    return (request if pretrained is None else request.replacing(pretrained=pretrained)), notes
 
 
 def _split_weights_item(item: str) -> tuple[str | None, str]:
@@ -170,7 +173,7 @@ def weights_by_backbone(suite: Suite, pretrained: list[str] | None) -> dict[str,
 
 def plan_suite(
     suite: Suite,
-    overrides: dict[str, Any],
+    overrides: RunRequest,
     pretrained: list[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[PlannedCell]:
@@ -190,10 +193,9 @@ def plan_suite(
         if cell.task.train_from:
             planned.append(PlannedCell(cell, None))
             continue
-        values, notes = _cell_values(suite, cell, overrides)
-        values["pretrained"] = weights[cell.model.label]
+        request, notes = cell_request(suite, cell, overrides, weights[cell.model.label])
         seeds = tuple(suite.seeds) if suite.seeds else None
-        plan = plan_cell(values, suite.search_space(cell.method), seeds)
+        plan = plan_cell(request, suite.search_space(cell.method), seeds)
         resolved = plan.check()
         for note in (*notes, *resolved.notes):
             if log is not None and note not in said:
@@ -252,7 +254,7 @@ def run_suite(
     plan: list[PlannedCell],
     out: Path,
     *,
-    overrides: dict[str, Any] | None = None,
+    overrides: RunRequest | None = None,
     dist: DistInfo | None = None,
     log: Callable[[str], None] = print,
     rerun_changed: bool = False,
@@ -272,7 +274,7 @@ def run_suite(
     the whole suite, from what is on disk.
     """
     dist = dist or DistInfo()
-    overrides = overrides or {}
+    overrides = overrides if overrides is not None else RunRequest()
     changed = changed_cells(suite, plan, out)
     if changed and not rerun_changed:
         listed = [f"{folder.relative_to(out)} ({'; '.join(diffs)})" for folder, diffs in list(changed.items())[:8]]
@@ -319,7 +321,7 @@ def run_suite(
     return failures
 
 
-def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: RunRequest) -> list[dict[str, Any]]:
     """A task evaluated with the weights tuned on another task (domain generalisation), once
     per final run (seed) of that task."""
     seeds = tuple(suite.seeds) if suite.seeds else None
@@ -336,7 +338,7 @@ def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: dict[s
             data_options={**suite.data_options, **overrides.get("data_options", {})},
         )
         if overrides.get("data_dir"):
-            settings = dataclasses.replace(settings, data_dir=overrides["data_dir"])
+            settings = dataclasses.replace(settings, data_dir=overrides.get("data_dir"))
         device = overrides.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         result = evaluate_tuned(settings, source / TUNED_NAME, None, 256, settings.train.workers, device)
         metrics = {
@@ -399,7 +401,7 @@ class CellExecutor(Protocol):
         suite: Suite,
         cells: list[tuple[str, PlannedCell]],
         out: Path,
-        overrides: dict[str, Any],
+        overrides: RunRequest,
         report: CellReport,
     ) -> None: ...
 
@@ -408,7 +410,7 @@ def cell_results(
     suite: Suite,
     planned: PlannedCell,
     out: Path,
-    overrides: dict[str, Any],
+    overrides: RunRequest,
     dist: DistInfo,
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
@@ -426,7 +428,7 @@ def run_planned_cell(
     out: Path,
     label: str,
     *,
-    overrides: dict[str, Any] | None = None,
+    overrides: RunRequest | None = None,
     dist: DistInfo | None = None,
     log: Callable[[str], None] = print,
     executor: str = "serial",
@@ -439,9 +441,9 @@ def run_planned_cell(
     process comes back LOCKED, one finished meanwhile ALREADY_DONE. A failure leaves its
     traceback in ``<cell>/error.log``. The wall time, device, host and ``executor`` (a name for
     the record) go to ``<cell>/cell.json``. ``dist``: None for a single process on the local
-    device (``overrides["device"]``, else CUDA when there is one).
+    device (``overrides.get("device")``, else CUDA when there is one).
     """
-    overrides = overrides or {}
+    overrides = overrides if overrides is not None else RunRequest()
     dist = dist or _single_process(overrides.get("device"))
     folder = planned.cell.folder(out)
     say = log if dist.is_main else _quiet
@@ -486,7 +488,7 @@ class SerialExecutor:
         suite: Suite,
         cells: list[tuple[str, PlannedCell]],
         out: Path,
-        overrides: dict[str, Any],
+        overrides: RunRequest,
         report: CellReport,
     ) -> None:
         for label, planned in cells:

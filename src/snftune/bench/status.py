@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inputs import read_json_record
+from ..runs import RunRequest
 from .runner import ERROR_LOG_NAME, plan_cell
 from .suites import Cell, Suite, SuiteError, parse_suite
 from .tracking import cell_holder, read_cell_record
@@ -64,8 +65,8 @@ class GridStatus:
 def _status_of(suite: Suite, cell: Cell, out: Path) -> CellStatus:
     folder = cell.folder(out)
     seeds = tuple(suite.seeds) if suite.seeds else None
-    values = {"method": cell.method.method, "method_options": dict(cell.method.options)}
-    state = plan_cell(values, None, seeds, checked=False).state(folder)  # the folder alone tells
+    request = RunRequest({"method": cell.method.method, "method_options": dict(cell.method.options)})
+    state = plan_cell(request, None, seeds, checked=False).state(folder)  # the folder alone tells
     holder = cell_holder(folder) if state != "done" else None
     if state == "done":
         label = "finished"

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.status import format_status, grid_status, recorded_suite
     from ..bench.suites import load_suite
     from ..engine import DistInfo, cleanup_distributed, setup_distributed
+    from ..runs import RunRequest
 
     if args.compare:
         return _compare(*args.compare)
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         print(note, flush=True)
     pretrained = overrides.pop("pretrained", None)
     overrides.pop("out", None)
-    plan = plan_suite(suite, overrides, [pretrained] if isinstance(pretrained, str) else pretrained, log=_log)
+    request = RunRequest(overrides)
+    plan = plan_suite(suite, request, [pretrained] if isinstance(pretrained, str) else pretrained, log=_log)
     if shard is not None:
         whole = len(plan)
         plan = shard_cells(suite, plan, shard)
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             suite,
             plan,
             out,
-            overrides=overrides,
+            overrides=request,
             dist=dist,
             log=_log,
             rerun_changed=args.rerun_changed,

@@ -66,6 +66,7 @@ def _noah_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..nas.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah
+    from ..runs import RunRequest
 
     values, notes = values_from_args(args)
     if values.get("method") not in (None, "noah"):
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(values.pop("out"))
     values["method_options"] = {**(values.get("method_options") or {}), **_noah_options(args)}
     seeds = tuple(args.seeds) if args.seeds else None
-    plan = plan_noah({**values, "method": "noah"}, seeds)
+    plan = plan_noah(RunRequest({**values, "method": "noah"}), seeds)
     for note in notes:
         print(note, flush=True)
     results = plan.run(out, log=lambda line: print(line, flush=True))

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.config:  # refused before torch is imported: at once
         raise CLIError("missing --out (the run folder to write)")
     from ..engine import cleanup_distributed, setup_distributed
-    from ..runs import CONFIG_NAME, PLAN_KEYS, Plan, RunPlan, merge_layers, recorded_values, resolve_settings
+    from ..runs import CONFIG_NAME, PLAN_KEYS, Plan, RunPlan, RunRequest, merge_layers, recorded_values
     from ..selection import SearchSpace, SelectionPlan
 
     values, notes = values_from_args(args)
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (out / CONFIG_NAME).is_file():
         values, notes = merge_layers(recorded_values(out), values, names=("the run folder",))
         values.pop("out", None)
-    resolved = resolve_settings(values)
+    request = RunRequest(values)
+    resolved = request.resolved
     notes = [*notes, *resolved.notes]
     judging = [key for key in PLAN_KEYS if values.get(key) is not None]
     if judging and not args.search:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     plan: Plan
     if args.search or args.seeds:  # selection on validation, then one final run per seed
         space = SearchSpace.parse(parse_search(args.search), "--search") if args.search else None
-        plan = SelectionPlan(values, space, tuple(args.seeds) if args.seeds else None)
+        plan = SelectionPlan(request, space, tuple(args.seeds) if args.seeds else None)
     else:
         plan = RunPlan(resolved, args.resume)
     dist = setup_distributed(resolved.settings.device)

@@ -20,6 +20,7 @@ training phases), then the ``supernet`` / ``retrain`` overrides of :class:`NoahS
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -41,14 +42,13 @@ from ..methods.registry import resolve_config
 from ..runs import (
     CONFIG_NAME,
     ResolvedRun,
+    RunRequest,
     RunSpec,
     SettingsError,
     build_backbone,
     final_folders,
     input_config,
-    merge_layers,
     read_run_config,
-    resolve_settings,
     run_state,
     train_run,
 )
@@ -77,14 +77,16 @@ __all__ = [
 SUPERNET_DIR, SEARCH_DIR = "supernet", "search"
 STATE_NAME, RESULT_NAME, SUBNET_NAME = "state.json", "result.json", "subnet.yaml"
 
-SUPERNET_RECIPE: dict[str, Any] = {
-    "epochs": 500,
-    "warmup_epochs": 10,
-    "lr": 5e-4,
-    "weight_decay": 1e-4,
-    "batch_size": 64,
-    "eval_every": 10,
-}
+SUPERNET_RECIPE = RunRequest(
+    {
+        "epochs": 500,
+        "warmup_epochs": 10,
+        "lr": 5e-4,
+        "weight_decay": 1e-4,
+        "batch_size": 64,
+        "eval_every": 10,
+    }
+)
 """NOAH's VTAB-1k supernet (configs/NOAH/VTAB/supernet: 500 epochs, lr 5e-4, weight decay 1e-4,
 batch 64; validation every 10 epochs; the engine's 10 warm-up epochs, scaled when the values
 given change the length). The retrain is NOAH's VTAB retrain recipe, which is
@@ -121,8 +123,8 @@ class NoahSettings:
 
     evolution: EvolutionSettings = field(default_factory=EvolutionSettings)
     supernet_method: NoahSupernetConfig = field(default_factory=NoahSupernetConfig)
-    supernet: dict[str, Any] = field(default_factory=dict)
-    retrain: dict[str, Any] = field(default_factory=dict)
+    supernet: RunRequest = field(default_factory=RunRequest)
+    retrain: RunRequest = field(default_factory=RunRequest)
 
     @classmethod
     def from_options(cls, options: dict[str, Any], seed: int = 0) -> NoahSettings:
@@ -146,7 +148,7 @@ class NoahSettings:
                     f"NOAH's {phase} overrides: {', '.join(map(repr, wrong))} cannot be set per phase; "
                     f"known: {', '.join(PHASE_KEYS)}"
                 )
-            phases[phase] = overrides
+            phases[phase] = RunRequest(overrides)
         method = resolve_config("noah-supernet", **{k: options[k] for k in method_keys if k in options})
         return cls(EvolutionSettings(**search, seed=seed), method, phases["supernet"], phases["retrain"])
 
@@ -158,11 +160,12 @@ class NoahSettings:
 
 @dataclass(frozen=True)
 class NoahPlan:
-    """NOAH's pipeline in one folder (a :class:`snftune.runs.Plan`): the run values shared by
-    its phases (method ``noah``), seeds for the retrain, and NOAH's settings. Built checked by
+    """NOAH's pipeline in one folder (a :class:`snftune.runs.Plan`): the run as asked for, shared
+    by its phases (method ``noah``; each phase's request derives from it: :func:`supernet_request`,
+    :func:`retrain_request`), seeds for the retrain, and NOAH's settings. Built checked by
     :func:`plan_noah`; :meth:`state` needs only the seeds (``snftune bench --status``)."""
 
-    values: dict[str, Any]
+    request: RunRequest
     seeds: tuple[int, ...] | None = None
     noah: NoahSettings = field(default_factory=NoahSettings)
 
@@ -174,8 +177,17 @@ class NoahPlan:
         started = any(state != "todo" for state in states) or (folder / SUPERNET_DIR).is_dir()
         return "resume" if started else "todo"
 
+    @functools.cached_property
+    def checked(self) -> NoahCheck:
+        """:func:`check_plan` of this plan, done once (its runs resolved once)."""
+        return check_plan(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The plan's fields only: it is checked again where it is unpickled (a Ray task)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def check(self) -> ResolvedRun:
-        return check_plan(self).final
+        return self.checked.final
 
     def differences(self, folder: Path) -> list[str]:
         return noah_differences(folder, self)
@@ -188,7 +200,8 @@ class NoahPlan:
 
 @dataclass(frozen=True)
 class NoahCheck:
-    """What :func:`check_plan` found: the final run, the tuning splits, the subnet space and sizes."""
+    """What :func:`check_plan` found: the final run, the tuning splits, the subnet space and sizes,
+    and the supernet's run (resolved)."""
 
     final: ResolvedRun
     tuning_splits: tuple[str, str]
@@ -196,32 +209,29 @@ class NoahCheck:
     embed_dim: int
     smallest: int
     largest: int
+    supernet: RunRequest
 
 
 def plan_noah(
-    values: dict[str, Any], seeds: tuple[int, ...] | None = None, space: SearchSpace | None = None
+    request: RunRequest, seeds: tuple[int, ...] | None = None, space: SearchSpace | None = None
 ) -> NoahPlan:
-    """A checked plan from run values whose ``method_options`` hold NOAH's settings (``space``,
+    """A checked plan from a run request whose ``method_options`` hold NOAH's settings (``space``,
     a hyper-parameter search, is refused: NOAH's phases have their own recipe)."""
     if space is not None:
         raise SettingsError(
             "NOAH's phases have their own recipe: give no hyper-parameter search space for method noah "
             "(set the supernet/retrain settings in its options instead)"
         )
-    options = dict(values.get("method_options") or {})
-    seed = seeds[0] if seeds else int(values.get("seed") or 0)
-    base = {k: v for k, v in values.items() if k not in ("method", "method_options", "out")}
-    plan = NoahPlan({**base, "method": "noah"}, seeds, NoahSettings.from_options(options, seed))
-    check_plan(plan)
+    options = dict(request.get("method_options") or {})
+    seed = seeds[0] if seeds else int(request.get("seed") or 0)
+    base = request.without("method", "method_options", "out").replacing(method="noah")
+    plan = NoahPlan(base, seeds, NoahSettings.from_options(options, seed))
+    plan.checked  # noqa: B018 (every setting checked now, before anything trains)
     return plan
 
 
-def _base(plan: NoahPlan, *drop: str) -> dict[str, Any]:
-    return {k: v for k, v in plan.values.items() if k not in ("method", "method_options", *drop)}
-
-
-def supernet_values(plan: NoahPlan, tuning_splits: tuple[str, str]) -> dict[str, Any]:
-    """The supernet run: NOAH's recipe under the values given, on the tuning pair."""
+def supernet_request(plan: NoahPlan, tuning_splits: tuple[str, str]) -> RunRequest:
+    """The supernet run: NOAH's recipe under the settings given, on the tuning pair."""
     fixed = {
         "seed": plan.noah.evolution.seed,
         "method": "noah-supernet",
@@ -229,33 +239,32 @@ def supernet_values(plan: NoahPlan, tuning_splits: tuple[str, str]) -> dict[str,
         "train_split": tuning_splits[0],
         "eval_split": tuning_splits[1],
     }
-    base = _base(plan, "train_split", "eval_split")
-    layers = (SUPERNET_RECIPE, {**base, "seed": fixed["seed"]}, plan.noah.supernet)
-    values, _ = merge_layers(*layers)
-    return {**values, **{k: v for k, v in fixed.items() if k != "seed" or "seed" not in plan.noah.supernet}}
+    base = plan.request.without("method", "method_options", "train_split", "eval_split")
+    overrides = plan.noah.supernet.given
+    request = SUPERNET_RECIPE.with_overrides({**base.given, "seed": fixed["seed"]}, overrides)
+    return request.replacing(**{k: v for k, v in fixed.items() if k != "seed" or "seed" not in overrides})
 
 
-def retrain_values(plan: NoahPlan, subnet: Subnet | None, seed: int | None) -> dict[str, Any]:
+def retrain_request(plan: NoahPlan, subnet: Subnet | None, seed: int | None) -> RunRequest:
     """A retrain run of ``subnet`` (method ``noah`` with its sizes) on the final split."""
     options = {**(subnet.to_dict() if subnet else {}), "dropout": plan.noah.supernet_method.dropout}
-    values = {**merge_layers(_base(plan), plan.noah.retrain)[0], "method": "noah", "method_options": options}
-    if seed is not None:
-        values["seed"] = seed
-    return values
+    base = plan.request.without("method", "method_options").with_overrides(plan.noah.retrain.given)
+    return base.replacing(method="noah", method_options=options, **({} if seed is None else {"seed": seed}))
 
 
 def check_plan(plan: NoahPlan) -> NoahCheck:
     """Every setting checked before anything trains: the runs' settings, a validation split to
     search on, a ViT (the supernet is built on the meta device), and a parameter limit that the
     smallest subnet fits."""
-    final = resolve_settings(retrain_values(plan, None, None))
+    final = retrain_request(plan, None, None).resolved
     task = final.task
     if task.tuning_splits is None:
         raise SettingsError(
             f"{task.name} has no validation split (splits: {', '.join(task.splits)}): NOAH trains its supernet on "
             "the training split and searches on a validation split"
         )
-    supernet = resolve_settings(supernet_values(plan, task.tuning_splits))
+    supernet_run = supernet_request(plan, task.tuning_splits)
+    supernet = supernet_run.resolved
     settings = dataclasses.replace(
         supernet.settings, pretrained=RANDOM if is_embedded(supernet.settings.model) else None
     )
@@ -270,15 +279,15 @@ def check_plan(plan: NoahPlan) -> NoahCheck:
             f"({smallest:,} parameters: size {min(space.sizes)} in the first {min(space.depths)} blocks for each "
             "module); raise the limit, or search smaller sizes/depths"
         )
-    return NoahCheck(final, task.tuning_splits, space, embed_dim, smallest, largest)
+    return NoahCheck(final, task.tuning_splits, space, embed_dim, smallest, largest, supernet_run)
 
 
 # ---------------------------------------------------------------- phases
 
 
-def _train_phase(values: dict[str, Any], folder: Path, name: str, log: Callable[[str], None]) -> dict[str, Any]:
+def _train_phase(request: RunRequest, folder: Path, name: str, log: Callable[[str], None]) -> dict[str, Any]:
     """Trains one phase's run folder, resumes it, or reuses it when it finished with these settings."""
-    resolved = resolve_settings(values)
+    resolved = request.resolved
     state = run_state(folder)
     if state == "done":
         differences = resolved.settings.differences(read_run_config(folder))
@@ -391,31 +400,31 @@ def run_noah(
         raise SettingsError(
             "NOAH's pipeline runs in one process (its supernet draws one subnet per step); drop torchrun"
         )
-    check = check_plan(plan)
+    check = plan.checked
     log(
         f"NOAH on {check.final.task.name}: supernet {check.largest:,} tuned parameters; subnets from "
         f"{check.smallest:,}, searched under {plan.noah.evolution.param_limit:,}"
     )
     folder = Path(folder)
-    _train_phase(supernet_values(plan, check.tuning_splits), folder / SUPERNET_DIR, "supernet", log)
+    _train_phase(check.supernet, folder / SUPERNET_DIR, "supernet", log)
     result = _search_phase(plan, folder, log)
     best = Subnet.from_dict(result["best"]["subnet"])
     log(f"search: best {best.label()} ({result['best']['parameters']:,} parameters)")
     seeds = plan.seeds or (None,)
     runs = final_folders(folder, plan.seeds)
     return [
-        _train_phase(retrain_values(plan, best, seed), run, "retrain", log)
+        _train_phase(retrain_request(plan, best, seed), run, "retrain", log)
         for seed, run in zip(seeds, runs, strict=True)
     ]
 
 
 def noah_differences(folder: Path, plan: NoahPlan) -> list[str]:
     """How the phases already in ``folder`` differ from what ``plan`` asks for (empty: reusable)."""
-    tuning = check_plan(plan).tuning_splits
+    check = plan.checked
     found = []
     supernet = folder / SUPERNET_DIR
     if (supernet / CONFIG_NAME).is_file():
-        new = resolve_settings(supernet_values(plan, tuning)).settings
+        new = check.supernet.spec
         found += [f"supernet: {d}" for d in new.differences(read_run_config(supernet))]
     for name in (RESULT_NAME, STATE_NAME):
         path = folder / SEARCH_DIR / name
@@ -428,6 +437,6 @@ def noah_differences(folder: Path, plan: NoahPlan) -> list[str]:
         best = Subnet.from_dict(json.loads(result.read_text())["best"]["subnet"])
         for seed, run in zip(plan.seeds or (None,), final_folders(folder, plan.seeds), strict=True):
             if (run / CONFIG_NAME).is_file():
-                new = resolve_settings(retrain_values(plan, best, seed)).settings
+                new = retrain_request(plan, best, seed).spec
                 found += [f"retrain: {d}" for d in new.differences(read_run_config(run))]
     return found
