@@ -163,6 +163,17 @@ def test_a_damaged_run_folder_fails_each_command_in_one_line(run, capsys, comman
     assert snapshot(run) == before
 
 
+def test_a_rerun_over_metrics_with_damaged_settings_fails_in_one_line(run, capsys):
+    """The check for a run awaiting its final evaluation reads metrics.json's ``settings``: a list there
+    once ended in a traceback."""
+    record = {"top1": 50.0, "reported": "final", "eval_split": "test", "settings": [1]}
+    (run / "run" / "metrics.json").write_text(json.dumps(record))
+    before = snapshot(run)
+    train = ["train", "--model", "snftune-vit-tiny", "--method", "snf-shallow", "--data", "generated/shapes"]
+    fails(capsys, [*train, "--data-options", "n_test=8", "--out", str(run / "run")], 2, "already holds a finished run")
+    assert snapshot(run) == before
+
+
 # ---------------------------------------------------------------- num_classes of a list dataset
 
 
