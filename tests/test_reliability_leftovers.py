@@ -83,6 +83,27 @@ def test_a_damaged_search_file_fails_search_noah_in_one_line(supernet_done, tmp_
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("name", [STATE_NAME, RESULT_NAME])
+def test_a_damaged_search_file_in_a_bench_cell_fails_in_one_line(tmp_path, capsys, name):
+    """bench compares each NOAH cell's phases with the plan before running: the search files are read there."""
+    options = {"param_limit": "20K", "sizes": [4, 8], "population": 3, "generations": 0, "top_k": 2}
+    suite = {
+        "name": "noah-check",
+        "model": "snftune-vit-tiny",
+        "train": {"epochs": 1, "workers": 0},
+        "methods": [{"label": "noah", "method": "noah", "options": {**options, "mutation": 0, "crossover": 0}}],
+        "tasks": [{"data": "generated/shapes", "column": "Shapes"}],
+    }
+    (tmp_path / "suite.yaml").write_text(json.dumps(suite))
+    search = tmp_path / "out" / "noah" / "generated-shapes" / SEARCH_DIR
+    search.mkdir(parents=True)
+    (search / name).write_text('{"settings": [')
+    before = snapshot(tmp_path)
+    args = ["bench", "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out"), "--no-progress"]
+    line = fails(capsys, args, 2, f"{search / name} is damaged (not JSON")
+    assert f"delete {search} {REDO}" in line and snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------- a run folder written without training
 
 
