@@ -659,7 +659,8 @@ def _awaits_final_evaluation(folder: Path) -> bool:
         metrics = json.loads((folder / METRICS_NAME).read_text())
     except (OSError, ValueError):
         return False
-    reported = (metrics.get("settings") or {}).get("reported_split") if isinstance(metrics, dict) else None
+    settings = metrics.get("settings") if isinstance(metrics, dict) else None  # damage is reported by read_metrics
+    reported = settings.get("reported_split") if isinstance(settings, dict) else None
     return reported is not None and metrics.get("eval_split") != reported
 
 

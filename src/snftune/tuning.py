@@ -44,6 +44,7 @@ __all__ = [
     "trainable_summary",
     "save_tuned",
     "load_tuned",
+    "read_tuned_tensors",
     "merge",
     "unmerge",
     "NotMergeableError",
@@ -292,7 +293,7 @@ def read_tuned_metadata(path: str | os.PathLike) -> dict[str, str]:
     return metadata
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tuned_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The file's tensors, every one finite: NaN weights (a run that diverged, a damaged copy) would
     otherwise evaluate to a plausible chance-level top-1 and predict NaN probabilities without a word."""
     try:
@@ -347,7 +348,7 @@ def load_tuned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{path} was made for backbone '{metadata['architecture']}' (fingerprint {metadata['fingerprint']}); "
             f"this model has {detail} (fingerprint {fingerprint}). Build the backbone the file was tuned on."
         )
-    loaded = _read_tensors(path)
+    loaded = read_tuned_tensors(path)
     if state is None:
         # Check the file against a copy first: a file that does not fit must leave the model as it
         # was (untuned), so that loading the right file next still works.

@@ -41,10 +41,15 @@ def _pyplot():
 def fewshot_curves(results: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{dataset: {method row: [(shots, mean top-1 over seeds), ...]}} from a bench results.json."""
     values: dict[tuple[str, str, int], list[float]] = defaultdict(list)
-    for cell in results.get("cells", []):
-        meta = cell.get("meta") or {}
+    cells = results.get("cells", [])
+    for cell in cells if isinstance(cells, list) else [cells]:
+        meta = (cell.get("meta") or {}) if isinstance(cell, dict) else None
+        if not isinstance(meta, dict):
+            raise ValueError(f"a cell is damaged (it reads {str(cell)[:80]}); run snftune bench again")
         if "shots" not in meta or cell.get("top1") is None:
             continue
+        if not (_is_number(meta["shots"]) and _is_number(cell["top1"]) and isinstance(cell.get("row"), str)):
+            raise ValueError(f"a cell is damaged (it reads {str(cell)[:80]}); run snftune bench again")
         dataset = str(meta.get("dataset", cell.get("group") or "task"))
         values[dataset, cell["row"], int(meta["shots"])].append(float(cell["top1"]))
     curves: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
@@ -82,15 +87,28 @@ def plot_fewshot(results: dict[str, Any], path: str | Path, title: str | None = 
     return _save(figure, path)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mean_of(values: Any) -> float | None:
+    """The mean of a list of numbers (one tuned-parameter count per task), None for anything else."""
+    if not isinstance(values, list) or not values or not all(_is_number(v) for v in values):
+        return None
+    return sum(values) / len(values)
+
+
 def tradeoff_points(results: dict[str, Any], average: str = "mean") -> list[dict[str, Any]]:
     """One point per row of a results.json: tuned parameters, the average, its spread (seeds)."""
     points = []
     for row in results.get("rows", []):
         stats = row.get(average) or {}
         params = row.get("tuned_parameters")
-        if stats.get("mean") is None or params is None:
+        if not isinstance(stats, dict) or stats.get("mean") is None or params is None:
             continue
-        params = params if isinstance(params, int | float) else sum(params) / len(params)
+        params = params if isinstance(params, int | float) else _mean_of(params)
+        if not _is_number(params) or not _is_number(stats["mean"]) or not _is_number(stats.get("std") or 0):
+            raise ValueError(f"the row {row['row']!r} is damaged (it reads {str(row)[:80]}); run snftune bench again")
         points.append({"label": row["row"], "params": params, "mean": stats["mean"], "std": stats.get("std")})
     if not points:
         raise ValueError("no row has both an average and a tuned-parameter count yet; finish some cells first")

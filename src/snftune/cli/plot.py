@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .common import CLIError
@@ -58,21 +57,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lipschitz.set_defaults(run=run_lipschitz)
 
 
-def _read_results(path: Path) -> dict:
+def _read_results(path: Path, few_shot: bool = False) -> dict:
+    """The results.json checked at the door (a damaged one is one line): as ``bench --compare``
+    reads it for the trade-off, and for its list of cells for the few-shot curves."""
+    from ..bench.compare import ResultsError, read_results
+    from ..inputs import read_json_record
+
+    if not few_shot:
+        return read_results(path)
     if not path.is_file():
         raise CLIError(f"{path} does not exist; pass the results.json written by snftune bench")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CLIError(f"{path} is not JSON ({error}); pass the results.json written by snftune bench") from error
+    return read_json_record(path, {"cells": list}, ResultsError, "pass the results.json written by snftune bench")
 
 
 def run_fewshot(args: argparse.Namespace) -> int:
     from ..bench.plots import plot_fewshot
 
     path = Path(args.results)
+    results = _read_results(path, few_shot=True)
     try:
-        written = plot_fewshot(_read_results(path), args.out)
+        written = plot_fewshot(results, args.out)
     except ValueError as error:
         raise CLIError(f"{path}: {error}") from error
     print(f"wrote {written}")
@@ -83,8 +87,9 @@ def run_tradeoff(args: argparse.Namespace) -> int:
     from ..bench.plots import plot_tradeoff
 
     path = Path(args.results)
+    results = _read_results(path)
     try:
-        written = plot_tradeoff(_read_results(path), args.out, "mean of groups" if args.average == "groups" else "mean")
+        written = plot_tradeoff(results, args.out, "mean of groups" if args.average == "groups" else "mean")
     except ValueError as error:
         raise CLIError(f"{path}: {error}") from error
     print(f"wrote {written}")

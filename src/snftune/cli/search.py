@@ -4,7 +4,6 @@ own folder under --out (a rerun skips finished phases and resumes an interrupted
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -65,6 +64,7 @@ def _noah_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..nas.evolution import read_search_result
     from ..nas.noah import RESULT_NAME, SEARCH_DIR, SUBNET_NAME, plan_noah
     from ..runs import RunRequest
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(note, flush=True)
     results = plan.run(out, log=lambda line: print(line, flush=True))
     search = out / SEARCH_DIR
-    found = json.loads((search / RESULT_NAME).read_text())["best"]
+    found = read_search_result(search / RESULT_NAME)["best"]
     top1 = [m["top1"] for m in results]
     spread = f" ± {statistics.stdev(top1):.2f} over {len(top1)} seeds" if len(top1) > 1 else ""
     print(

@@ -14,8 +14,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..inputs import check_value
 from .errors import DataError
-from .lists import IMAGE_EXTENSIONS, ReadOptions, Sample, capped, image_files, read_list_file
+from .lists import IMAGE_EXTENSIONS, MAX_CLASSES, ReadOptions, Sample, capped, image_files, read_list_file
 from .registry import Task, register_reader, reject_options
 
 FOLDER_SPLITS = ("train", "val", "test")
@@ -122,6 +123,8 @@ def check_labels_in_train(samples: dict[str, list[Sample]], lists: dict[str, Pat
 def resolve_list(rest: str, data_dir: Path | None, num_classes: int | None = None, **options: Any) -> Task:
     spec = f"list:{rest}"
     reject_options(spec, options)
+    if num_classes is not None:  # checked here, or a label check would say "expected 0..-2"
+        num_classes = check_value(num_classes, "num_classes", int, 1, MAX_CLASSES, DataError)
     path = _path(rest, data_dir)
     if path.is_dir():
         lists = {

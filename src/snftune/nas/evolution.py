@@ -19,7 +19,6 @@ gives the same candidates and the same result as one that never stopped.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json
+from ..inputs import DamagedFileError, read_json_record
 from ..methods.noah_subnets import MODULES, Subnet, SubnetSpace
 from ..runs import SettingsError
 
@@ -91,6 +91,46 @@ class _Candidate:
         }
 
 
+STATE_FIELDS = {"format": str, "candidates": list, "over_limit": int, "history": list, "search_s": (int, float)}
+CANDIDATE_FIELDS = {"subnet": dict, "parameters": int, "top1": (int, float), "generation": int}
+
+
+def _redo_search(path: Path) -> str:
+    return f"delete {Path(path).parent} to redo the search (the supernet's folder is kept)"
+
+
+def read_search_file(path: Path, required: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """A search state or result written here, checked for ``required`` fields: one cut short or of
+    another shape is one line naming the file and how to redo the search (a DamagedFileError)."""
+    return read_json_record(path, required, recover=_redo_search(path))
+
+
+def subnet_in(data: Any, path: Path) -> Subnet:
+    """The subnet recorded in a search file at ``path``; one that does not read as a subnet is damage."""
+    try:
+        return Subnet.from_dict(data)
+    except (KeyError, TypeError, ValueError):
+        raise DamagedFileError(f"{path} is damaged (a subnet reads {str(data)[:80]}); {_redo_search(path)}") from None
+
+
+def _candidate_in(data: Any, path: Path) -> _Candidate:
+    if not isinstance(data, dict) or any(
+        not isinstance(data.get(key), kind) or isinstance(data.get(key), bool) for key, kind in CANDIDATE_FIELDS.items()
+    ):
+        raise DamagedFileError(f"{path} is damaged (a candidate reads {str(data)[:80]}); {_redo_search(path)}")
+    return _Candidate(subnet_in(data["subnet"], path), data["parameters"], data["top1"], data["generation"])
+
+
+def read_search_result(path: Path) -> dict[str, Any]:
+    """The finished search's ``result.json``, with its best subnet checked to read as one."""
+    result = read_search_file(path, {"settings": dict, "supernet_sha256": str, "best": dict})
+    best = result["best"]
+    if not isinstance(best.get("parameters"), int) or not isinstance(best.get("top1"), int | float):
+        raise DamagedFileError(f"{path} is damaged (best reads {str(best)[:80]}); {_redo_search(path)}")
+    subnet_in(best.get("subnet"), path)
+    return result
+
+
 def _generation_rng(seed: int, generation: int) -> random.Random:
     digest = hashlib.sha256(f"noah-evolution:{seed}:{generation}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
@@ -141,9 +181,10 @@ class _Search:
         atomic_write_json(self.path, state)
 
     def load(self) -> None:
-        state = json.loads(self.path.read_text())
-        if state.get("format") != STATE_FORMAT:
+        state = read_search_file(self.path, STATE_FIELDS)
+        if state["format"] != STATE_FORMAT:
             raise SettingsError(f"{self.path} is not a search state this version reads ({state.get('format')!r})")
+        candidates = [_candidate_in(c, self.path) for c in state["candidates"]]
         saved = {key: state.get(key) for key in self.header()}
         if saved != self.header():
             changed = [key for key in saved if saved[key] != self.header()[key]]
@@ -151,10 +192,7 @@ class _Search:
                 f"{self.path} holds a search with other {', '.join(changed)} ({saved}); resume with the same "
                 "settings and supernet, or use another output folder"
             )
-        self.candidates = [
-            _Candidate(Subnet.from_dict(c["subnet"]), c["parameters"], c["top1"], c["generation"])
-            for c in state["candidates"]
-        ]
+        self.candidates = candidates
         self.seen = {c.subnet for c in self.candidates}
         self.over_limit, self.history, self.search_s = state["over_limit"], state["history"], state["search_s"]
 

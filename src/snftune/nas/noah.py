@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from ..runs import (
 )
 from ..selection import SearchSpace
 from ..tuning import apply, load_tuned
-from .evolution import EvolutionSettings, evolve
+from .evolution import EvolutionSettings, evolve, read_search_file, read_search_result
 
 __all__ = [
     "RESULT_NAME",
@@ -359,7 +358,7 @@ def _search_phase(plan: NoahPlan, folder: Path, log: Callable[[str], None]) -> d
     out, supernet = folder / SEARCH_DIR, folder / SUPERNET_DIR
     evolution = plan.noah.evolution
     if (out / RESULT_NAME).is_file():
-        result = json.loads((out / RESULT_NAME).read_text())
+        result = read_search_result(out / RESULT_NAME)
         if result["settings"] != evolution.to_dict() or result["supernet_sha256"] != sha256_of(supernet / TUNED_NAME):
             raise SettingsError(f"{out} holds a search with other settings or another supernet; use another --out")
         log(f"search: finished, skipped ({out})")
@@ -429,12 +428,12 @@ def noah_differences(folder: Path, plan: NoahPlan) -> list[str]:
     for name in (RESULT_NAME, STATE_NAME):
         path = folder / SEARCH_DIR / name
         if path.is_file():
-            old, new = json.loads(path.read_text())["settings"], plan.noah.evolution.to_dict()
+            old, new = read_search_file(path, {"settings": dict})["settings"], plan.noah.evolution.to_dict()
             found += [f"search: {key}: {old.get(key)!r} -> {new[key]!r}" for key in new if old.get(key) != new[key]]
             break
     result = folder / SEARCH_DIR / RESULT_NAME
     if result.is_file():
-        best = Subnet.from_dict(json.loads(result.read_text())["best"]["subnet"])
+        best = Subnet.from_dict(read_search_result(result)["best"]["subnet"])
         for seed, run in zip(plan.seeds or (None,), final_folders(folder, plan.seeds), strict=True):
             if (run / CONFIG_NAME).is_file():
                 new = retrain_request(plan, best, seed).spec

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..methods import capabilities, method_for
-from ..tuning import TunedFileError, head_parameter_names, load_tuned, read_tuned_metadata
+from ..tuning import TunedFileError, head_parameter_names, load_tuned, read_tuned_metadata, read_tuned_tensors
 
 __all__ = ["ServingError", "TaskParts", "load_task", "meta_copy"]
 
@@ -90,7 +89,7 @@ def load_task(skeleton: nn.Module, name: str, path: str | os.PathLike) -> TaskPa
             f"{path} (task '{name}') is tuned with '{metadata.get('label', method)}', which cannot be served "
             f"in a mixed batch: {declared.reason('servable')}. Serve it with a model of its own (snftune.load_tuned)."
         )
-    tensors = load_file(str(path))
+    tensors = read_tuned_tensors(path)  # damaged data is a TunedFileError, as in load_tuned
     donor = meta_copy(skeleton)
     head = _head_shape(skeleton, tensors)
     if head is not None and head != _head_shape(skeleton, skeleton.state_dict()):
