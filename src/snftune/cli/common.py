@@ -62,6 +62,15 @@ def write_json_result(path: str, data: dict[str, Any]) -> None:
 def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) -> None:
     """Options shared by ``train`` and ``bench``; every default is None (= not given), so
     that YAML files and protocol defaults can fill them."""
+    _add_run_options(parser, with_run)
+    _add_selection_options(parser)
+    group = parser.add_argument_group("training (defaults: the task's protocol, docs/protocols.md)")
+    _add_training_options(group)
+    _add_engine_options(group)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, with_run: bool) -> None:
+    """What runs: backbone, weights, method, task and their options."""
     if with_run:
         parser.add_argument(
             "--model", help="timm model name (e.g. vit_base_patch16_224), or snftune-vit-tiny: shipped, offline"
@@ -84,6 +93,10 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     parser.add_argument("--data-options", nargs="+", metavar="KEY=VALUE", help="task options, e.g. image_size=32")
     parser.add_argument("--method-options", nargs="+", metavar="KEY=VALUE", help="method settings, e.g. planar_steps=3")
     parser.add_argument("--config", help="YAML file of defaults for these options (the command line wins)")
+
+
+def _add_selection_options(parser: argparse.ArgumentParser) -> None:
+    """How hyper-parameters are chosen on validation, and the seeds of the final runs."""
     parser.add_argument(
         "--search",
         nargs="+",
@@ -113,7 +126,10 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
         help="a trial whose seeds' validation top-1 differ by more than this is unstable, never chosen over "
         "a stable one (default 10)",
     )
-    group = parser.add_argument_group("training (defaults: the task's protocol, docs/protocols.md)")
+
+
+def _add_training_options(group: argparse._ArgumentGroup) -> None:
+    """The training loop's settings (TrainConfig): schedule, regularisation, precision, evaluation."""
     group.add_argument("--epochs", type=int)
     group.add_argument("--lr", type=float)
     group.add_argument("--batch-size", type=int, help="global batch of one optimiser step")
@@ -133,21 +149,6 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
         help="autocast dtype (auto: bf16 on CUDA where supported, fp16 on older cards, off on the CPU; "
         "bf16/fp16 autocast on the CPU too; docs/speed.md)",
     )
-    group.add_argument(
-        "--compile",
-        nargs="?",
-        const="inductor",
-        metavar="BACKEND",
-        help="train through torch.compile (backend: inductor, the default, or aot_eager, eager, cudagraphs)",
-    )
-    group.add_argument(
-        "--grad-checkpointing",
-        dest="grad_checkpointing",
-        action="store_const",
-        const=True,
-        help="recompute each block's activations in the backward pass (less memory, about 1/3 more time)",
-    )
-    add_threads_option(group)
     group.add_argument("--eval-every", type=int, help="evaluate every k epochs (0: at the end only)")
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--seed", type=int)
@@ -163,7 +164,26 @@ def add_train_options(parser: argparse.ArgumentParser, with_run: bool = True) ->
     )
     group.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimiser steps")
     group.add_argument("--log-every", type=int)
+
+
+def _add_engine_options(group: argparse._ArgumentGroup) -> None:
+    """Where and how fast it runs: device, compile, checkpointing, threads, caches, progress."""
     group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    group.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+        help="train through torch.compile (backend: inductor, the default, or aot_eager, eager, cudagraphs)",
+    )
+    group.add_argument(
+        "--grad-checkpointing",
+        dest="grad_checkpointing",
+        action="store_const",
+        const=True,
+        help="recompute each block's activations in the backward pass (less memory, about 1/3 more time)",
+    )
+    add_threads_option(group)
     group.add_argument(
         "--cache",
         choices=["auto", "off", "ram", "disk"],
