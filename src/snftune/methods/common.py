@@ -91,9 +91,10 @@ def per_block(value: Size, num_blocks: int, name: str) -> list[int]:
 
 
 def check_int(value: Any, name: str, minimum: int = 1) -> None:
-    """Refuses anything but an int >= ``minimum`` (a bool is not an int here), naming the value."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    """Refuses anything but an int in ``minimum..MAX_SIZE`` (a bool is not an int here), naming the
+    value: a width of 10^8 would try to allocate tens of gigabytes before anything else failed."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_SIZE:
+        raise ValueError(f"{name} must be an int in {minimum}..{MAX_SIZE}, got {value!r}")
 
 
 def check_positive(value: Any, name: str) -> None:
