@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import install_sites
-from .lora import CONV_TARGET, LoRAConfig, LoRAConv1x1, LoRALinear, _plan, _Target
+from .lora import CONV_TARGET, LoRAConfig, LoRAConv1x1, LoRALinear, _plan, _wrap
 from .registry import Capabilities, NotApplicableError, register_method
-from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
+from .split_bias import TakesOverQKVBiases
 
 
 @dataclass
@@ -104,18 +104,6 @@ class DoRASplitBiasQKV(TakesOverQKVBiases, DoRALinear):
         self.take_over_qkv_biases(attention)
 
 
-def _wrap(target: _Target, rank: int, config: DoRAConfig) -> None:
-    layer = getattr(target.owner, target.name)
-    args = (rank, config.alpha, target.chunks, target.updated, config.dropout)
-    if isinstance(layer, nn.Conv2d):
-        wrapped = DoRAConv1x1(layer, *args)
-    elif keeps_qkv_biases_apart(target.owner, target.name):
-        wrapped = DoRASplitBiasQKV(layer, target.owner, *args)
-    else:
-        wrapped = DoRALinear(layer, *args)
-    setattr(target.owner, target.name, wrapped)
-
-
 def apply_dora(model: nn.Module, config: DoRAConfig) -> None:
     """Wraps LoRA's target layers (every block whose rank is not 0) with a DoRA layer."""
     try:
@@ -123,7 +111,7 @@ def apply_dora(model: nn.Module, config: DoRAConfig) -> None:
     except NotApplicableError as error:
         raise NotApplicableError(f"DoRA (LoRA's targets): {error}") from error
     for target, rank in plan:
-        _wrap(target, rank, config)
+        _wrap(target, rank, config, (DoRAConv1x1, DoRASplitBiasQKV, DoRALinear))
 
 
 register_method(

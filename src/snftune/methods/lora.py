@@ -389,15 +389,23 @@ def _plan(anat: Anatomy, config: LoRAConfig) -> list[tuple[_Target, int]]:
     return plan
 
 
-def _wrap(target: _Target, rank: int, config: LoRAConfig) -> None:
+def _wrap(
+    target: _Target,
+    rank: int,
+    config: LoRAConfig,
+    layers: tuple[type, type, type] = (LoRAConv1x1, LoRASplitBiasQKV, LoRALinear),
+) -> None:
+    """Wraps one target with the method's layer for it: ``layers`` is (1x1 convolution, fused qkv
+    whose biases the attention keeps, plain linear), LoRA's own or a variant's (DoRA)."""
+    conv1x1, split_bias_qkv, linear = layers
     layer = getattr(target.owner, target.name)
     args = (rank, config.alpha, target.chunks, target.updated, config.dropout)
     if isinstance(layer, nn.Conv2d):
-        wrapped = LoRAConv1x1(layer, *args)
+        wrapped = conv1x1(layer, *args)
     elif keeps_qkv_biases_apart(target.owner, target.name):
-        wrapped = LoRASplitBiasQKV(layer, target.owner, *args)
+        wrapped = split_bias_qkv(layer, target.owner, *args)
     else:
-        wrapped = LoRALinear(layer, *args)
+        wrapped = linear(layer, *args)
     setattr(target.owner, target.name, wrapped)
 
 
