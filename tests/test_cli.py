@@ -85,7 +85,7 @@ def test_eval_reproduces_the_accuracy_from_a_run_folder_and_from_a_tuned_file(ru
         (["--pretrained", "missing/ViT-B_16.npz"], "does not exist. Pass the path of a local"),
         (["--model", "vit_nonexistent"], "timm has no model 'vit_nonexistent'"),
         (["--split", "train900"], "--split train900: generated/shapes has the splits"),
-        (["--method-options", "planar_steps=-1"], "planar_steps must be a whole number in 0..64, got -1"),
+        (["--method-options", "planar_steps=-1"], "planar_steps must be a whole number in [0, 64], got -1"),
         (["--batch-size", "10", "--accum-steps", "3"], "not divisible by accum_steps"),
     ],
 )

@@ -159,8 +159,8 @@ def test_weights_that_blow_up_on_the_last_step_are_caught(tmp_path, monkeypatch)
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--lr", "nan"], "lr must be a finite number, got nan"),
-        (["--grad-clip", "-1"], "grad_clip must be > 0"),
+        (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+        (["--grad-clip", "-1"], "grad_clip must be a finite number > 0"),
         (["--epochs", "2", "--warmup-epochs", "2"], "warmup_epochs 2 is not shorter than the run"),
         (["--device", "tpu"], "--device 'tpu' is not a device snftune runs on"),
     ],
@@ -174,8 +174,8 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, extra, m
     ("setting", "message"),
     [
         ("lr: .nan", "lr must be a finite number"),
-        ('epochs: "three"', "epochs must be a number, got 'three'"),
-        ("batch_size: 8.7", "batch_size must be a whole number, got 8.7"),
+        ('epochs: "three"', "epochs must be a whole number in [1, 1000000], got 'three'"),
+        ("batch_size: 8.7", "batch_size must be a whole number in [1, 1048576], got 8.7"),
     ],
 )
 def test_bad_yaml_values_are_one_line(tmp_path, capsys, setting, message):

@@ -97,15 +97,15 @@ def bench(grid: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("method", "options", "message"),
     [
-        ("snf", ["planar_steps=2.5"], "planar_steps must be a whole number in 0..64, got 2.5"),
-        ("snf", ["planar_steps=100000000"], "planar_steps must be a whole number in 0..64, got 100000000"),
-        ("snf", ["planar_steps=abc"], "planar_steps must be a whole number in 0..64, got 'abc'"),
-        ("snf", ["init_range=.nan"], "init_range must be a finite number in 0..10, got nan"),
+        ("snf", ["planar_steps=2.5"], "planar_steps must be a whole number in [0, 64], got 2.5"),
+        ("snf", ["planar_steps=100000000"], "planar_steps must be a whole number in [0, 64], got 100000000"),
+        ("snf", ["planar_steps=abc"], "planar_steps must be a whole number in [0, 64], got 'abc'"),
+        ("snf", ["init_range=.nan"], "init_range must be a finite number in [0, 10], got nan"),
         ("vpt-deep", ["length=100000"], "length must be in 1..1024, got 100000"),
-        ("lora", ["alpha=-.inf"], "alpha must be a finite number in 0..1000000, got -inf"),
-        ("lora", ["dropout=x"], "dropout must be a finite number in 0..1, got 'x'"),
+        ("lora", ["alpha=-.inf"], "alpha must be a finite number in [0, 1000000], got -inf"),
+        ("lora", ["dropout=x"], "dropout must be a finite number in [0, 1], got 'x'"),
         ("lora", ["targets=5"], "targets must be a non-empty list, each a string, got 5"),
-        ("sidetune", ["channels=[16, 0]"], "channels must be a non-empty list, each a whole number in 1..4096"),
+        ("sidetune", ["channels=[16, 0]"], "channels must be a non-empty list, each a whole number in [1, 4096]"),
     ],
 )
 def test_method_option_values_are_typed_and_ranged(tmp_path, capsys, method, options, message):
@@ -118,11 +118,11 @@ def test_method_option_values_are_typed_and_ranged(tmp_path, capsys, method, opt
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        ("n_test=1e12", "n_test must be a whole number in 1..100000, got '1e12'"),
-        ("n_test=1000000000000", "n_test must be a whole number in 1..100000, got 1000000000000"),
-        ("n_test=2.5", "n_test must be a whole number in 1..100000, got 2.5"),
-        ("seed=-1", "seed must be a whole number in 0.."),
-        ("image_size=big", "image_size must be a whole number in 16..64, got 'big'"),
+        ("n_test=1e12", "n_test must be a whole number in [1, 100000], got '1e12'"),
+        ("n_test=1000000000000", "n_test must be a whole number in [1, 100000], got 1000000000000"),
+        ("n_test=2.5", "n_test must be a whole number in [1, 100000], got 2.5"),
+        ("seed=-1", "seed must be a whole number in [0, "),
+        ("image_size=big", "image_size must be a whole number in [16, 64], got 'big'"),
     ],
 )
 def test_generated_data_options_are_typed_and_bounded_before_allocating(tmp_path, capsys, option, message):

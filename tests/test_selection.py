@@ -156,7 +156,9 @@ def test_trade_off_figure(bench, tmp_path, capsys):
     [
         (["momentum=0.9,0.99"], "'momentum' cannot be searched"),
         (["lr="], "'lr' needs a non-empty list"),
-        (["lr=fast,slow"], "'lr' values must be finite numbers"),
+        (["lr=fast,slow"], "lr must be a finite number > 0, got 'fast'"),
+        (["lr=0.1,-1"], "lr must be a finite number > 0, got -1"),
+        (["epochs=2,2.5"], "epochs must be a whole number in [1, 1000000], got 2.5"),
         (["lr=0.1,0.1"], "lists a value twice"),
     ],
 )

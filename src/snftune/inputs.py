@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .errors import SnftuneError
 
 __all__ = [
     "DamagedFileError",
+    "Rule",
     "check_sequence",
     "check_value",
     "read_json_record",
@@ -122,6 +124,76 @@ def _kind_words(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What one value accepts, declared once where the value is defined (a run key, a training
+    setting, a method option) and checked where it enters (:meth:`check`).
+
+    ``kind`` is int, float, bool, str or dict. Numbers may have a range: ``low``/``high`` are
+    included unless ``low_open``/``high_open``. ``choices`` lists the strings allowed. ``optional``:
+    None stands for "the default" and passes. ``hint`` ends the error (what to do instead)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+    optional: bool = False
+    hint: str = ""
+
+    def describe(self) -> str:
+        """What is allowed, in words: ``a whole number in [1, 4096]``, ``a finite number > 0``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        words = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}
+        text = words.get(self.kind, "a mapping of KEY: VALUE")
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{text} in {opening}{_number(low)}, {_number(high)}{closing}"
+        if low is not None:
+            return f"{text} {'>' if self.low_open else '>='} {_number(low)}"
+        if high is not None:
+            return f"{text} {'<' if self.high_open else '<='} {_number(high)}"
+        return text
+
+    def check(self, name: str, value: Any, error: type[Exception] = ValueError) -> Any:
+        """``value`` as this rule's kind, or ``error`` naming ``name``, the value and what is allowed.
+
+        A whole number may be written ``2.0`` (YAML and JSON readers do), but ``2.5`` is not an int;
+        numbers must be finite; true/false is not a number; a string is not empty. So
+        ``planar_steps=abc`` says so rather than failing a comparison later."""
+        if value is None and self.optional:
+            return None
+        checked = self._as_kind(value)
+        if checked is None or not self._in_range(checked):
+            hint = f"; {self.hint}" if self.hint else ""
+            raise error(f"{name} must be {self.describe()}, got {value!r}{hint}")
+        return checked
+
+    def _as_kind(self, value: Any) -> Any:
+        if self.kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                return None
+            if self.kind is int:
+                return int(value) if value == int(value) else None
+            return float(value)
+        if not isinstance(value, self.kind):
+            return None
+        if self.kind is str and not (value.strip() and (self.choices is None or value in self.choices)):
+            return None
+        return value
+
+    def _in_range(self, value: Any) -> bool:
+        if self.kind not in (int, float):
+            return True
+        low, high = self.low, self.high
+        above = low is None or (value > low if self.low_open else value >= low)
+        below = high is None or (value < high if self.high_open else value <= high)
+        return above and below
+
+
 def check_value(
     value: Any,
     name: str,
@@ -130,27 +202,8 @@ def check_value(
     high: float | None = None,
     error: type[Exception] = ValueError,
 ) -> Any:
-    """``value`` as ``kind`` (int, float, bool or str), within ``low..high`` (inclusive) when given.
-
-    A whole number may be written ``2.0`` (YAML and JSON readers do), but ``2.5`` is not an int;
-    numbers must be finite; true/false is not a number. The error names the key, the value and
-    what is allowed, so ``planar_steps=abc`` says so rather than failing a comparison later."""
-    allowed = _allowed(kind, low, high)
-    if kind is bool or kind is str:
-        if not isinstance(value, kind):
-            raise error(f"{name} must be {allowed}, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise error(f"{name} must be {allowed}, got {value!r}")
-    if kind is int:
-        if value != int(value):
-            raise error(f"{name} must be {allowed}, got {value!r}")
-        value = int(value)
-    else:
-        value = float(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise error(f"{name} must be {allowed}, got {value!r}")
-    return value
+    """``value`` as ``kind`` within ``low..high`` (inclusive): :class:`Rule` in one call."""
+    return Rule(kind, low, high).check(name, value, error)
 
 
 def check_sequence(
@@ -164,23 +217,13 @@ def check_sequence(
     """``value`` as a non-empty tuple of ``kind`` items, each checked as :func:`check_value` checks
     one; a single item stands for a list of one (``targets=q`` is ``targets=[q]``)."""
     items = (value,) if isinstance(value, str | int | float) else value
+    wanted = f"{name} must be a non-empty list, each {Rule(kind, low, high).describe()}, got {value!r}"
     if not isinstance(items, list | tuple) or not items:
-        raise error(f"{name} must be a non-empty list, each {_allowed(kind, low, high)}, got {value!r}")
+        raise error(wanted)
     try:
         return tuple(check_value(item, name, kind, low, high, error) for item in items)
     except error:
-        raise error(f"{name} must be a non-empty list, each {_allowed(kind, low, high)}, got {value!r}") from None
-
-
-def _allowed(kind: type, low: float | None, high: float | None) -> str:
-    words = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}[kind]
-    if low is not None and high is not None:
-        return f"{words} in {_number(low)}..{_number(high)}"
-    if low is not None:
-        return f"{words} >= {_number(low)}"
-    if high is not None:
-        return f"{words} <= {_number(high)}"
-    return words
+        raise error(wanted) from None
 
 
 def _number(x: float) -> str:

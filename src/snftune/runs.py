@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from .atomic import atomic_write_json, atomic_write_text
 from .backbones.embedded import RANDOM, is_embedded
 from .backbones.factory import create_model, looks_like_path, require_known_model
 from .data import Task, build_transform, model_data_config, protocol_settings, resolve_task
+from .data.folds import MAX_FOLDS
 from .data.image_cache import CACHE_MODES, ImageCache
 from .data.transforms import is_deterministic
 from .engine import (
@@ -55,7 +55,7 @@ from .engine.acceleration import amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import RESUMABLE_CHANGES
 from .errors import RUN_FAILED, SnftuneError
-from .inputs import load_yaml
+from .inputs import Rule, load_yaml
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -65,8 +65,9 @@ __all__ = [
     "PLAN_KEYS",
     "RUN_KEYS",
     "RUN_VALUES",
-    "RunKey",
-    "check_values",
+    "PLAN_VALUES",
+    "check_given",
+    "spec_rules",
     "ResolvedRun",
     "RunFailedError",
     "Plan",
@@ -100,89 +101,13 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.yaml"
-
-# Keys of a run besides the training-loop settings (TrainConfig's fields).
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 1_000_000
+MAX_SELECT_SEEDS = 100
 
 
 class SettingsError(SnftuneError, ValueError):
     """A run setting that is missing, unknown or inconsistent with the task or the folder."""
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """What one run key (besides the training loop's, :class:`TrainConfig`) accepts: its type,
-    and for numbers the range (``low`` included, ``high`` included unless ``high_open``)."""
-
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    high_open: bool = False
-
-    def describe(self) -> str:
-        kind = {str: "a string", int: "a whole number", float: "a finite number", bool: "true or false"}
-        text = kind.get(self.kind, "a mapping of KEY: VALUE")
-        if self.low is not None:
-            low, high = (f"{v:g}" if self.kind is float else str(int(v)) for v in (self.low, self.high))
-            text += f" in [{low}, {high}{')' if self.high_open else ']'}"
-        return text
-
-    def check(self, key: str, value: Any) -> Any:
-        """``value`` as this key's type, or a :class:`SettingsError` naming the key, the value
-        and what is allowed (None: the key's default)."""
-        if value is None:
-            return None
-        fits = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, fits = float(value), True
-        if self.kind is int and isinstance(value, float) and value.is_integer():
-            value, fits = int(value), True
-        if fits and self.kind in (int, float):
-            fits = (
-                math.isfinite(value)
-                and self.low <= value
-                and (value < self.high if self.high_open else value <= self.high)
-            )
-        if fits and self.kind is str:
-            fits = bool(value.strip())
-        if not fits:
-            raise SettingsError(f"{key} must be {self.describe()}, got {value!r}")
-        return value
-
-
-MAX_IMAGE_SIZE = 4096
-MAX_CLASSES = 1_000_000
-RUN_VALUES: dict[str, RunKey] = {
-    "model": RunKey(str),
-    "pretrained": RunKey(str),
-    "model_kwargs": RunKey(dict),
-    "method": RunKey(str),
-    "method_options": RunKey(dict),
-    "data": RunKey(str),
-    "data_dir": RunKey(str),
-    "data_options": RunKey(dict),
-    "train_split": RunKey(str),
-    "eval_split": RunKey(str),
-    "num_classes": RunKey(int, 1, MAX_CLASSES),
-    "img_size": RunKey(int, 1, MAX_IMAGE_SIZE),
-    "drop_path": RunKey(float, 0.0, 1.0, high_open=True),
-    "device": RunKey(str),
-    "threads": RunKey(int, 1, 4096),
-    "out": RunKey(str),
-    "cache": RunKey(str),
-    "cache_dir": RunKey(str),
-    "feature_cache": RunKey(bool),
-}
-"""Every run key with what it accepts, checked where settings enter (:func:`check_values`)."""
-
-
-def check_values(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with every run key checked against :data:`RUN_VALUES` (the training loop's
-    keys are checked by :class:`TrainConfig`); the first bad one raises, in one line."""
-    checked = dict(values)
-    for key, rule in RUN_VALUES.items():
-        if key in checked:
-            checked[key] = rule.check(key, checked[key])
-    return checked
 
 
 class RunFailedError(SnftuneError, RuntimeError):
@@ -191,13 +116,28 @@ class RunFailedError(SnftuneError, RuntimeError):
     exit_code = RUN_FAILED
 
 
-RUN_KEYS = tuple(RUN_VALUES)
-"""Keys of a run besides the training-loop settings (TrainConfig's fields)."""
+def _key(rule: Rule, default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A :class:`RunSpec` field with the rule its values are checked against (declared once)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
 
 
-PLAN_KEYS = ("select_seeds", "select_folds", "unstable_range")
-"""Settings of a hyper-parameter selection, not of a run (:class:`snftune.selection.SelectionOptions`
-checks them): a settings file and the command line carry them to the plan; a run ignores them."""
+def check_given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as a source gives them, each key known and each value of its declared type and
+    range (:data:`RUN_VALUES`, :meth:`TrainConfig.rules`, :data:`PLAN_VALUES`; None: not given),
+    as those types (``8.0`` -> ``8``); the first bad one raises, in one line."""
+    checked = {}
+    for key, value in values.items():
+        if key in RUN_VALUES:
+            checked[key] = RUN_VALUES[key].check(key, value, SettingsError)
+        elif key in PLAN_VALUES:
+            checked[key] = PLAN_VALUES[key].check(key, value, SettingsError)
+        elif key in TrainConfig.rules():
+            checked[key] = None if value is None else TrainConfig.check_setting(key, value, SettingsError)
+        else:
+            raise SettingsError(f"unknown setting {key!r}; known settings: {', '.join(known_keys())}")
+    return checked
 
 
 def known_keys() -> list[str]:
@@ -222,7 +162,10 @@ def load_settings_file(path: str | os.PathLike) -> dict[str, Any]:
             f"settings file {path}: unknown setting(s) {', '.join(map(repr, unknown))}. "
             f"Known settings: {', '.join(known_keys())}"
         )
-    return data
+    try:
+        return check_given(data)
+    except SettingsError as error:
+        raise SettingsError(f"settings file {path}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -235,30 +178,29 @@ class RunSpec:
     back (:meth:`from_record`), and compared with a recorded one (:meth:`differences`) by the
     resume and bench-cell checks alike. Change one with :func:`dataclasses.replace`."""
 
-    model: str
-    method: str
-    data: str
-    train: TrainConfig
-    pretrained: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    method_options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
-    train_split: str | None = None
-    eval_split: str | None = None
-    num_classes: int | None = None
-    img_size: int | None = None
-    drop_path: float = 0.0
-    device: str | None = None
-    threads: int | None = None
-    cache: str = "auto"
-    cache_dir: str | None = None
-    feature_cache: bool = True
+    model: str = _key(Rule(str))
+    method: str = _key(Rule(str))
+    data: str = _key(Rule(str))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrained: str | None = _key(Rule(str, optional=True))
+    model_kwargs: dict[str, Any] = _key(Rule(dict), factory=dict)
+    method_options: dict[str, Any] = _key(Rule(dict), factory=dict)
+    data_dir: str | None = _key(Rule(str, optional=True))
+    data_options: dict[str, Any] = _key(Rule(dict), factory=dict)
+    train_split: str | None = _key(Rule(str, optional=True))
+    eval_split: str | None = _key(Rule(str, optional=True))
+    num_classes: int | None = _key(Rule(int, 1, MAX_CLASSES, optional=True))
+    img_size: int | None = _key(Rule(int, 1, MAX_IMAGE_SIZE, optional=True))
+    drop_path: float = _key(Rule(float, 0.0, 1.0, high_open=True), 0.0)
+    device: str | None = _key(Rule(str, optional=True))
+    threads: int | None = _key(Rule(int, 1, 4096, optional=True))
+    cache: str = _key(Rule(str, choices=CACHE_MODES), "auto")
+    cache_dir: str | None = _key(Rule(str, optional=True))
+    feature_cache: bool = _key(Rule(bool), True)
 
     def __post_init__(self) -> None:
-        for key, rule in RUN_VALUES.items():
-            if hasattr(self, key):
-                object.__setattr__(self, key, rule.check(key, getattr(self, key)))
+        for key, rule in spec_rules().items():
+            object.__setattr__(self, key, rule.check(key, getattr(self, key), SettingsError))
         if not isinstance(self.train, TrainConfig):
             raise SettingsError(f"train must be the training loop's settings (TrainConfig), got {self.train!r}")
 
@@ -293,6 +235,31 @@ class RunSpec:
                 found.append(f"{key}: {old_train.get(key)!r} -> {new_train[key]!r}")
         return found
 
+
+def spec_rules() -> dict[str, Rule]:
+    """Each :class:`RunSpec` field's type and range (the training loop's are :class:`TrainConfig`'s)."""
+    return {f.name: f.metadata["rule"] for f in dataclasses.fields(RunSpec) if "rule" in f.metadata}
+
+
+RUN_VALUES: dict[str, Rule] = {
+    **{key: dataclasses.replace(rule, optional=True) for key, rule in spec_rules().items()},
+    "out": Rule(str, optional=True),
+}
+"""Every run key with what it accepts (None: not given), checked where settings enter
+(:class:`RunRequest`): the spec's fields, and the folder the run is written to."""
+
+RUN_KEYS = tuple(RUN_VALUES)
+"""Keys of a run besides the training-loop settings (TrainConfig's fields)."""
+
+PLAN_VALUES: dict[str, Rule] = {
+    "select_seeds": Rule(int, 1, MAX_SELECT_SEEDS, optional=True),
+    "select_folds": Rule(int, 2, MAX_FOLDS, optional=True),
+    "unstable_range": Rule(float, 0.0, 100.0, optional=True),
+}
+"""Settings of a hyper-parameter selection, not of a run (:class:`snftune.selection.SelectionOptions`):
+a settings file and the command line carry them to the plan; a run ignores them."""
+
+PLAN_KEYS = tuple(PLAN_VALUES)
 
 RunSettings = RunSpec
 """The former name of :class:`RunSpec`."""
@@ -329,8 +296,6 @@ def _scaled_warmup(below: dict[str, Any], layer: dict[str, Any]) -> float | None
     new_epochs = layer.get("epochs")
     if new_epochs is None or layer.get("warmup_epochs") is not None or epochs is None or warmup is None:
         return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (epochs, warmup, new_epochs)):
-        return None  # a wrong type is refused, naming the key, when the settings are checked
     if epochs <= 0 or new_epochs == epochs:
         return None
     return float(warmup) * float(new_epochs) / float(epochs)
@@ -350,7 +315,7 @@ def merge_layers(*layers: dict[str, Any], names: tuple[str, ...] = ()) -> tuple[
     (10 of 100 epochs -> 1 of 10). Returns the values and a note per scaled warm-up."""
     merged: dict[str, Any] = {}
     notes = []
-    for index, layer in enumerate(layers):
+    for index, layer in enumerate(check_given(layer) for layer in layers):
         scaled = _scaled_warmup(merged, layer)
         if scaled is not None:
             source = names[index - 1] if 0 < index <= len(names) else "the settings"
@@ -393,7 +358,7 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
     for key in ("model", "method", "data"):
         if values.get(key) is None or values.get(key) == "":
             raise SettingsError(f"missing {key} (--{key} on the command line, or '{key}:' in a settings file)")
-    values = check_values(values)
+    values = check_given(values)
     method_config = resolve_config(values["method"], **(values.get("method_options") or {}))
     task = resolve_task(values["data"], values.get("data_dir"), **(values.get("data_options") or {}))
     if values.get("num_classes") is not None and int(values["num_classes"]) != task.num_classes:
@@ -456,7 +421,7 @@ class RunRequest:
     given: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "given", dict(self.given))
+        object.__setattr__(self, "given", check_given(self.given))
 
     @functools.cached_property
     def resolved(self) -> ResolvedRun:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 import re
 import statistics
 from collections.abc import Callable
@@ -42,17 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
-from .data.folds import MAX_FOLDS
 from .engine import DistInfo, DivergenceError, read_metrics
 from .inputs import DamagedFileError, read_json_record
 from .runs import (
     CONFIG_NAME,
     PLAN_KEYS,
+    PLAN_VALUES,
     ResolvedRun,
     RunFailedError,
-    RunKey,
     RunRequest,
     SettingsError,
+    check_given,
     final_folders,
     read_run_config,
     run_state,
@@ -91,7 +90,6 @@ SEARCHABLE = (
 DEFAULT_UNSTABLE_RANGE = 10.0
 """Points of validation top-1 by which one trial's seeds may disagree (max - min, within a fold)
 before the trial counts as unstable; ``unstable_range`` / ``--unstable-range`` sets another."""
-MAX_SELECT_SEEDS = 100
 DIVERGED_NAME = "diverged.json"
 """Left in a trial's run folder whose training diverged: the run is not trained again."""
 
@@ -113,15 +111,10 @@ class SelectionOptions:
     def parse(cls, data: dict[str, Any], source: str = "search") -> SelectionOptions:
         """From ``{"select_seeds": 3, "select_folds": 5, "unstable_range": 10}``; a missing or None
         key keeps its default; a bad value is one line naming it."""
-        rules = {
-            "select_seeds": RunKey(int, 1, MAX_SELECT_SEEDS),
-            "select_folds": RunKey(int, 2, MAX_FOLDS),
-            "unstable_range": RunKey(float, 0.0, 100.0),
-        }
         checked = {}
-        for key, rule in rules.items():
+        for key, rule in PLAN_VALUES.items():
             try:
-                checked[key] = rule.check(key, data.get(key))
+                checked[key] = rule.check(key, data.get(key), SettingsError)
             except SettingsError as error:
                 raise SettingsError(f"{source}: {error}") from None
         return cls(
@@ -185,12 +178,15 @@ def _checked_values(key: str, options: Any, source: str) -> tuple[float, ...]:
         )
     if not isinstance(options, list | tuple) or not options:
         raise SettingsError(f"{source}: '{key}' needs a non-empty list of values, got {options!r}")
-    for value in options:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise SettingsError(f"{source}: '{key}' values must be finite numbers, got {value!r}")
-    if len(set(options)) != len(options):
+    try:
+        values = tuple(check_given({key: value})[key] for value in options)
+    except SettingsError as error:
+        raise SettingsError(f"{source}: {error}") from None
+    if None in values:
+        raise SettingsError(f"{source}: '{key}' values must be numbers, got {list(options)}")
+    if len(set(values)) != len(values):
         raise SettingsError(f"{source}: '{key}' lists a value twice: {list(options)}")
-    return tuple(options)
+    return values
 
 
 def trial_label(values: dict[str, float]) -> str:

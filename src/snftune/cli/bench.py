@@ -131,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shard = Shard.parse(args.shard) if args.shard else None
     _check_executor_options(args)
-    overrides, notes = values_from_args(args)
+    overrides, notes = values_from_args(args, leave=("pretrained",))
     for note in notes:
         print(note, flush=True)
-    pretrained = overrides.pop("pretrained", None)
+    pretrained_in_file = overrides.pop("pretrained", None)
+    pretrained = args.pretrained or pretrained_in_file
     overrides.pop("out", None)
     request = RunRequest(overrides)
     plan = plan_suite(suite, request, [pretrained] if isinstance(pretrained, str) else pretrained, log=_log)

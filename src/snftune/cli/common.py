@@ -218,13 +218,15 @@ def apply_threads(threads: int | None) -> int:
     return chosen
 
 
-def values_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def values_from_args(args: argparse.Namespace, leave: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
     """Merged settings: the --config file, then every option given on the command line (see
-    :func:`snftune.runs.merge_layers`); and a note per warm-up scaled with a changed length."""
+    :func:`snftune.runs.merge_layers`), but for the options in ``leave`` (the command reads them
+    itself); and a note per warm-up scaled with a changed length."""
     from ..runs import known_keys, load_settings_file, merge_layers
 
     values = load_settings_file(args.config) if getattr(args, "config", None) else {}
-    given = {k: v for k, v in vars(args).items() if k in known_keys() and v is not None}
+    wanted = set(known_keys()) - set(leave)
+    given = {k: v for k, v in vars(args).items() if k in wanted and v is not None}
     for key, flag in (("model_kwargs", "--model-kwargs"), ("data_options", "--data-options")):
         if key in given:
             given[key] = parse_key_values(given[key], flag)

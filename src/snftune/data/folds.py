@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..inputs import check_value
 from .errors import DataError
 
 __all__ = ["FOLD_SPLIT", "MAX_FOLDS", "fold_assignment", "fold_split_names", "parse_fold_split", "with_folds"]
@@ -43,9 +44,7 @@ def parse_fold_split(split: str) -> tuple[int, str] | None:
 
 def check_folds(value: Any, spec: str) -> int:
     """The ``folds`` task option as a whole number in [2, :data:`MAX_FOLDS`], or a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_FOLDS:
-        raise DataError(f"{spec}: folds must be a whole number from 2 to {MAX_FOLDS}, got {value!r}")
-    return value
+    return check_value(value, f"{spec}: folds", int, 2, MAX_FOLDS, DataError)
 
 
 def fold_assignment(labels: list[int] | np.ndarray, folds: int) -> np.ndarray:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SnftuneError
+from ..inputs import Rule
 
 __all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
@@ -19,22 +19,6 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 REPORTS = ("final", "best")
 
 
-UPPER_BOUNDS = {
-    "epochs": 1_000_000,
-    "batch_size": 1 << 20,
-    "eval_batch_size": 1 << 20,
-    "accum_steps": 1 << 20,
-    "seed": 2**64 - 1,
-    "workers": 1024,
-    "eval_every": 1_000_000,
-    "checkpoint_every": 1 << 40,
-    "log_every": 1 << 40,
-    "warmup_epochs": 1_000_000,
-}
-"""The largest value of each count: beyond them a setting is a typo, not a plan (a seed must
-fit the 64 bits of torch's generator)."""
-
-
 class ConfigError(SnftuneError, ValueError):
     """A training setting that is unknown or out of range."""
 
@@ -43,32 +27,9 @@ class LongWarmupWarning(UserWarning):
     """The warm-up takes more than half of the run."""
 
 
-def _checked(name: str, value: Any, annotation: str) -> Any:
-    """``value`` as the field's type: an int for ``int`` fields (8.0 is accepted, 8.7 is not), a
-    finite float for ``float`` fields, a bool for ``bool``; ``None`` only where the field allows it."""
-    optional = "None" in annotation
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{name} must be set, got null")
-    kind = annotation.replace("| None", "").strip()
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value}")
-    if kind == "int":
-        if value != int(value):
-            raise ConfigError(f"{name} must be a whole number, got {value}")
-        return int(value)
-    return float(value)
+def _setting(default: Any, rule: Rule) -> Any:
+    """A field with the rule its values are checked against (its type and range, declared once)."""
+    return dataclasses.field(default=default, metadata={"rule": rule})
 
 
 @dataclass
@@ -86,77 +47,35 @@ class TrainConfig:
     :mod:`snftune.engine.acceleration`.
     """
 
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 10
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    accum_steps: int = 1
-    eval_every: int = 1
-    eval_batch_size: int | None = None
-    seed: int = 0
-    workers: int = 2
-    amp: str = "auto"
-    compile: str | None = None
-    grad_checkpointing: bool = False
-    grad_clip: float | None = None
-    report: str = "final"
-    checkpoint_every: int = 0
-    log_every: int = 10
-    progress: bool = True
+    epochs: int = _setting(100, Rule(int, 1, 1_000_000))
+    batch_size: int = _setting(64, Rule(int, 1, 1 << 20))
+    lr: float = _setting(1e-3, Rule(float, 0.0, low_open=True))
+    weight_decay: float = _setting(1e-4, Rule(float, 0.0))
+    warmup_epochs: float = _setting(10, Rule(float, 0.0, 1_000_000))
+    warmup_lr: float = _setting(1e-6, Rule(float, 0.0))
+    min_lr: float = _setting(1e-5, Rule(float, 0.0))
+    label_smoothing: float = _setting(0.0, Rule(float, 0.0, 1.0, high_open=True))
+    mixup: float = _setting(0.0, Rule(float, 0.0))
+    cutmix: float = _setting(0.0, Rule(float, 0.0))
+    accum_steps: int = _setting(1, Rule(int, 1, 1 << 20))
+    eval_every: int = _setting(1, Rule(int, 0, 1_000_000))
+    eval_batch_size: int | None = _setting(None, Rule(int, 1, 1 << 20, optional=True))
+    seed: int = _setting(0, Rule(int, 0, 2**64 - 1, hint="a seed must fit the 64 bits of torch's generator"))
+    workers: int = _setting(2, Rule(int, 0, 1024))
+    amp: str = _setting("auto", Rule(str, choices=AMP_MODES))
+    compile: str | None = _setting(None, Rule(str, choices=COMPILE_BACKENDS, optional=True, hint="or unset: eager"))
+    grad_checkpointing: bool = _setting(False, Rule(bool))
+    grad_clip: float | None = _setting(
+        None, Rule(float, 0.0, low_open=True, optional=True, hint="the largest gradient norm; unset: no clipping")
+    )
+    report: str = _setting("final", Rule(str, choices=REPORTS))
+    checkpoint_every: int = _setting(0, Rule(int, 0, 1 << 40))
+    log_every: int = _setting(10, Rule(int, 0, 1 << 40))
+    progress: bool = _setting(True, Rule(bool))
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # ``compile: true`` in a settings file: the default backend
-            self.compile = "inductor" if self.compile else None
-        for spec in dataclasses.fields(self):
-            setattr(self, spec.name, _checked(spec.name, getattr(self, spec.name), spec.type))
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name, high in UPPER_BOUNDS.items():
-            value = getattr(self, name)
-            if value is not None and value > high:
-                raise ConfigError(f"{name} must be at most {high:,}, got {value:,}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be in [0, 2**64 - 1], got {self.seed}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(
-                f"grad_clip must be > 0 (the largest gradient norm), got {self.grad_clip}; "
-                "leave it unset for no clipping"
-            )
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        non_negative = {
-            "weight_decay": self.weight_decay,
-            "warmup_epochs": self.warmup_epochs,
-            "warmup_lr": self.warmup_lr,
-            "min_lr": self.min_lr,
-            "mixup": self.mixup,
-            "cutmix": self.cutmix,
-            "eval_every": self.eval_every,
-            "workers": self.workers,
-            "checkpoint_every": self.checkpoint_every,
-            "log_every": self.log_every,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {AMP_MODES}, got '{self.amp}'")
-        if self.compile is not None and self.compile not in COMPILE_BACKENDS:
-            raise ConfigError(f"compile must be one of {COMPILE_BACKENDS} (or unset), got '{self.compile}'")
-        if self.report not in REPORTS:
-            raise ConfigError(f"report must be one of {REPORTS}, got '{self.report}'")
+        for name in self.field_names():
+            setattr(self, name, self.check_setting(name, getattr(self, name)))
         if self.batch_size % self.accum_steps:
             raise ConfigError(
                 f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}; "
@@ -181,6 +100,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def rules(cls) -> dict[str, Rule]:
+        """Each setting's type and range (beyond them a setting is a typo, not a plan)."""
+        return {f.name: f.metadata["rule"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def check_setting(cls, name: str, value: Any, error: type[Exception] = ConfigError) -> Any:
+        """One setting as its field's type, checked against its range; ``compile: true`` (in a
+        settings file) is the default backend. Cross-setting checks are the config's own."""
+        if name == "compile" and isinstance(value, bool):
+            value = "inductor" if value else None
+        return cls.rules()[name].check(name, value, error)
 
     @classmethod
     def field_names(cls) -> list[str]:

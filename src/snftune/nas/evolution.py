@@ -22,12 +22,12 @@ import hashlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json
-from ..inputs import DamagedFileError, read_json_record
+from ..inputs import DamagedFileError, Rule, read_json_record
 from ..methods.noah_subnets import MODULES, Subnet, SubnetSpace
 from ..runs import SettingsError
 
@@ -41,30 +41,20 @@ class EvolutionSettings:
     """NOAH's search settings; defaults as its VTAB-1k script (``configs/NOAH/VTAB/search``:
     15 generations, ``evolution.py``'s defaults for the rest)."""
 
-    param_limit: int = 640_000
-    population: int = 50
-    generations: int = 15
-    top_k: int = 10
-    mutation: int = 25
-    crossover: int = 25
-    mutation_prob: float = 0.2
-    depth_prob: float = 0.4
-    seed: int = 0
+    param_limit: int = field(default=640_000, metadata={"rule": Rule(int, 1)})
+    population: int = field(default=50, metadata={"rule": Rule(int, 1)})
+    generations: int = field(default=15, metadata={"rule": Rule(int, 0)})
+    top_k: int = field(default=10, metadata={"rule": Rule(int, 1)})
+    mutation: int = field(default=25, metadata={"rule": Rule(int, 0)})
+    crossover: int = field(default=25, metadata={"rule": Rule(int, 0)})
+    mutation_prob: float = field(default=0.2, metadata={"rule": Rule(float, 0.0, 1.0)})
+    depth_prob: float = field(default=0.4, metadata={"rule": Rule(float, 0.0, 1.0)})
+    seed: int = field(default=0, metadata={"rule": Rule(int, 0, 2**64 - 1)})
 
     def __post_init__(self) -> None:
         for spec in fields(self):
-            value = getattr(self, spec.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise SettingsError(f"search setting {spec.name} must be a number, got {value!r}")
-        for name in ("population", "top_k", "param_limit"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"search setting {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("generations", "mutation", "crossover", "seed"):
-            if getattr(self, name) < 0:
-                raise SettingsError(f"search setting {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("mutation_prob", "depth_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise SettingsError(f"search setting {name} must be in [0, 1], got {getattr(self, name)}")
+            value = spec.metadata["rule"].check(f"search setting {spec.name}", getattr(self, spec.name), SettingsError)
+            object.__setattr__(self, spec.name, value)
         if self.mutation + self.crossover > self.population:
             raise SettingsError(
                 f"mutation ({self.mutation}) + crossover ({self.crossover}) children exceed the population "
