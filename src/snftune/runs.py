@@ -71,6 +71,8 @@ __all__ = [
     "ResolvedRun",
     "RunFailedError",
     "Plan",
+    "PicklesFields",
+    "plan_state",
     "RunPlan",
     "RunRequest",
     "RunSettings",
@@ -114,6 +116,14 @@ class RunFailedError(SnftuneError, RuntimeError):
     """A run that started and failed (not bad input): the message says where the details are."""
 
     exit_code = RUN_FAILED
+
+
+class PicklesFields:
+    """For a frozen dataclass that caches what it resolves: pickled (sent to a Ray task) with its
+    fields only, so the other process resolves, and checks, again from the settings."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _key(rule: Rule, default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
@@ -411,7 +421,7 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
 
 
 @dataclass(frozen=True)
-class RunRequest:
+class RunRequest(PicklesFields):
     """A run as asked for: the settings its sources gave (a suite, a settings file, the command
     line, merged by :func:`merge_layers`), before the protocol fills in the rest. It resolves
     once, when first needed (:attr:`resolved`: checked, typed, with its task and method config).
@@ -432,18 +442,15 @@ class RunRequest:
     def spec(self) -> RunSpec:
         return self.resolved.settings
 
-    def __getstate__(self) -> dict[str, Any]:
-        """The request alone: it is resolved again where it is unpickled (a Ray task)."""
-        return {"given": self.given}
-
     def get(self, key: str, default: Any = None) -> Any:
         """A setting as given (None when no source gave it: the protocol's default applies)."""
         return self.given.get(key, default)
 
-    def with_overrides(self, *layers: Mapping[str, Any]) -> RunRequest:
+    def with_overrides(self, *layers: RunRequest | Mapping[str, Any]) -> RunRequest:
         """This request under sources of higher precedence (a trial's values, a phase's
-        overrides), merged by :func:`merge_layers`."""
-        return RunRequest(merge_layers(dict(self.given), *(dict(layer) for layer in layers))[0])
+        overrides, another request), merged by :func:`merge_layers`."""
+        given = [layer.given if isinstance(layer, RunRequest) else layer for layer in layers]
+        return RunRequest(merge_layers(dict(self.given), *(dict(layer) for layer in given))[0])
 
     def replacing(self, **values: Any) -> RunRequest:
         """This request with settings set outright (no merge of mappings, no warm-up scaling)."""
@@ -554,6 +561,17 @@ def probes_cached_features(model: torch.nn.Module, settings: RunSpec, train_set)
 def final_folders(folder: Path, seeds: tuple[int, ...] | None) -> list[Path]:
     """The final run folders of a plan: ``folder`` itself, or one ``seed<s>`` folder per seed."""
     return [folder] if not seeds else [folder / f"seed{seed}" for seed in seeds]
+
+
+def plan_state(folder: Path, seeds: tuple[int, ...] | None, *work: str) -> str:
+    """A plan's state from its folder: ``"done"`` when every final run finished, ``"resume"`` when
+    any final run or the plan's own earlier work (the sub-folders ``work``: trials, a supernet)
+    started, else ``"todo"``."""
+    states = [run_state(run) for run in final_folders(folder, seeds)]
+    if all(state == "done" for state in states):
+        return "done"
+    started = any(state != "todo" for state in states) or any((folder / name).is_dir() for name in work)
+    return "resume" if started else "todo"
 
 
 class Plan(Protocol):

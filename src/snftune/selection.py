@@ -30,7 +30,6 @@ run that diverged leaves ``diverged.json`` and is not trained again.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import re
@@ -47,12 +46,14 @@ from .runs import (
     CONFIG_NAME,
     PLAN_KEYS,
     PLAN_VALUES,
+    PicklesFields,
     ResolvedRun,
     RunFailedError,
     RunRequest,
     SettingsError,
     check_given,
     final_folders,
+    plan_state,
     read_run_config,
     run_state,
     train_run,
@@ -200,7 +201,7 @@ def values_text(values: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class SelectionPlan:
+class SelectionPlan(PicklesFields):
     """Runs that choose hyper-parameters, then train: trials of ``space`` on the tuning pair (none
     without a space), each on the selection's seeds and folds (:class:`SelectionOptions`: the
     space's, then ``select_*`` settings of ``request``), then one final run per seed with the chosen
@@ -269,10 +270,6 @@ class SelectionPlan:
             self._requests[key] = base.with_overrides(*layers)
         return self._requests[key]
 
-    def __getstate__(self) -> dict[str, Any]:
-        """The plan's fields only: what it resolved is resolved again where it is unpickled (a Ray task)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
     def check(self) -> ResolvedRun:
         """The base run and every trial resolved (a trial the settings refuse fails now), each
         trial on its first seed and fold, the first trial on all of them."""
@@ -287,11 +284,7 @@ class SelectionPlan:
 
     def state(self, folder: Path) -> str:
         """``"done"`` when every final run has finished, ``"resume"`` when anything was started, else ``"todo"``."""
-        states = [run_state(f) for f in final_folders(folder, self.seeds)]
-        if all(state == "done" for state in states):
-            return "done"
-        started = any(state != "todo" for state in states) or (folder / SELECTION_DIR).is_dir()
-        return "resume" if started else "todo"
+        return plan_state(folder, self.seeds, SELECTION_DIR)
 
     def differences(self, folder: Path) -> list[str]:
         return _differences(self, folder)

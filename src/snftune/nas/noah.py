@@ -40,6 +40,7 @@ from ..methods.noah_subnets import Subnet, SubnetSpace, subnet_parameters, write
 from ..methods.registry import resolve_config
 from ..runs import (
     CONFIG_NAME,
+    PicklesFields,
     ResolvedRun,
     RunRequest,
     RunSpec,
@@ -47,6 +48,7 @@ from ..runs import (
     build_backbone,
     final_folders,
     input_config,
+    plan_state,
     read_run_config,
     run_state,
     train_run,
@@ -158,7 +160,7 @@ class NoahSettings:
 
 
 @dataclass(frozen=True)
-class NoahPlan:
+class NoahPlan(PicklesFields):
     """NOAH's pipeline in one folder (a :class:`snftune.runs.Plan`): the run as asked for, shared
     by its phases (method ``noah``; each phase's request derives from it: :func:`supernet_request`,
     :func:`retrain_request`), seeds for the retrain, and NOAH's settings. Built checked by
@@ -170,20 +172,12 @@ class NoahPlan:
 
     def state(self, folder: Path) -> str:
         """``done`` when every retrain finished, ``resume`` when any phase started, else ``todo``."""
-        states = [run_state(run) for run in final_folders(folder, self.seeds)]
-        if all(state == "done" for state in states):
-            return "done"
-        started = any(state != "todo" for state in states) or (folder / SUPERNET_DIR).is_dir()
-        return "resume" if started else "todo"
+        return plan_state(folder, self.seeds, SUPERNET_DIR)
 
     @functools.cached_property
     def checked(self) -> NoahCheck:
         """:func:`check_plan` of this plan, done once (its runs resolved once)."""
         return check_plan(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """The plan's fields only: it is checked again where it is unpickled (a Ray task)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def check(self) -> ResolvedRun:
         return self.checked.final
@@ -239,15 +233,15 @@ def supernet_request(plan: NoahPlan, tuning_splits: tuple[str, str]) -> RunReque
         "eval_split": tuning_splits[1],
     }
     base = plan.request.without("method", "method_options", "train_split", "eval_split")
-    overrides = plan.noah.supernet.given
-    request = SUPERNET_RECIPE.with_overrides({**base.given, "seed": fixed["seed"]}, overrides)
-    return request.replacing(**{k: v for k, v in fixed.items() if k != "seed" or "seed" not in overrides})
+    phase = plan.noah.supernet
+    request = SUPERNET_RECIPE.with_overrides(base.replacing(seed=fixed["seed"]), phase)
+    return request.replacing(**{k: v for k, v in fixed.items() if k != "seed" or phase.get("seed") is None})
 
 
 def retrain_request(plan: NoahPlan, subnet: Subnet | None, seed: int | None) -> RunRequest:
     """A retrain run of ``subnet`` (method ``noah`` with its sizes) on the final split."""
     options = {**(subnet.to_dict() if subnet else {}), "dropout": plan.noah.supernet_method.dropout}
-    base = plan.request.without("method", "method_options").with_overrides(plan.noah.retrain.given)
+    base = plan.request.without("method", "method_options").with_overrides(plan.noah.retrain)
     return base.replacing(method="noah", method_options=options, **({} if seed is None else {"seed": seed}))
 
 
