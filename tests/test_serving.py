@@ -56,6 +56,8 @@ def _backbone(kind: str) -> nn.Module:
             num_heads=(1, 2, 2, 4),
             num_classes=5,
         )
+    if kind == "convnext":
+        return timm.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=5)
     return timm.create_model("resnet18", channels=(16, 32, 64, 128), num_classes=5)
 
 
@@ -132,6 +134,18 @@ METHOD_CASES = {
         ("vpt-deep", {"length": 1}, 2),
     ],
     "linear": [("linear", {}, 9), ("linear", {}, 2)],
+    "ln-tune": [("ln-tune", {}, 3), ("ln-tune", {}, 6)],
+    "difffit": [("difffit", {}, 4), ("difffit", {}, 2)],
+    "convpass": [
+        ("convpass", {}, 3),
+        ("convpass", {"width": 4, "scale": 0.1, "xavier_init": True}, 5),
+        ("convpass", {"width": 2, "scale": 10.0, "dropout": 0.0}, 2),
+    ],
+    "repadapter": [
+        ("repadapter", {}, 3),
+        ("repadapter", {"width": 4, "groups": 4, "scale": 0.5}, 4),
+        ("repadapter", {"width": 6, "groups": 1, "dropout": 0.0}, 2),
+    ],
 }
 
 
@@ -149,6 +163,36 @@ def test_swin_mixed_batch_equals_single_task_models(tmp_path):
     # Swin's attention sees a batch of windows: LoRA and BitFit route them to their sample's task.
     cases = [("snf-deep", {}, 3), ("snf-residual", {}, 4), ("adapter", {}, 5), ("bitfit", {}, 2), ("lora-all", {}, 6)]
     check_against_single_task_models(tmp_path, "swin", cases)
+
+
+def test_field_methods_nest_with_others_at_shared_places(tmp_path):
+    # One norm read by LN-tune, RepAdapter, SSF and Convpass's bypass; biases of DiffFit and BitFit;
+    # a branch slot with DiffFit's scale and a sequential adapter; a shortcut slot with Convpass and
+    # a parallel adapter; a qkv layer with LoRA; VPT's prompt region in every Convpass and LN-tune
+    # row (the final norm strips it first): each kind changes its own tasks' rows only.
+    cases = [
+        ("vpt-deep", {"length": 3}, 4),
+        ("ln-tune", {}, 3),
+        ("repadapter", {}, 4),
+        ("ssf", {}, 2),
+        ("convpass", {}, 5),
+        ("difffit", {}, 3),
+        ("bitfit", {}, 6),
+        ("adapter", {}, 2),
+        ("adapter-parallel", {}, 4),
+        ("lora", {}, 3),
+        ("snf-deep", {}, 5),
+    ]
+    check_against_single_task_models(tmp_path, "vit", cases)
+
+
+def test_field_methods_on_swin_and_convnext_equal_single_task_models(tmp_path):
+    # Swin's (B, H, W, C) maps (Convpass convolves them whole) and its patch-merging norms;
+    # ConvNeXt's channels-first LayerNorm2d and its depthwise convolutions' biases.
+    swin = [("convpass", {"width": 4}, 3), ("repadapter", {}, 4), ("difffit", {}, 2), ("ln-tune", {}, 5)]
+    check_against_single_task_models(tmp_path, "swin", [*swin, ("lora-all", {}, 3), ("snf-deep", {}, 2)])
+    convnext = [("ln-tune", {}, 3), ("difffit", {}, 4), ("adapter", {}, 2), ("bitfit", {}, 5)]
+    check_against_single_task_models(tmp_path, "convnext", convnext)
 
 
 def test_resnet_mixed_batch_equals_single_task_models(tmp_path):
