@@ -114,6 +114,7 @@ class MixedLayerNorm(MixedModule):
         channels = norm.normalized_shape[-1]
         reference = next(iter(tuned.values()))
         dtype = next(reference.parameters()).dtype
+        own = {task: dict(part.named_parameters()) for task, part in tuned.items()}
         tables = {}
         for name, default in (("weight", 1.0), ("bias", 0.0)):
             frozen = getattr(norm, name, None)
@@ -121,9 +122,9 @@ class MixedLayerNorm(MixedModule):
             if frozen is not None:
                 table[:] = frozen.detach().to("cpu", dtype)
             with torch.no_grad():
-                for task, part in tuned.items():
-                    if name in part._parameters:
-                        table[task] = part._parameters[name]
+                for task, tensors in own.items():
+                    if name in tensors:
+                        table[task] = tensors[name]
             tables[name] = table
         self.add_tables(**tables)
         self._take_over_pre_hooks(norm)
