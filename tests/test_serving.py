@@ -20,6 +20,7 @@ import pytest
 import timm
 import torch
 import yaml
+from timm.layers import LayerNorm2d
 from torch import nn
 
 import snftune
@@ -28,7 +29,9 @@ from snftune.cli import main
 from snftune.data import resolve_task
 from snftune.methods import Adapter, LoRALinear, ShortcutFlow
 from snftune.methods.adapter import MixedAdapter
+from snftune.methods.convpass import Convpass, ConvpassConfig, MixedConvpass
 from snftune.methods.flows import MixedShortcutFlow
+from snftune.methods.ln_tune import MixedLayerNorm, TunedLayerNorm
 from snftune.methods.lora import MixedLoRA
 from snftune.methods.mixed import TaskRouting
 from snftune.runs import build_backbone, input_config, resolve_settings, write_run_config
@@ -264,6 +267,55 @@ def test_mixed_adapter_equals_each_tasks_adapter(batch):
     for row, task in enumerate(BATCHES[batch]):
         expected = adapters[task](x[row : row + 1]) if task in adapters else x[row : row + 1]
         torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("norm_type, shape", [(nn.LayerNorm, (6, 5, 16)), (LayerNorm2d, (6, 16, 3, 3))])
+def test_mixed_layer_norm_equals_each_tasks_norm(norm_type, shape, batch):
+    frozen = norm_type(16).double()
+    _randomise(frozen, 9)
+    norms = {task: copy.deepcopy(frozen) for task in (0, 1, 3)}
+    for task, norm in norms.items():
+        _randomise(norm, task)
+    names = {0: ["weight", "bias"], 1: ["weight", "bias"], 3: ["bias"]}
+    with torch.no_grad():
+        norms[3].weight.copy_(frozen.weight)  # task 3 tunes the shift alone
+    routing = TaskRouting()
+    tuned = {task: TunedLayerNorm(norm, names[task]) for task, norm in norms.items()}
+    mixed = MixedLayerNorm(tuned, num_tasks=4, routing=routing, base=frozen)
+    x = torch.randn(shape, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    with torch.no_grad():
+        untuned = frozen(x)
+    for row, task in enumerate(BATCHES[batch]):
+        if task not in norms:
+            assert torch.equal(y[row], untuned[row])  # a task without a norm here: the frozen output exactly
+            continue
+        with torch.no_grad():
+            torch.testing.assert_close(y[row : row + 1], norms[task](x[row : row + 1]), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("shape, prefix", [((6, 10, 16), 1), ((6, 9, 16), 0), ((6, 3, 3, 16), 0)])
+def test_mixed_convpass_equals_each_tasks_convpass(shape, prefix, batch):
+    norm = nn.LayerNorm(16).double()
+    _randomise(norm, 9)
+    settings = {0: ConvpassConfig(width=4), 1: ConvpassConfig(width=2, scale=0.1), 3: ConvpassConfig(width=3, scale=10)}
+    bypasses = {
+        task: Convpass(16, config, norm, (3, 3), prefix, dtype=torch.float64) for task, config in settings.items()
+    }
+    for task, bypass in bypasses.items():
+        _randomise(bypass.eval(), task)
+    routing = TaskRouting()
+    mixed = MixedConvpass(bypasses, num_tasks=4, routing=routing, base=nn.Identity(), norm=norm)
+    x = torch.randn(shape, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    for row, task in enumerate(BATCHES[batch]):
+        if task not in bypasses:
+            assert torch.equal(y[row], x[row])  # a task without a bypass here: exactly the identity
+            continue
+        with torch.no_grad():
+            torch.testing.assert_close(y[row : row + 1], bypasses[task](x[row : row + 1]), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("batch", sorted(BATCHES))
