@@ -221,7 +221,8 @@ def test_evaluation_and_feature_extraction_under_autocast(dtype: torch.dtype) ->
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_multitask_model_under_autocast(tmp_path, dtype: torch.dtype) -> None:
     files = {}
-    for method in ("snf-deep", "lora", "vpt-deep", "adapter"):
+    methods = ("snf-deep", "lora", "vpt-deep", "adapter", "ln-tune", "difffit", "convpass", "repadapter")
+    for method in methods:
         model, _ = tuned_tiny("vit", method)
         with torch.no_grad():
             for parameter in model.parameters():
@@ -229,8 +230,8 @@ def test_multitask_model_under_autocast(tmp_path, dtype: torch.dtype) -> None:
                     parameter.add_(0.05 * torch.randn_like(parameter))
         files[method] = snftune.save_tuned(model, tmp_path / f"{method}.safetensors")
     serving = MultiTaskModel(copy.deepcopy(_tiny("vit")[0]), files).eval()
-    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    ids = [0, 1, 2, 3, 3, 2, 1, 0]
+    ids = [*range(len(methods)), *reversed(range(len(methods)))]
+    images = torch.randn(len(ids), 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         reference = serving(images, ids).logits
         with autocast(torch.device("cpu"), dtype):

@@ -20,6 +20,7 @@ import pytest
 import timm
 import torch
 import yaml
+from timm.layers import LayerNorm2d
 from torch import nn
 
 import snftune
@@ -28,7 +29,9 @@ from snftune.cli import main
 from snftune.data import resolve_task
 from snftune.methods import Adapter, LoRALinear, ShortcutFlow
 from snftune.methods.adapter import MixedAdapter
+from snftune.methods.convpass import Convpass, ConvpassConfig, MixedConvpass
 from snftune.methods.flows import MixedShortcutFlow
+from snftune.methods.ln_tune import MixedLayerNorm, TunedLayerNorm
 from snftune.methods.lora import MixedLoRA
 from snftune.methods.mixed import TaskRouting
 from snftune.runs import build_backbone, input_config, resolve_settings, write_run_config
@@ -56,6 +59,8 @@ def _backbone(kind: str) -> nn.Module:
             num_heads=(1, 2, 2, 4),
             num_classes=5,
         )
+    if kind == "convnext":
+        return timm.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=5)
     return timm.create_model("resnet18", channels=(16, 32, 64, 128), num_classes=5)
 
 
@@ -132,6 +137,18 @@ METHOD_CASES = {
         ("vpt-deep", {"length": 1}, 2),
     ],
     "linear": [("linear", {}, 9), ("linear", {}, 2)],
+    "ln-tune": [("ln-tune", {}, 3), ("ln-tune", {}, 6)],
+    "difffit": [("difffit", {}, 4), ("difffit", {}, 2)],
+    "convpass": [
+        ("convpass", {}, 3),
+        ("convpass", {"width": 4, "scale": 0.1, "xavier_init": True}, 5),
+        ("convpass", {"width": 2, "scale": 10.0, "dropout": 0.0}, 2),
+    ],
+    "repadapter": [
+        ("repadapter", {}, 3),
+        ("repadapter", {"width": 4, "groups": 4, "scale": 0.5}, 4),
+        ("repadapter", {"width": 6, "groups": 1, "dropout": 0.0}, 2),
+    ],
 }
 
 
@@ -149,6 +166,36 @@ def test_swin_mixed_batch_equals_single_task_models(tmp_path):
     # Swin's attention sees a batch of windows: LoRA and BitFit route them to their sample's task.
     cases = [("snf-deep", {}, 3), ("snf-residual", {}, 4), ("adapter", {}, 5), ("bitfit", {}, 2), ("lora-all", {}, 6)]
     check_against_single_task_models(tmp_path, "swin", cases)
+
+
+def test_field_methods_nest_with_others_at_shared_places(tmp_path):
+    # One norm read by LN-tune, RepAdapter, SSF and Convpass's bypass; biases of DiffFit and BitFit;
+    # a branch slot with DiffFit's scale and a sequential adapter; a shortcut slot with Convpass and
+    # a parallel adapter; a qkv layer with LoRA; VPT's prompt region in every Convpass and LN-tune
+    # row (the final norm strips it first): each kind changes its own tasks' rows only.
+    cases = [
+        ("vpt-deep", {"length": 3}, 4),
+        ("ln-tune", {}, 3),
+        ("repadapter", {}, 4),
+        ("ssf", {}, 2),
+        ("convpass", {}, 5),
+        ("difffit", {}, 3),
+        ("bitfit", {}, 6),
+        ("adapter", {}, 2),
+        ("adapter-parallel", {}, 4),
+        ("lora", {}, 3),
+        ("snf-deep", {}, 5),
+    ]
+    check_against_single_task_models(tmp_path, "vit", cases)
+
+
+def test_field_methods_on_swin_and_convnext_equal_single_task_models(tmp_path):
+    # Swin's (B, H, W, C) maps (Convpass convolves them whole) and its patch-merging norms;
+    # ConvNeXt's channels-first LayerNorm2d and its depthwise convolutions' biases.
+    swin = [("convpass", {"width": 4}, 3), ("repadapter", {}, 4), ("difffit", {}, 2), ("ln-tune", {}, 5)]
+    check_against_single_task_models(tmp_path, "swin", [*swin, ("lora-all", {}, 3), ("snf-deep", {}, 2)])
+    convnext = [("ln-tune", {}, 3), ("difffit", {}, 4), ("adapter", {}, 2), ("bitfit", {}, 5)]
+    check_against_single_task_models(tmp_path, "convnext", convnext)
 
 
 def test_resnet_mixed_batch_equals_single_task_models(tmp_path):
@@ -220,6 +267,55 @@ def test_mixed_adapter_equals_each_tasks_adapter(batch):
     for row, task in enumerate(BATCHES[batch]):
         expected = adapters[task](x[row : row + 1]) if task in adapters else x[row : row + 1]
         torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("norm_type, shape", [(nn.LayerNorm, (6, 5, 16)), (LayerNorm2d, (6, 16, 3, 3))])
+def test_mixed_layer_norm_equals_each_tasks_norm(norm_type, shape, batch):
+    frozen = norm_type(16).double()
+    _randomise(frozen, 9)
+    norms = {task: copy.deepcopy(frozen) for task in (0, 1, 3)}
+    for task, norm in norms.items():
+        _randomise(norm, task)
+    names = {0: ["weight", "bias"], 1: ["weight", "bias"], 3: ["bias"]}
+    with torch.no_grad():
+        norms[3].weight.copy_(frozen.weight)  # task 3 tunes the shift alone
+    routing = TaskRouting()
+    tuned = {task: TunedLayerNorm(norm, names[task]) for task, norm in norms.items()}
+    mixed = MixedLayerNorm(tuned, num_tasks=4, routing=routing, base=frozen)
+    x = torch.randn(shape, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    with torch.no_grad():
+        untuned = frozen(x)
+    for row, task in enumerate(BATCHES[batch]):
+        if task not in norms:
+            assert torch.equal(y[row], untuned[row])  # a task without a norm here: the frozen output exactly
+            continue
+        with torch.no_grad():
+            torch.testing.assert_close(y[row : row + 1], norms[task](x[row : row + 1]), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("shape, prefix", [((6, 10, 16), 1), ((6, 9, 16), 0), ((6, 3, 3, 16), 0)])
+def test_mixed_convpass_equals_each_tasks_convpass(shape, prefix, batch):
+    norm = nn.LayerNorm(16).double()
+    _randomise(norm, 9)
+    settings = {0: ConvpassConfig(width=4), 1: ConvpassConfig(width=2, scale=0.1), 3: ConvpassConfig(width=3, scale=10)}
+    bypasses = {
+        task: Convpass(16, config, norm, (3, 3), prefix, dtype=torch.float64) for task, config in settings.items()
+    }
+    for task, bypass in bypasses.items():
+        _randomise(bypass.eval(), task)
+    routing = TaskRouting()
+    mixed = MixedConvpass(bypasses, num_tasks=4, routing=routing, base=nn.Identity(), norm=norm)
+    x = torch.randn(shape, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    for row, task in enumerate(BATCHES[batch]):
+        if task not in bypasses:
+            assert torch.equal(y[row], x[row])  # a task without a bypass here: exactly the identity
+            continue
+        with torch.no_grad():
+            torch.testing.assert_close(y[row : row + 1], bypasses[task](x[row : row + 1]), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("batch", sorted(BATCHES))

@@ -11,10 +11,14 @@ projection and the MLP's ``fc2``; the norm itself in post-norm blocks, EVA post-
 Swin V2), with only per-channel or per-sample steps between them (layer scale, dropout,
 drop-path): :func:`snftune.merge` folds ``gamma`` into that layer's weight and bias exactly,
 and the merged model has the backbone's parameters and cost.
+
+Served in a mixed batch, each sample gets its own task's biases (BitFit's :class:`MixedBias`),
+norms (LN-tune's :class:`MixedLayerNorm`) and branch scales (:class:`MixedBranchScale`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,9 +28,10 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.eva import EvaPostNormSiteBlock
 from ..backbones.sites import Anatomy
-from .bitfit import bias_parameters
+from .bitfit import bias_parameters, tuned_biases
 from .common import factory_kwargs
-from .ln_tune import layer_norm_parameters
+from .ln_tune import layer_norm_parameters, tuned_layer_norms
+from .mixed import MixedModule, Placed, TaskRouting, channel_view, mixed_parts, replace_each, shared_setting
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 BATCHNORM_NETWORKS = (
@@ -97,6 +102,42 @@ class BranchScale(nn.Module):
         self._original = None
         self.merged = False
 
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each branch slot some task scales gets a :class:`MixedBranchScale` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda scales, base: MixedBranchScale(scales, num_tasks, routing, base))
+
+
+class MixedBranchScale(MixedModule):
+    """The slot's previous content (``base``), each row then scaled per channel by its own task's
+    ``gamma`` (other tasks' rows pass exactly)."""
+
+    def __init__(
+        self, scales: Mapping[int, BranchScale], num_tasks: int, routing: TaskRouting, base: nn.Module
+    ) -> None:
+        super().__init__(scales, routing, base)
+        self.channel_dim = int(shared_setting((s.channel_dim for s in scales.values()), "the channel dimension"))
+        reference = next(iter(scales.values())).gamma
+        gamma = torch.ones(num_tasks, reference.shape[0], dtype=reference.dtype)
+        with torch.no_grad():
+            for task, scale in scales.items():
+                gamma[task] = scale.gamma
+        self.add_tables(gamma=gamma)
+
+    def own(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return x * channel_view(self.gamma.index_select(0, ids).to(x.dtype), x, self.channel_dim)
+
+    def extra_repr(self) -> str:
+        return f"tasks={sorted(self.tasks)}, channels={self.gamma.shape[1]}, channel_dim={self.channel_dim}"
+
+
+def difffit_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """DiffFit's parts of a tuned model: its branch scales, a LayerNorm part per norm (whose bias it
+    holds) and a bias part per other layer with a tuned bias."""
+    norms = tuned_layer_norms(model)
+    biases = {path: part for path, part in tuned_biases(model).items() if path not in norms}
+    return {**mixed_parts(model), **biases, **norms}
+
 
 def _last_affine_layers(anat: Anatomy, index: int) -> list[nn.Module]:
     """Per site of block ``index``, the affine layer its branch ends with."""
@@ -127,11 +168,8 @@ register_method(
     "DiffFit: biases, LayerNorms and a per-channel scale (init 1) on every residual branch (mergeable)",
     capabilities=Capabilities(
         mergeable=True,
-        servable=False,
+        servable=True,
         unsupported_families=UNSUPPORTED,
-        why_not={
-            "servable": "MultiTaskModel has per-sample forms for biases but none yet for LayerNorm scales "
-            "or branch scales; serve a DiffFit file with a model of its own (snftune.load_tuned)"
-        },
     ),
+    mixed_parts=difffit_parts,
 )

@@ -18,6 +18,10 @@ of which 221,184 are weights (the published 0.22M).
 Pre-norm transformer blocks only (ViT, DeiT, EVA, BEiT, Swin): a post-norm block (EVA
 post-norm, Swin V2) has no norm ahead of its branch, and CNN blocks have no attention or MLP
 input to re-parameterise into.
+
+Served in a mixed batch, each sample's norm output gets its own task's adapter: an adapter
+without activation, so Adapter's per-sample form (:class:`~snftune.methods.adapter.MixedAdapter`)
+serves it, with the grouped projection written as its block-diagonal matrix.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.eva import EvaPostNormSiteBlock
 from ..backbones.sites import Anatomy
+from .adapter import Adapter, MixedAdapter
 from .common import check_int, check_positive, check_rate, factory_kwargs
+from .mixed import Placed, TaskRouting, replace_each
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 NOT_PRE_NORM = (
@@ -100,11 +106,33 @@ class GroupwiseAdapter(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y + self.scale * self.up(self.dropout(self.down(y)))
 
+    def dense_up(self) -> torch.Tensor:
+        """``B`` as the block-diagonal (C, w) matrix of its groups."""
+        return torch.block_diag(*self.up_weight.unflatten(0, (self.groups, -1)))
+
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The adapter as ``y -> M y + c`` (eval mode): ``M = I + s B A``, ``c = s (B a + b_B)``."""
-        dense_up = torch.block_diag(*self.up_weight.unflatten(0, (self.groups, -1)))  # (C, w)
+        dense_up = self.dense_up()
         eye = torch.eye(dense_up.shape[0], device=dense_up.device, dtype=dense_up.dtype)
         return eye + self.scale * dense_up @ self.down.weight, self.scale * (dense_up @ self.down.bias + self.up_bias)
+
+    @torch.no_grad()
+    def as_adapter(self) -> Adapter:
+        """The same map (eval mode) as an :class:`Adapter` on the last dim with no activation and a dense ``up``."""
+        reference = self.down.weight
+        adapter = Adapter(
+            self.down.in_features,
+            self.down.out_features,
+            -1,
+            scale=self.scale,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
+        adapter.act = nn.Identity()
+        adapter.down.load_state_dict(self.down.state_dict())
+        adapter.up.weight.copy_(self.dense_up())
+        adapter.up.bias.copy_(self.up_bias)
+        return adapter
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,18 @@ class RepAdaptedNorm(nn.Module):
         self._original = None
         self.merged = False
 
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each norm some task adapts gets a :class:`MixedAdapter` of the tasks' adapters after it
+        (the mixed-batch protocol; what is there, the frozen norm or another kind's mixed module, is its base)."""
+        replace_each(
+            model,
+            placed,
+            lambda norms, base: MixedAdapter(
+                {t: n.adapter.as_adapter() for t, n in norms.items()}, num_tasks, routing, base
+            ),
+        )
+
 
 def _consumer(layer: nn.Linear, owner: nn.Module) -> Consumer:
     if layer.bias is not None:
@@ -208,8 +248,7 @@ register_method(
     "RepAdapter: a linear group-wise adapter before each attention and MLP, merged into qkv and fc1 exactly",
     capabilities=Capabilities(
         mergeable=True,
-        servable=False,
+        servable=True,
         unsupported_families=UNSUPPORTED,
-        why_not={"servable": "MultiTaskModel has no per-sample form of an adapter wrapped around a norm yet"},
     ),
 )
