@@ -338,7 +338,7 @@ def test_defaults_are_the_papers_vtab_settings() -> None:
     ("method", "overrides", "message"),
     [
         ("adaptformer", {"width": 0}, "width"),
-        ("adaptformer", {"width": 100_000_000}, "width must be an int in 1..4096"),
+        ("adaptformer", {"width": 100_000_000}, r"width must be a whole number in \[1, 4096\]"),
         ("adaptformer", {"scale": -1.0}, "scale"),
         ("adaptformer", {"activation": "tanh"}, "activation"),
         ("convpass", {"width": 2.5}, "width"),

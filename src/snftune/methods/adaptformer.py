@@ -22,7 +22,7 @@ from torch import nn
 
 from ..backbones import install_sites
 from .adapter import ACTIVATIONS, Adapter
-from .common import check_int, check_positive, factory_kwargs
+from .common import POSITIVE, WIDTH, factory_kwargs
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
 NO_MLP = (
@@ -49,8 +49,8 @@ class AdaptFormerConfig(MethodConfig):
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        check_int(self.width, "width")
-        check_positive(self.scale, "scale")
+        self.width = WIDTH.check("width", self.width)
+        self.scale = POSITIVE.check("scale", self.scale)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from ..inputs import Rule
 from .registry import NotApplicableError
 
 Size = int | tuple[int, ...]
@@ -90,20 +91,10 @@ def per_block(value: Size, num_blocks: int, name: str) -> list[int]:
     return list(value)
 
 
-def check_int(value: Any, name: str, minimum: int = 1) -> None:
-    """Refuses anything but an int in ``minimum..MAX_SIZE`` (a bool is not an int here), naming the
-    value: a width of 10^8 would try to allocate tens of gigabytes before anything else failed."""
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_SIZE:
-        raise ValueError(f"{name} must be an int in {minimum}..{MAX_SIZE}, got {value!r}")
-
-
-def check_positive(value: Any, name: str) -> None:
-    """Refuses anything but a finite number > 0, naming the value."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-
-
-def check_rate(value: Any, name: str) -> None:
-    """Refuses anything but a number in [0, 1) (a dropout rate), naming the value."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+WIDTH = Rule(int, 1, MAX_SIZE)
+"""A size (a bottleneck width, a rank, a group count): a width of 10^8 would try to allocate
+tens of gigabytes before anything else failed."""
+POSITIVE = Rule(float, 0.0, low_open=True)
+"""A scale: a finite number > 0."""
+RATE = Rule(float, 0.0, 1.0, high_open=True)
+"""A dropout rate, in [0, 1)."""

@@ -30,7 +30,7 @@ from torch import nn
 from ..backbones import anatomy, install_sites
 from ..backbones.eva import EvaPostNormSiteBlock
 from ..backbones.sites import Anatomy
-from .common import check_int, check_positive, check_rate, factory_kwargs
+from .common import POSITIVE, RATE, WIDTH, factory_kwargs
 from .mixed import MixedModule, Placed, TaskRouting, frozen_layer, replace_each, shared_setting
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
@@ -60,9 +60,9 @@ class ConvpassConfig(MethodConfig):
     xavier_init: bool = False
 
     def __post_init__(self) -> None:
-        check_int(self.width, "width")
-        check_positive(self.scale, "scale")
-        check_rate(self.dropout, "dropout")
+        self.width = WIDTH.check("width", self.width)
+        self.scale = POSITIVE.check("scale", self.scale)
+        self.dropout = RATE.check("dropout", self.dropout)
         if not isinstance(self.xavier_init, bool):
             raise ValueError(f"xavier_init must be true or false, got {self.xavier_init!r}")
 

@@ -36,7 +36,7 @@ from ..backbones import install_sites
 from ..backbones.eva import EvaPostNormSiteBlock
 from ..backbones.sites import Anatomy
 from .adapter import Adapter, MixedAdapter
-from .common import check_int, check_positive, check_rate, factory_kwargs
+from .common import POSITIVE, RATE, WIDTH, factory_kwargs
 from .mixed import Placed, TaskRouting, replace_each
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 
@@ -72,12 +72,12 @@ class RepAdapterConfig(MethodConfig):
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        check_int(self.width, "width")
-        check_int(self.groups, "groups")
+        self.width = WIDTH.check("width", self.width)
+        self.groups = WIDTH.check("groups", self.groups)
         if self.width % self.groups:
             raise ValueError(f"groups ({self.groups}) must divide width ({self.width})")
-        check_positive(self.scale, "scale")
-        check_rate(self.dropout, "dropout")
+        self.scale = POSITIVE.check("scale", self.scale)
+        self.dropout = RATE.check("dropout", self.dropout)
 
 
 class GroupwiseAdapter(nn.Module):
