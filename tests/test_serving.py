@@ -26,9 +26,10 @@ import snftune
 from snftune.backbones import anatomy
 from snftune.cli import main
 from snftune.data import resolve_task
-from snftune.methods import Adapter, LoRALinear, ShortcutFlow
+from snftune.methods import Adapter, GLoRAConfig, GLoRALinear, LoRALinear, ShortcutFlow
 from snftune.methods.adapter import MixedAdapter
 from snftune.methods.flows import MixedShortcutFlow
+from snftune.methods.glora import MixedGLoRA
 from snftune.methods.lora import MixedLoRA
 from snftune.methods.mixed import TaskRouting
 from snftune.runs import build_backbone, input_config, resolve_settings, write_run_config
@@ -132,6 +133,26 @@ METHOD_CASES = {
         ("vpt-deep", {"length": 1}, 2),
     ],
     "linear": [("linear", {}, 9), ("linear", {}, 2)],
+    "fact": [
+        ("fact-tt", {}, 3),
+        ("fact-tk", {"rank": 4, "scale": 2.0}, 5),
+        ("fact-tt", {"rank": 2, "targets": ["attn"]}, 2),
+        ("fact-tk", {"targets": ["mlp"]}, 4),
+    ],
+    "dora": [
+        ("dora", {"rank": 4, "alpha": 2.0}, 3),
+        ("dora", {"targets": ["qkv", "fc2"]}, 5),
+        ("dora", {"rank": [2, 0], "targets": ["k", "v", "proj", "fc1"]}, 2),
+    ],
+    "glora": [
+        ("glora", {}, 3),
+        ("glora", {"a": "lora", "b": "vector", "c": "lora", "d": "constant", "e": "none", "rank": 2}, 5),
+        # B as a constant adds it times the sum of LayerNorm'd inputs (about 0): float32 rounding then
+        # moves a task's own logits by ~4e-5, so that form is checked in float64 below.
+        ("glora", {"a": "constant", "b": "none", "c": "none", "d": "none", "e": "constant"}, 2),
+        ("glora", {"a": "none", "b": "none", "c": "vector", "d": "vector", "e": "vector"}, 4),
+        ("glora", {"a": "lora", "b": "lora", "rank": 3}, 6),
+    ],
 }
 
 
@@ -244,6 +265,28 @@ def test_mixed_lora_equals_each_tasks_lora_linear(chunked, batch):
     with torch.no_grad():
         for row, task in enumerate(BATCHES[batch]):
             expected = layers[task](x[row : row + 1]) if task in layers else layers[0].base_layer(x[row : row + 1])
+            torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_mixed_glora_equals_each_tasks_glora_linear(batch):
+    base = nn.Linear(12, 10).double()
+    forms = {
+        0: GLoRAConfig(),
+        1: GLoRAConfig(a="lora", b="constant", c="lora", d="constant", e="none", rank=3),
+        3: GLoRAConfig(a="constant", b="vector", c="none", d="none", e="constant", rank=2),
+    }
+    layers = {task: GLoRALinear(copy.deepcopy(base), config) for task, config in forms.items()}
+    for task, layer in layers.items():
+        _randomise(layer, task)
+        layer.base_layer.load_state_dict(base.state_dict())
+    routing = TaskRouting()
+    mixed = MixedGLoRA(layers, num_tasks=4, routing=routing, base=base)
+    x = torch.randn(6, 5, 12, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    with torch.no_grad():
+        for row, task in enumerate(BATCHES[batch]):
+            expected = layers[task](x[row : row + 1]) if task in layers else base(x[row : row + 1])
             torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
 
 
