@@ -153,6 +153,11 @@ METHOD_CASES = {
         ("glora", {"a": "none", "b": "none", "c": "vector", "d": "vector", "e": "vector"}, 4),
         ("glora", {"a": "lora", "b": "lora", "rank": 3}, 6),
     ],
+    "vqt": [
+        ("vqt", {"tokens": 2}, 3),
+        ("vqt", {"tokens": 4, "normalise": False}, 5),
+        ("vqt", {}, 2),
+    ],
 }
 
 
@@ -169,6 +174,37 @@ def test_mixed_method_batch_equals_single_task_models(tmp_path):
 def test_swin_mixed_batch_equals_single_task_models(tmp_path):
     # Swin's attention sees a batch of windows: LoRA and BitFit route them to their sample's task.
     cases = [("snf-deep", {}, 3), ("snf-residual", {}, 4), ("adapter", {}, 5), ("bitfit", {}, 2), ("lora-all", {}, 6)]
+    check_against_single_task_models(tmp_path, "swin", cases)
+
+
+def test_field_methods_mixed_with_the_baselines_equal_single_task_models(tmp_path):
+    # FacT and DoRA beside LoRA on the same qkv layers, GLoRA over them, VQT's queries sharing the
+    # prompt region of VPT tasks of other lengths.
+    cases = [
+        ("fact-tt", {}, 3),
+        ("lora", {"rank": 4}, 4),
+        ("dora", {"targets": ["qkv", "fc1"]}, 5),
+        ("snf-deep", {}, 2),
+        ("glora", {"a": "lora", "rank": 2}, 6),
+        ("vqt", {"tokens": 3}, 4),
+        ("adapter", {}, 3),
+        ("vpt-deep", {"length": [5, 1]}, 5),
+        ("fact-tk", {"rank": 4}, 2),
+        ("vqt", {"tokens": 6}, 3),
+    ]
+    check_against_single_task_models(tmp_path, "vit", cases)
+
+
+def test_swin_field_methods_mixed_batch_equals_single_task_models(tmp_path):
+    # DoRA and GLoRA on Swin's windowed attention and MLPs, beside the baselines on the same layers.
+    cases = [
+        ("dora", {}, 3),
+        ("snf-deep", {}, 4),
+        ("glora", {}, 5),
+        ("lora-all", {}, 2),
+        ("adapter", {}, 3),
+        ("dora", {"rank": 2, "targets": ["q", "proj", "fc2"]}, 4),
+    ]
     check_against_single_task_models(tmp_path, "swin", cases)
 
 
