@@ -26,8 +26,9 @@ import snftune
 from snftune.backbones import anatomy
 from snftune.cli import main
 from snftune.data import resolve_task
-from snftune.methods import Adapter, GLoRAConfig, GLoRALinear, LoRALinear, ShortcutFlow
+from snftune.methods import Adapter, DoRALinear, GLoRAConfig, GLoRALinear, LoRALinear, ShortcutFlow
 from snftune.methods.adapter import MixedAdapter
+from snftune.methods.dora import MixedDoRA
 from snftune.methods.flows import MixedShortcutFlow
 from snftune.methods.glora import MixedGLoRA
 from snftune.methods.lora import MixedLoRA
@@ -56,6 +57,10 @@ def _backbone(kind: str) -> nn.Module:
             embed_dim=16,
             num_heads=(1, 2, 2, 4),
             num_classes=5,
+        )
+    if kind == "beit":
+        return timm.create_model(
+            "beit_base_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2, num_classes=5
         )
     return timm.create_model("resnet18", channels=(16, 32, 64, 128), num_classes=5)
 
@@ -304,6 +309,34 @@ def test_mixed_lora_equals_each_tasks_lora_linear(chunked, batch):
             torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
 
 
+def check_mixed_layer(mixed_kind: type, layers: dict[int, nn.Module], base: nn.Linear, batch: str) -> None:
+    """``mixed_kind`` over ``layers`` (each wrapping a copy of ``base``, randomised) gives every row its
+    task's layer's output, and rows of tasks without one ``base``'s, in float64."""
+    for task, layer in layers.items():
+        _randomise(layer, task)
+        layer.base_layer.load_state_dict(base.state_dict())
+    routing = TaskRouting()
+    mixed = mixed_kind(layers, num_tasks=4, routing=routing, base=base)
+    x = torch.randn(6, 5, base.in_features, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    with torch.no_grad():
+        for row, task in enumerate(BATCHES[batch]):
+            expected = layers[task](x[row : row + 1]) if task in layers else base(x[row : row + 1])
+            torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_mixed_dora_equals_each_tasks_dora_linear(batch):
+    # Tasks with other chunks (q and v; v; the whole layer): the gain of each is its own, 1 elsewhere.
+    base = nn.Linear(12, 36).double()
+    layers = {
+        0: DoRALinear(copy.deepcopy(base), 4, 8.0, chunks=3, updated=(0, 2)),
+        1: DoRALinear(copy.deepcopy(base), 3, 2.0, chunks=3, updated=(2,)),
+        3: DoRALinear(copy.deepcopy(base), 2, 1.0),
+    }
+    check_mixed_layer(MixedDoRA, layers, base, batch)
+
+
 @pytest.mark.parametrize("batch", sorted(BATCHES))
 def test_mixed_glora_equals_each_tasks_glora_linear(batch):
     base = nn.Linear(12, 10).double()
@@ -313,17 +346,7 @@ def test_mixed_glora_equals_each_tasks_glora_linear(batch):
         3: GLoRAConfig(a="constant", b="vector", c="none", d="none", e="constant", rank=2),
     }
     layers = {task: GLoRALinear(copy.deepcopy(base), config) for task, config in forms.items()}
-    for task, layer in layers.items():
-        _randomise(layer, task)
-        layer.base_layer.load_state_dict(base.state_dict())
-    routing = TaskRouting()
-    mixed = MixedGLoRA(layers, num_tasks=4, routing=routing, base=base)
-    x = torch.randn(6, 5, 12, dtype=torch.float64)
-    y = _route(routing, BATCHES[batch], mixed, x)
-    with torch.no_grad():
-        for row, task in enumerate(BATCHES[batch]):
-            expected = layers[task](x[row : row + 1]) if task in layers else base(x[row : row + 1])
-            torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
+    check_mixed_layer(MixedGLoRA, layers, base, batch)
 
 
 # ------------------------------------------------------------------ outputs, prompts, task ids
@@ -392,6 +415,14 @@ def test_unsupported_methods_are_refused_in_one_line(tmp_path, vit_files, method
     assert "\n" not in message and f"tuned with '{method}'" in message and "cannot be served" in message
     with pytest.raises(ValueError, match="no residual sites"):
         anatomy(fresh)  # every file is checked before the backbone is touched
+
+
+@pytest.mark.parametrize("method", ["fact-tt", "dora", "glora"])
+def test_a_qkv_whose_biases_timm_keeps_apart_is_refused_with_the_parts_reason(tmp_path, method):
+    # BEiT's attention adds its q/v biases itself, bypassing a per-sample module at attn.qkv.
+    path = tuned_file(tmp_path, "beit", method, {}, 3, seed=0)
+    with pytest.raises(ServingError, match="blocks.0.attn.qkv: .* whose biases timm keeps in the attention"):
+        MultiTaskModel(backbone("beit"), {"beit": path})
 
 
 def test_files_for_another_backbone_are_refused(tmp_path, vit_files):
