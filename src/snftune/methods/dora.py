@@ -106,7 +106,7 @@ class MixedDoRA(MixedLoRA):
 
     def __init__(self, layers: Mapping[int, DoRALinear], num_tasks: int, routing: TaskRouting, base: nn.Module) -> None:
         super().__init__(layers, num_tasks, routing, base)
-        weight = frozen_layer(base).weight.detach()
+        weight = frozen_layer(base).weight.detach().to("cpu")  # on the host, as the tasks' tensors
         gains = torch.ones(num_tasks, weight.shape[0], dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             for task, layer in layers.items():

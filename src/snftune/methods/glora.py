@@ -199,6 +199,20 @@ def _low_rank_b(layer: GLoRALinear, in_features: int) -> tuple[torch.Tensor, tor
     return value.reshape(-1, 1), value.new_ones(1, in_features)
 
 
+def _bias_change(
+    w0: torch.Tensor, b0: torch.Tensor | None, c: torch.Tensor | None, d: torch.Tensor | None, e: torch.Tensor | None
+) -> torch.Tensor:
+    """``W0 C + b0 * D + E`` (the supports that are not None; ``D`` scales a bias the layer may lack)."""
+    change = w0.new_zeros(w0.shape[0])
+    if c is not None:
+        change += w0 @ c.reshape(-1)
+    if d is not None and b0 is not None:
+        change += b0 * d
+    if e is not None:
+        change += e
+    return change
+
+
 class MixedGLoRA(MixedModule):
     """A shared frozen ``nn.Linear`` plus each sample's own task's GLoRA change of its output:
 
@@ -214,8 +228,9 @@ class MixedGLoRA(MixedModule):
         self, layers: Mapping[int, GLoRALinear], num_tasks: int, routing: TaskRouting, base: nn.Module
     ) -> None:
         super().__init__(layers, routing, base)
-        frozen = frozen_layer(base)
-        w0, b0 = frozen.weight.detach(), frozen.bias
+        frozen = frozen_layer(base)  # on the host, as the tasks' tensors: the tables move with the model
+        w0 = frozen.weight.detach().to("cpu")
+        b0 = None if frozen.bias is None else frozen.bias.detach().to("cpu")
         out_features, in_features = w0.shape
         factors = {t: _low_rank_b(layer, in_features) for t, layer in layers.items()}
         rank = max((f[1].shape[0] for f in factors.values() if f is not None), default=1)
@@ -237,10 +252,7 @@ class MixedGLoRA(MixedModule):
                     down, up = factors[task]
                     tables["down"][task, :, : down.shape[1]] = down
                     tables["up"][task, : up.shape[0]] = up
-                bias = tables["bias"][task]
-                for term in (None if c is None else w0 @ c.reshape(-1), None if d is None or b0 is None else b0 * d, e):
-                    if term is not None:
-                        bias += term
+                tables["bias"][task] = _bias_change(w0, b0, c, d, e)
         if self.full_a:  # rank-r A: its factors per task, zero for the others
             a_rank = max(layers[t].A_up.shape[0] for t in self.full_a)
             tables["a_down"] = w0.new_zeros(num_tasks, out_features, a_rank)
@@ -259,7 +271,7 @@ class MixedGLoRA(MixedModule):
         rows, ids = self.routing.select(self.tasks, x.shape[0])
         mine = x if rows is None else x.index_select(0, rows)
         flat = mine.reshape(mine.shape[0], -1, mine.shape[-1])
-        scale, bias, down, up = (self.gather_rows(name, ids, x.dtype) for name in ("scale", "bias", "down", "up"))
+        scale, bias, down, up = (self._gather(name, ids, x.dtype) for name in ("scale", "bias", "down", "up"))
         change = scale[:, None] * F.linear(flat, weight) + bias[:, None]
         change = change + torch.bmm(torch.bmm(flat, up.transpose(1, 2)), down.transpose(1, 2))
         change = change.reshape(*mine.shape[:-1], -1)
@@ -269,7 +281,7 @@ class MixedGLoRA(MixedModule):
                 output = self._add_full_a(output, x, weight, task, key)
         return output
 
-    def gather_rows(self, name: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _gather(self, name: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return getattr(self, name).index_select(0, ids).to(dtype)
 
     def _add_full_a(
