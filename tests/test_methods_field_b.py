@@ -483,7 +483,7 @@ def test_methods_that_do_not_fit_the_backbone_say_so_in_one_line(factory, method
 def test_capabilities_say_what_each_can_do_and_why_not(method) -> None:
     declared = capabilities(method)
     assert declared.mergeable == (method != "vqt")
-    assert not declared.servable and declared.reason("servable")
+    assert declared.servable and "servable" not in declared.why_not
     assert declared.supports("vit") and declared.supports("eva") and declared.supports("beit")
     if method == "dora":  # a bottleneck ResNet's 1x1 convolutions take dora-conv
         assert declared.supports("resnet")

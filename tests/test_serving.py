@@ -27,10 +27,12 @@ import snftune
 from snftune.backbones import anatomy
 from snftune.cli import main
 from snftune.data import resolve_task
-from snftune.methods import Adapter, LoRALinear, ShortcutFlow
+from snftune.methods import Adapter, DoRALinear, GLoRAConfig, GLoRALinear, LoRALinear, ShortcutFlow
 from snftune.methods.adapter import MixedAdapter
 from snftune.methods.convpass import Convpass, ConvpassConfig, MixedConvpass
+from snftune.methods.dora import MixedDoRA
 from snftune.methods.flows import MixedShortcutFlow
+from snftune.methods.glora import MixedGLoRA
 from snftune.methods.ln_tune import MixedLayerNorm, TunedLayerNorm
 from snftune.methods.lora import MixedLoRA
 from snftune.methods.mixed import TaskRouting
@@ -61,6 +63,10 @@ def _backbone(kind: str) -> nn.Module:
         )
     if kind == "convnext":
         return timm.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=5)
+    if kind == "beit":
+        return timm.create_model(
+            "beit_base_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2, num_classes=5
+        )
     return timm.create_model("resnet18", channels=(16, 32, 64, 128), num_classes=5)
 
 
@@ -149,6 +155,31 @@ METHOD_CASES = {
         ("repadapter", {"width": 4, "groups": 4, "scale": 0.5}, 4),
         ("repadapter", {"width": 6, "groups": 1, "dropout": 0.0}, 2),
     ],
+    "fact": [
+        ("fact-tt", {}, 3),
+        ("fact-tk", {"rank": 4, "scale": 2.0}, 5),
+        ("fact-tt", {"rank": 2, "targets": ["attn"]}, 2),
+        ("fact-tk", {"targets": ["mlp"]}, 4),
+    ],
+    "dora": [
+        ("dora", {"rank": 4, "alpha": 2.0}, 3),
+        ("dora", {"targets": ["qkv", "fc2"]}, 5),
+        ("dora", {"rank": [2, 0], "targets": ["k", "v", "proj", "fc1"]}, 2),
+    ],
+    "glora": [
+        ("glora", {}, 3),
+        ("glora", {"a": "lora", "b": "vector", "c": "lora", "d": "constant", "e": "none", "rank": 2}, 5),
+        # B as a constant adds it times the sum of LayerNorm'd inputs (about 0): float32 rounding then
+        # moves a task's own logits by ~4e-5, so that form is checked in float64 below.
+        ("glora", {"a": "constant", "b": "none", "c": "none", "d": "none", "e": "constant"}, 2),
+        ("glora", {"a": "none", "b": "none", "c": "vector", "d": "vector", "e": "vector"}, 4),
+        ("glora", {"a": "lora", "b": "lora", "rank": 3}, 6),
+    ],
+    "vqt": [
+        ("vqt", {"tokens": 2}, 3),
+        ("vqt", {"tokens": 4, "normalise": False}, 5),
+        ("vqt", {}, 2),
+    ],
 }
 
 
@@ -189,6 +220,24 @@ def test_field_methods_nest_with_others_at_shared_places(tmp_path):
     check_against_single_task_models(tmp_path, "vit", cases)
 
 
+def test_field_methods_mixed_with_the_baselines_equal_single_task_models(tmp_path):
+    # FacT and DoRA beside LoRA on the same qkv layers, GLoRA over them, VQT's queries sharing the
+    # prompt region of VPT tasks of other lengths.
+    cases = [
+        ("fact-tt", {}, 3),
+        ("lora", {"rank": 4}, 4),
+        ("dora", {"targets": ["qkv", "fc1"]}, 5),
+        ("snf-deep", {}, 2),
+        ("glora", {"a": "lora", "rank": 2}, 6),
+        ("vqt", {"tokens": 3}, 4),
+        ("adapter", {}, 3),
+        ("vpt-deep", {"length": [5, 1]}, 5),
+        ("fact-tk", {"rank": 4}, 2),
+        ("vqt", {"tokens": 6}, 3),
+    ]
+    check_against_single_task_models(tmp_path, "vit", cases)
+
+
 def test_field_methods_on_swin_and_convnext_equal_single_task_models(tmp_path):
     # Swin's (B, H, W, C) maps (Convpass convolves them whole) and its patch-merging norms;
     # ConvNeXt's channels-first LayerNorm2d and its depthwise convolutions' biases.
@@ -196,6 +245,19 @@ def test_field_methods_on_swin_and_convnext_equal_single_task_models(tmp_path):
     check_against_single_task_models(tmp_path, "swin", [*swin, ("lora-all", {}, 3), ("snf-deep", {}, 2)])
     convnext = [("ln-tune", {}, 3), ("difffit", {}, 4), ("adapter", {}, 2), ("bitfit", {}, 5)]
     check_against_single_task_models(tmp_path, "convnext", convnext)
+
+
+def test_swin_field_methods_mixed_batch_equals_single_task_models(tmp_path):
+    # DoRA and GLoRA on Swin's windowed attention and MLPs, beside the baselines on the same layers.
+    cases = [
+        ("dora", {}, 3),
+        ("snf-deep", {}, 4),
+        ("glora", {}, 5),
+        ("lora-all", {}, 2),
+        ("adapter", {}, 3),
+        ("dora", {"rank": 2, "targets": ["q", "proj", "fc2"]}, 4),
+    ]
+    check_against_single_task_models(tmp_path, "swin", cases)
 
 
 def test_resnet_mixed_batch_equals_single_task_models(tmp_path):
@@ -343,6 +405,46 @@ def test_mixed_lora_equals_each_tasks_lora_linear(chunked, batch):
             torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
 
 
+def check_mixed_layer(mixed_kind: type, layers: dict[int, nn.Module], base: nn.Linear, batch: str) -> None:
+    """``mixed_kind`` over ``layers`` (each wrapping a copy of ``base``, randomised) gives every row its
+    task's layer's output, and rows of tasks without one ``base``'s, in float64."""
+    for task, layer in layers.items():
+        _randomise(layer, task)
+        layer.base_layer.load_state_dict(base.state_dict())
+    routing = TaskRouting()
+    mixed = mixed_kind(layers, num_tasks=4, routing=routing, base=base)
+    x = torch.randn(6, 5, base.in_features, dtype=torch.float64)
+    y = _route(routing, BATCHES[batch], mixed, x)
+    with torch.no_grad():
+        for row, task in enumerate(BATCHES[batch]):
+            expected = layers[task](x[row : row + 1]) if task in layers else base(x[row : row + 1])
+            torch.testing.assert_close(y[row : row + 1], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_mixed_dora_equals_each_tasks_dora_linear(batch):
+    # Tasks with other chunks (q and v; v; the whole layer): the gain of each is its own, 1 elsewhere.
+    base = nn.Linear(12, 36).double()
+    layers = {
+        0: DoRALinear(copy.deepcopy(base), 4, 8.0, chunks=3, updated=(0, 2)),
+        1: DoRALinear(copy.deepcopy(base), 3, 2.0, chunks=3, updated=(2,)),
+        3: DoRALinear(copy.deepcopy(base), 2, 1.0),
+    }
+    check_mixed_layer(MixedDoRA, layers, base, batch)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_mixed_glora_equals_each_tasks_glora_linear(batch):
+    base = nn.Linear(12, 10).double()
+    forms = {
+        0: GLoRAConfig(),
+        1: GLoRAConfig(a="lora", b="constant", c="lora", d="constant", e="none", rank=3),
+        3: GLoRAConfig(a="constant", b="vector", c="none", d="none", e="constant", rank=2),
+    }
+    layers = {task: GLoRALinear(copy.deepcopy(base), config) for task, config in forms.items()}
+    check_mixed_layer(MixedGLoRA, layers, base, batch)
+
+
 # ------------------------------------------------------------------ outputs, prompts, task ids
 
 
@@ -409,6 +511,14 @@ def test_unsupported_methods_are_refused_in_one_line(tmp_path, vit_files, method
     assert "\n" not in message and f"tuned with '{method}'" in message and "cannot be served" in message
     with pytest.raises(ValueError, match="no residual sites"):
         anatomy(fresh)  # every file is checked before the backbone is touched
+
+
+@pytest.mark.parametrize("method", ["fact-tt", "dora", "glora"])
+def test_a_qkv_whose_biases_timm_keeps_apart_is_refused_with_the_parts_reason(tmp_path, method):
+    # BEiT's attention adds its q/v biases itself, bypassing a per-sample module at attn.qkv.
+    path = tuned_file(tmp_path, "beit", method, {}, 3, seed=0)
+    with pytest.raises(ServingError, match="blocks.0.attn.qkv: .* whose biases timm keeps in the attention"):
+        MultiTaskModel(backbone("beit"), {"beit": path})
 
 
 def test_files_for_another_backbone_are_refused(tmp_path, vit_files):

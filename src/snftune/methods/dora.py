@@ -15,10 +15,15 @@ DoRA reuses LoRA's layers (:class:`~.lora.LoRALinear`: chunks of a fused qkv, ti
 qkv biases, 1x1 convolutions of CNN blocks with ``targets=("conv1x1",)``, the ``dora-conv``
 preset) and its targets; only the magnitude ``m`` (one per updated output) is new.
 :func:`snftune.merge` writes ``W'`` into the frozen rows, exactly.
+
+Served in a mixed batch (:class:`MixedDoRA`), each sample gets its own task's
+``(g - 1) W0 x + g s B A x`` on LoRA's per-sample form, the gain ``g`` computed per task. DoRA on
+1x1 convolutions and on qkv layers whose biases timm keeps apart (EVA, BEiT, Swin V2) is not served.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import install_sites
-from .lora import CONV_TARGET, LoRAConfig, LoRAConv1x1, LoRALinear, _plan, _wrap
+from .lora import CONV_TARGET, LoRAConfig, LoRAConv1x1, LoRALinear, MixedLoRA, _plan, _wrap
+from .mixed import Placed, TaskRouting, frozen_layer, replace_each
 from .registry import Capabilities, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases
 
@@ -43,6 +49,14 @@ class DoRAConfig(LoRAConfig):
 
 class DoRALinear(LoRALinear):
     """LoRA on chosen output chunks of a frozen linear layer, with a magnitude per updated row."""
+
+    why_not_mixed = ""
+    """Empty: a plain linear layer's DoRA has a per-sample form (:class:`MixedDoRA`)."""
+
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each linear layer some task updates gets a :class:`MixedDoRA` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda layers, base: MixedDoRA(layers, num_tasks, routing, base))
 
     def __init__(self, base_layer: nn.Module, *args, **kwargs) -> None:
         super().__init__(base_layer, *args, **kwargs)
@@ -81,9 +95,42 @@ class DoRALinear(LoRALinear):
         return self._gain(rows, delta).unsqueeze(-1) * (rows + delta) - rows
 
 
+class MixedDoRA(MixedLoRA):
+    """A shared frozen ``nn.Linear`` plus each sample's own task's DoRA update,
+    ``(g - 1) W0 x + g s B A x`` on the kept output chunks (:class:`~.lora.MixedLoRA`'s).
+
+    The gain ``g = m / ||W0 + s B A||_c`` depends on the task's weights, not on the sample: it is
+    computed once per task from the shared frozen weight, folded into the task's ``B`` and kept
+    per output row (1 where the task updates nothing) for the frozen term.
+    """
+
+    def __init__(self, layers: Mapping[int, DoRALinear], num_tasks: int, routing: TaskRouting, base: nn.Module) -> None:
+        super().__init__(layers, num_tasks, routing, base)
+        weight = frozen_layer(base).weight.detach().to("cpu")  # on the host, as the tasks' tensors
+        gains = torch.ones(num_tasks, weight.shape[0], dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            for task, layer in layers.items():
+                updated = list(layer.updated)  # the donor's index buffer is on the meta device
+                rows = weight.unflatten(0, (layer.chunks, -1))[updated]
+                gain = layer._gain(rows, LoRALinear.delta_weight(layer)).to(gains.dtype)
+                gains[task].unflatten(0, (layer.chunks, -1))[updated] = gain
+        gains = gains.unflatten(1, (self.chunks, -1))[:, self.kept].flatten(1)
+        self.B.mul_(gains[:, :, None].to(self.B.dtype))
+        self.add_tables(gain=gains)
+
+    def update(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        weight = frozen_layer(self.base_layer).weight
+        if not self.all_chunks:
+            weight = weight.unflatten(0, (self.chunks, -1)).index_select(0, self.kept).flatten(0, 1)
+        frozen = F.linear(x, weight.to(x.dtype))
+        return super().update(x, ids) + (self.gain.index_select(0, ids).to(x.dtype) - 1)[:, None, :] * frozen
+
+
 class DoRAConv1x1(DoRALinear, LoRAConv1x1):
     """DoRA on a 1x1 convolution of (B, C, H, W) maps (CNN blocks: ``targets=("conv1x1",)``):
     the magnitude and norm per output channel, as PEFT's convolution DoRA with a 1x1 kernel."""
+
+    why_not_mixed = "DoRA on a 1x1 convolution has no per-sample form yet"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._base(x)
@@ -98,6 +145,10 @@ class DoRAConv1x1(DoRALinear, LoRAConv1x1):
 
 class DoRASplitBiasQKV(TakesOverQKVBiases, DoRALinear):
     """DoRA on a fused qkv whose biases timm keeps in the attention (EVA, BEiT, Swin V2)."""
+
+    why_not_mixed = (
+        "DoRA on a qkv layer whose biases timm keeps in the attention (EVA, BEiT, Swin V2) has no per-sample form yet"
+    )
 
     def __init__(self, base_layer: nn.Linear, attention: nn.Module, *args, **kwargs) -> None:
         super().__init__(base_layer, *args, **kwargs)
@@ -121,12 +172,5 @@ register_method(
     presets={
         "dora-conv": ({"targets": (CONV_TARGET,)}, "DoRA on the 1x1 convolutions of each CNN block (rank 8)"),
     },
-    capabilities=Capabilities(
-        mergeable=True,
-        servable=False,
-        why_not={
-            "servable": "the magnitude rescales the frozen output row by row, which serving's per-sample LoRA "
-            "path does not compute; the serving protocol is being reworked (merge one task's model instead)"
-        },
-    ),
+    capabilities=Capabilities(mergeable=True, servable=True),
 )

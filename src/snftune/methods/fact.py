@@ -16,6 +16,11 @@ A wrapped layer adds ``s * V dropout(Sigma U x)`` to its frozen output (dropout 
 core's output, as in the official code); ``V`` starts at zero, so the model starts
 unchanged, and :func:`snftune.merge` folds ``delta W`` into the frozen weights.
 
+Served in a mixed batch, each wrapped layer's update is the low-rank product
+``(s blockdiag(V)) (Sigma blockdiag(U))`` of its task's factors, which LoRA's per-sample form
+(:class:`~.lora.MixedLoRA`) applies row by row; the shared factors are a part of their own
+(:class:`FacTFactors`) that installs nothing. BEiT's and EVA's split qkv biases are not served.
+
 The shared factors need one width: FacT applies to the plain token models (ViT/DeiT, BEiT,
 EVA/EVA-02), whose blocks all have the embedding width. An MLP whose hidden width is not a
 multiple of it (EVA-02's SwiGLU: 8/3 of it) cannot be cut into C x C slices: tune the
@@ -35,6 +40,8 @@ from torch import nn
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy
 from .common import factory_kwargs
+from .lora import MixedLoRA
+from .mixed import Placed, TaskRouting, replace_each
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
@@ -115,6 +122,11 @@ class FacTFactors(nn.Module):
     def extra_repr(self) -> str:
         return f"rank={self.rank}, decomposition={'tk' if self.tucker else 'tt'}"
 
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Nothing of their own: each layer's mixed form (:meth:`FacTLinear.install_mixed`) reads
+        its task's factors. They are a part so that serving knows whose tensors they are."""
+
 
 class FacTLinear(nn.Module):
     """``base_layer(x) + s * V dropout(Sigma U x)`` on a frozen linear layer of ``a * C`` inputs
@@ -127,6 +139,8 @@ class FacTLinear(nn.Module):
     """
 
     mergeable = True
+    why_not_mixed = ""
+    """Empty: the update is a low-rank product over the layer's input, served by :class:`~.lora.MixedLoRA`."""
 
     def __init__(
         self,
@@ -184,6 +198,21 @@ class FacTLinear(nn.Module):
         delta = torch.einsum("cr,irjs,sd->icjd", self.factors.v, grid, self.factors.u)
         return self.scale * delta.reshape(self.base_layer.weight.shape)
 
+    def full_output_update(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` with ``B @ A == delta W``, (b r, in) and (out, b r), as LoRA's
+        (:meth:`~.lora.LoRALinear.full_output_update`): ``A`` is the core times ``U`` on each input
+        slice, ``B`` is ``s V`` on each output slice."""
+        b, a = self.grid
+        u, v = self.factors.u, self.factors.v
+        first = self.core() @ torch.block_diag(*[u] * a)
+        second = self.scale * torch.block_diag(*[v] * b)
+        return first.detach(), second.detach()
+
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each layer some task updates gets a :class:`~.lora.MixedLoRA` of the tasks' low-rank forms."""
+        replace_each(model, placed, lambda layers, base: MixedLoRA(layers, num_tasks, routing, base))
+
     @torch.no_grad()
     def merge(self) -> None:
         """Folds the update into the frozen weight (the original is kept for an exact unmerge)."""
@@ -208,6 +237,10 @@ class FacTLinear(nn.Module):
 
 class FacTSplitBiasQKV(TakesOverQKVBiases, FacTLinear):
     """FacT on a fused qkv whose biases timm keeps in the attention (BEiT, EVA): see :mod:`.split_bias`."""
+
+    why_not_mixed = (
+        "FacT on a qkv layer whose biases timm keeps in the attention (EVA, BEiT) has no per-sample form yet"
+    )
 
     def __init__(self, base_layer: nn.Linear, attention: nn.Module, *args, **kwargs) -> None:
         super().__init__(base_layer, *args, **kwargs)
@@ -265,14 +298,10 @@ def apply_fact(model: nn.Module, config: FacTTTConfig) -> None:
 def _capabilities() -> Capabilities:
     return Capabilities(
         mergeable=True,
-        servable=False,
+        servable=True,
         unsupported_families={
             family: f"{ONE_WIDTH} ({family})"
             for family in ("swin", "swinv2", "convnext", "resnet", "regnet", "efficientnet")
-        },
-        why_not={
-            "servable": "mixed-task batches need a per-sample form of the shared factors; the serving protocol "
-            "is being reworked, so FacT is not served yet (merge one task's model instead)"
         },
     )
 

@@ -15,10 +15,15 @@ rank 4, ``C`` vector, ``D`` vector, ``E`` vector: 903,168 parameters on ViT-B/16
 0.86M reported for GLoRA's searched VTAB-1k configurations (docs/methods.md). As in the official
 code, the rank-r factors are an (out x r) factor starting at zero times a Xavier-initialised
 (r x in) factor, vectors and constants start at zero: the model starts unchanged.
+
+Served in a mixed batch (:class:`MixedGLoRA`), each sample gets its own task's change of the
+frozen output, ``(W0 * A) x + B x + W0 C + b0 * D + E``, with its task's supports gathered per
+row. GLoRA on qkv layers whose biases timm keeps apart (EVA, BEiT, Swin V2) is not served.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +33,7 @@ from torch import nn
 
 from ..backbones import install_sites
 from .lora import LoRAConfig, _plan
+from .mixed import MixedModule, Placed, TaskRouting, frozen_layer, replace_each
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
 
@@ -172,10 +178,133 @@ class GLoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{s}={f}" for s, f in self.forms.items())
 
+    why_not_mixed = ""
+    """Empty: a plain linear layer's GLoRA has a per-sample form (:class:`MixedGLoRA`)."""
+
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """Each linear layer some task re-parameterises gets a :class:`MixedGLoRA` (the mixed-batch protocol)."""
+        replace_each(model, placed, lambda layers, base: MixedGLoRA(layers, num_tasks, routing, base))
+
+
+def _low_rank_b(layer: GLoRALinear, in_features: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``B`` as ``down @ up`` (out, r) and (r, in): a vector or constant ``B`` adds its value
+    times the sum of the input, a rank-1 product with a row of ones."""
+    form = layer.forms["B"]
+    if form == "lora":
+        return layer.B_down, layer.B_up
+    if form == "none":
+        return None
+    value = layer.support("B")
+    return value.reshape(-1, 1), value.new_ones(1, in_features)
+
+
+def _bias_change(
+    w0: torch.Tensor, b0: torch.Tensor | None, c: torch.Tensor | None, d: torch.Tensor | None, e: torch.Tensor | None
+) -> torch.Tensor:
+    """``W0 C + b0 * D + E`` (the supports that are not None; ``D`` scales a bias the layer may lack)."""
+    change = w0.new_zeros(w0.shape[0])
+    if c is not None:
+        change += w0 @ c.reshape(-1)
+    if d is not None and b0 is not None:
+        change += b0 * d
+    if e is not None:
+        change += e
+    return change
+
+
+class MixedGLoRA(MixedModule):
+    """A shared frozen ``nn.Linear`` plus each sample's own task's GLoRA change of its output:
+
+    ``a * (W0 x) + B x + (W0 C + b0 * D + E)``
+
+    with ``a`` a task's vector or constant ``A`` (one value per output), ``B`` a low-rank product
+    (:func:`_low_rank_b`) and the bias change computed once per task from the shared ``W0, b0``;
+    all gathered per row. A rank-r ``A`` (``W0 * A``, a full matrix per task) is applied to its
+    task's rows only, one product per such task present.
+    """
+
+    def __init__(
+        self, layers: Mapping[int, GLoRALinear], num_tasks: int, routing: TaskRouting, base: nn.Module
+    ) -> None:
+        super().__init__(layers, routing, base)
+        frozen = frozen_layer(base)  # on the host, as the tasks' tensors: the tables move with the model
+        w0 = frozen.weight.detach().to("cpu")
+        b0 = None if frozen.bias is None else frozen.bias.detach().to("cpu")
+        out_features, in_features = w0.shape
+        factors = {t: _low_rank_b(layer, in_features) for t, layer in layers.items()}
+        rank = max((f[1].shape[0] for f in factors.values() if f is not None), default=1)
+        tables = {
+            "scale": w0.new_zeros(num_tasks, out_features),
+            "bias": w0.new_zeros(num_tasks, out_features),
+            "down": w0.new_zeros(num_tasks, out_features, rank),
+            "up": w0.new_zeros(num_tasks, rank, in_features),
+        }
+        self.full_a: dict[int, frozenset[int]] = {}
+        with torch.no_grad():
+            for task, layer in layers.items():
+                a, c, d, e = (layer.support(name) for name in "ACDE")
+                if layer.forms["A"] == "lora":
+                    self.full_a[task] = routing.register({task})
+                elif a is not None:
+                    tables["scale"][task] = a.reshape(-1).expand(out_features)
+                if factors[task] is not None:
+                    down, up = factors[task]
+                    tables["down"][task, :, : down.shape[1]] = down
+                    tables["up"][task, : up.shape[0]] = up
+                tables["bias"][task] = _bias_change(w0, b0, c, d, e)
+        if self.full_a:  # rank-r A: its factors per task, zero for the others
+            a_rank = max(layers[t].A_up.shape[0] for t in self.full_a)
+            tables["a_down"] = w0.new_zeros(num_tasks, out_features, a_rank)
+            tables["a_up"] = w0.new_zeros(num_tasks, a_rank, in_features)
+            for task in self.full_a:
+                rank_here = layers[task].A_up.shape[0]
+                tables["a_down"][task, :, :rank_here] = layers[task].A_down.detach()
+                tables["a_up"][task, :rank_here] = layers[task].A_up.detach()
+        self.add_tables(**tables)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.base_layer(x)
+        if not self.routing.any_present(self.tasks):
+            return output
+        weight = frozen_layer(self.base_layer).weight.to(x.dtype)
+        rows, ids = self.routing.select(self.tasks, x.shape[0])
+        mine = x if rows is None else x.index_select(0, rows)
+        flat = mine.reshape(mine.shape[0], -1, mine.shape[-1])
+        scale, bias, down, up = (self._gather(name, ids, x.dtype) for name in ("scale", "bias", "down", "up"))
+        change = scale[:, None] * F.linear(flat, weight) + bias[:, None]
+        change = change + torch.bmm(torch.bmm(flat, up.transpose(1, 2)), down.transpose(1, 2))
+        change = change.reshape(*mine.shape[:-1], -1)
+        output = output + change if rows is None else output.index_add(0, rows, change)
+        for task, key in self.full_a.items():
+            if task in self.routing.present:
+                output = self._add_full_a(output, x, weight, task, key)
+        return output
+
+    def _gather(self, name: str, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return getattr(self, name).index_select(0, ids).to(dtype)
+
+    def _add_full_a(
+        self, output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, task: int, key: frozenset[int]
+    ) -> torch.Tensor:
+        """``(W0 * A) x`` on ``task``'s rows: a rank-r ``A`` makes a full matrix per task."""
+        rows, _ = self.routing.select(key, x.shape[0])
+        change = F.linear(
+            x if rows is None else x.index_select(0, rows), weight * (self.a_down[task] @ self.a_up[task]).to(x.dtype)
+        )
+        return output + change if rows is None else output.index_add(0, rows, change)
+
+    def extra_repr(self) -> str:
+        return f"tasks={sorted(self.tasks)}, rank={self.up.shape[1]}, full_a={sorted(self.full_a)}"
+
 
 class GLoRASplitBiasQKV(TakesOverQKVBiases, GLoRALinear):
     """GLoRA on a fused qkv whose biases timm keeps in the attention (EVA, BEiT, Swin V2; see
     :mod:`.split_bias`): ``b0`` is the three parts, and merging writes them back."""
+
+    why_not_mixed = (
+        "GLoRA on a qkv layer whose biases timm keeps in the attention (EVA, BEiT, Swin V2) has no per-sample form yet"
+    )
 
     def __init__(self, base_layer: nn.Linear, attention: nn.Module, config: GLoRAConfig) -> None:
         super().__init__(base_layer, config)
@@ -232,11 +361,7 @@ register_method(
     "GLoRA: generalised LoRA on every linear layer, one fixed support configuration (no search; mergeable)",
     capabilities=Capabilities(
         mergeable=True,
-        servable=False,
+        servable=True,
         unsupported_families={family: CNN_ONLY for family in ("resnet", "regnet", "efficientnet")},
-        why_not={
-            "servable": "the supports rescale the frozen weight elementwise, which has no per-sample form in "
-            "serving's mixed batches yet (the serving protocol is being reworked); merge one task's model instead"
-        },
     ),
 )

@@ -208,12 +208,14 @@ class MixedLoRA(MixedModule):
     own task's LoRA update.
 
     Only the output chunks that some task updates are computed (``q`` and ``v`` of a fused qkv:
-    two thirds of it), and added in place as :class:`LoRALinear` adds them.
+    two thirds of it), and added in place as :class:`LoRALinear` adds them. It serves any layer
+    whose update is a low-rank product over its input (FacT's too): one with
+    ``full_output_update()``, chunked as LoRA's (``chunks``, ``updated``; else one whole chunk).
     """
 
     def __init__(self, layers: Mapping[int, LoRALinear], num_tasks: int, routing: TaskRouting, base: nn.Module) -> None:
         super().__init__(layers, routing, base)
-        chunkings = {layer.chunks for layer in layers.values()}
+        chunkings = {getattr(layer, "chunks", 1) for layer in layers.values()}
         self.chunks = chunkings.pop() if len(chunkings) == 1 else 1
         kept = sorted({c for layer in layers.values() for c in layer.updated}) if self.chunks > 1 else [0]
         updates = {task: layer.full_output_update() for task, layer in layers.items()}
@@ -235,8 +237,7 @@ class MixedLoRA(MixedModule):
         rows, ids = self.routing.select(self.tasks, x.shape[0])
         if rows is not None:
             x = x.index_select(0, rows)
-        A, B = (t.index_select(0, ids).to(x.dtype) for t in (self.A, self.B))
-        update = torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), A.transpose(1, 2)), B.transpose(1, 2))
+        update = self.update(x.reshape(x.shape[0], -1, x.shape[-1]), ids)
         # In place, as LoRALinear adds its update: F.linear keeps no output for its backward.
         target = output if self.all_chunks else output.unflatten(-1, (self.chunks, -1))
         if rows is not None:
@@ -248,6 +249,11 @@ class MixedLoRA(MixedModule):
         if rows is not None:
             output.index_copy_(0, rows, target.reshape(len(rows), *output.shape[1:]))
         return output
+
+    def update(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The update of the kept output chunks of rows ``x`` (N, tokens, in), row ``i`` as task ``ids[i]``'s."""
+        A, B = (t.index_select(0, ids).to(x.dtype) for t in (self.A, self.B))
+        return torch.bmm(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))
 
     def extra_repr(self) -> str:
         return f"tasks={sorted(self.tasks)}, rank={self.A.shape[1]}, chunks={self.chunks}, kept={self.kept.tolist()}"

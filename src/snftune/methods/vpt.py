@@ -133,6 +133,9 @@ class PromptTokens(nn.Module):
     def extra_repr(self) -> str:
         return f"length={self.length}, replaces={self.replaces}, num_prefix_tokens={self.num_prefix_tokens}"
 
+    attended: ClassVar[bool] = True
+    """Whether the other tokens attend to these (VPT's prompts); VQT's query tokens only read them."""
+
     @classmethod
     def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
         """Fills every block's token slot and the token exit of ``model`` with the prompt region
@@ -144,7 +147,8 @@ class PromptTokens(nn.Module):
             block = block_of[path.rpartition(".")[0]]
             for task, prompts in instances.items():
                 by_task.setdefault(task, {})[block] = prompts
-        install_prompts(model, anat, by_task, num_tasks, routing)
+        never_keys = frozenset() if cls.attended else frozenset(by_task)
+        install_prompts(model, anat, by_task, num_tasks, routing, never_keys)
 
 
 class StripPrompts(nn.Module):
@@ -164,10 +168,14 @@ class StripPrompts(nn.Module):
 
 
 class PromptRegion:
-    """Whether the batch now being served carries the prompt region (set by block 0's slot)."""
+    """Whether the batch now being served carries the prompt region (set by block 0's slot), and
+    what it was built from (``task_prompts``, ``never_keys``; the attention hooks it put in)."""
 
-    def __init__(self, tasks: frozenset[int]) -> None:
-        self.tasks = tasks
+    def __init__(self, task_prompts: dict[int, dict[int, PromptTokens]], never_keys: frozenset[int]) -> None:
+        self.tasks = frozenset(task_prompts)
+        self.task_prompts = task_prompts
+        self.never_keys = never_keys
+        self.hooks: list = []
         self.open = False
 
 
@@ -178,6 +186,7 @@ class MixedPrompts(nn.Module):
         prompts: {task: the (L, D) prompts this task inserts or replaces in this block}.
         valid_before: (T, P) bool, which slots hold a task's prompts as the block is entered.
         insert: True in block 0, which opens the prompt region (all slots start as padding).
+        never_keys: tasks whose prompts no token attends to (VQT's query tokens).
     """
 
     def __init__(
@@ -190,6 +199,7 @@ class MixedPrompts(nn.Module):
         routing: TaskRouting,
         region: PromptRegion,
         dtype: torch.dtype,
+        never_keys: frozenset[int] = frozenset(),
     ) -> None:
         super().__init__()
         num_tasks, width = valid_before.shape
@@ -206,7 +216,7 @@ class MixedPrompts(nn.Module):
             for task, tokens in prompts.items():
                 table[task, : tokens.shape[0]] = tokens
                 replaces[task] = True
-                valid[task] = torch.arange(width) < tokens.shape[0]
+                valid[task] = torch.arange(width) < (0 if task in never_keys else tokens.shape[0])
         self.register_buffer("prompts", table, persistent=False)
         self.register_buffer("replaces", replaces, persistent=False)
         self.register_buffer("valid", valid, persistent=False)
@@ -261,28 +271,44 @@ def install_prompts(
     task_prompts: dict[int, dict[int, PromptTokens]],
     num_tasks: int,
     routing: TaskRouting,
+    never_keys: frozenset[int] = frozenset(),
 ) -> int:
     """Fills every block's token slot and the token exit of ``model`` for the VPT tasks.
 
-    ``task_prompts``: {task: {block index: its PromptTokens there}}. Returns the width ``P``
-    of the prompt region (0, and nothing installed, without prompts).
+    ``task_prompts``: {task: {block index: its PromptTokens there}}; ``never_keys``: the tasks
+    whose prompts no token attends to (VQT's queries). A second kind of prompts served beside
+    the first (VQT beside VPT) joins its region: the region is rebuilt for both kinds' tasks.
+    Returns the width ``P`` of the prompt region (0, and nothing installed, without prompts).
     """
+    previous = getattr(getattr(model, "token_exit", None), "slot", None)
+    if isinstance(previous, StripPromptRegion):
+        task_prompts = {**previous.region.task_prompts, **task_prompts}
+        never_keys = never_keys | previous.region.never_keys
+        _remove_region(model, anat, previous.region)
     width = max((p.length for blocks in task_prompts.values() for p in blocks.values()), default=0)
     if not width:
         return 0
     reference = next(p.prompts for blocks in task_prompts.values() for p in blocks.values())
     valid = torch.zeros(num_tasks, width, dtype=torch.bool)
-    region = PromptRegion(frozenset(task_prompts))
+    region = PromptRegion(task_prompts, never_keys)
+    p, dim = anat.num_prefix_tokens, anat.embed_dim
     for index, (block, attention) in enumerate(zip(anat.blocks, anat.attentions, strict=True)):
         here = {t: blocks[index].prompts for t, blocks in task_prompts.items() if index in blocks}
-        mixed = MixedPrompts(
-            here, valid, anat.num_prefix_tokens, anat.embed_dim, index == 0, routing, region, reference.dtype
-        )
+        mixed = MixedPrompts(here, valid, p, dim, index == 0, routing, region, reference.dtype, never_keys)
         valid = mixed.valid.clone()
         fill_slot(block, "token_slot", mixed)
-        attention.register_forward_pre_hook(mixed.attention_pre_hook, with_kwargs=True)
-    fill_slot(model.token_exit, "slot", StripPromptRegion(anat.num_prefix_tokens, width, region))
+        region.hooks.append(attention.register_forward_pre_hook(mixed.attention_pre_hook, with_kwargs=True))
+    fill_slot(model.token_exit, "slot", StripPromptRegion(p, width, region))
     return width
+
+
+def _remove_region(model: nn.Module, anat: Anatomy, region: PromptRegion) -> None:
+    """Empties the token slots and exit that ``region`` filled, and removes its attention hooks."""
+    for block in anat.blocks:
+        block.token_slot = nn.Identity()
+    model.token_exit.slot = nn.Identity()
+    for hook in region.hooks:
+        hook.remove()
 
 
 def _lengths(config: VPTConfig, num_blocks: int) -> list[int]:

@@ -14,10 +14,16 @@ official code's default ``NORMALIZE_FEATS``); it becomes a linear layer of
 
 Not mergeable by nature: the queries' outputs feed the head, so no weight of the backbone
 can stand for them. Token models only (ViT/DeiT, EVA/EVA-02, BEiT).
+
+Served in a mixed batch (:meth:`QueryTokens.install_mixed`), a VQT task's queries take its
+samples' slots of VPT's prompt region (shared with any VPT task), never as keys; a
+:class:`QueryReader` hands each task's query outputs to its own collector, which its own wider
+head (the pre-hook it carries) reads when serving calls it on the task's samples.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import install_sites
+from ..backbones import anatomy, install_sites
 from ..backbones.sites import fill_slot
 from .common import factory_kwargs
+from .mixed import Placed, TaskRouting
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .vpt import PromptTokens, StripPrompts
 
@@ -91,9 +98,22 @@ class QueryTokens(PromptTokens):
     tokens are queries: the outputs carried in go to the collector first, and
     :meth:`mask_queries` keeps every token from attending to them."""
 
+    attended = False
+    """No token attends to a query token (in a mixed batch too: see :meth:`install_mixed`)."""
+
     def __init__(self, *args, outputs: QueryOutputs, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "outputs", outputs)  # shared with every block: not a submodule
+
+    @classmethod
+    def install_mixed(cls, model: nn.Module, placed: Placed, num_tasks: int, routing: TaskRouting) -> None:
+        """VPT's prompt region (:meth:`PromptTokens.install_mixed`), the queries never keys, and a
+        :class:`QueryReader` on every block for the tasks' own collectors (which their heads read)."""
+        super().install_mixed(model, placed, num_tasks, routing)
+        collectors = {task: query for instances in placed.values() for task, query in instances.items()}
+        reader = QueryReader(collectors, routing)
+        for index, block in enumerate(anatomy(model).blocks):
+            block.register_forward_hook(functools.partial(reader.block_output, index == 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.replaces:
@@ -114,6 +134,31 @@ class QueryTokens(PromptTokens):
         if given is not None:
             mask = given & mask if given.dtype == torch.bool else given.masked_fill(~mask, float("-inf"))
         return args, {**kwargs, "attn_mask": mask}
+
+
+class QueryReader:
+    """Reads the query outputs of each VQT task's samples in a mixed batch (as each block leaves
+    them in the prompt region) into that task's own :class:`QueryOutputs`, the collector its
+    head's pre-hook summarises: the head then sees its task's samples only, in batch order, as
+    serving hands them to it."""
+
+    def __init__(self, queries: dict[int, QueryTokens], routing: TaskRouting) -> None:
+        self.routing = routing
+        self.tasks = {
+            task: (routing.register({task}), query.outputs, query.num_prefix_tokens, query.length)
+            for task, query in queries.items()
+        }
+
+    def block_output(self, first: bool, block: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Forward hook of every block (``first``: block 0, which starts a new forward)."""
+        for task, (key, outputs, p, tokens) in self.tasks.items():
+            if task not in self.routing.present:
+                continue
+            if first:
+                outputs.start()
+            rows, _ = self.routing.select(key, output.shape[0])
+            mine = output if rows is None else output.index_select(0, rows)
+            outputs.record(mine[:, p : p + tokens])
 
 
 class TakeQueryOutputs(StripPrompts):
@@ -185,7 +230,7 @@ register_method(
     "VQT: 5 query tokens per block that only read its tokens, their outputs summarised into the head",
     capabilities=Capabilities(
         mergeable=False,
-        servable=False,
+        servable=True,
         unsupported_families={
             family: "VQT adds query tokens to a token sequence; this family computes feature maps (or windows "
             "without a class token sequence) instead"
@@ -193,8 +238,6 @@ register_method(
         },
         why_not={
             "mergeable": "the query tokens' outputs feed the classifier head: no backbone weight can stand for them",
-            "servable": "each task has its own wider head reading its own query tokens; the serving protocol is "
-            "being reworked, so VQT is not served in mixed batches yet",
         },
     ),
 )
