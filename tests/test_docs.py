@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import snftune
+from snftune.methods.registry import method_for, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(snftune.__file__).absolute().parents[1]
@@ -74,3 +75,23 @@ def test_the_readme_python_example_runs_as_written(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "snf-deep: tuned 10,800" in result.stdout and (tmp_path / "task.safetensors").is_file()
+
+
+def test_the_methods_table_says_what_each_method_declares():
+    """docs/methods.md's mergeable and servable columns agree with ``snftune.capabilities``."""
+    table = [line for line in (ROOT / "docs" / "methods.md").read_text().splitlines() if line.startswith("| `")]
+    assert len(table) >= 20
+    checked = set()
+    for row in table:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        names = [name for name in re.findall(r"`([^`]+)`", cells[0]) if not name.startswith("peft")]
+        for name in names:
+            declared = snftune.capabilities(name)
+            for column, capability in ((cells[3], declared.mergeable), (cells[4], declared.servable)):
+                assert column.startswith(("yes", "trivially")) == capability, (name, column)
+            checked.add(name)
+    def base(name: str) -> str:
+        return method_for(resolve_config(name)).name
+
+    every = {base(name) for name in snftune.method_names() if not name.startswith("peft")}
+    assert {base(name) for name in checked} == every  # a row for every method

@@ -36,7 +36,7 @@ def _placed_by_kind(tasks: list[TaskParts]) -> dict[type, dict[str, dict[int, nn
 
 class MultiTaskModel(nn.Module):
     """One frozen backbone serving tuned tasks of every method declared servable
-    (``snftune.capabilities(name).servable``: SNF, LoRA, Adapter, VPT, BitFit, SSF, linear probing, NOAH subnets).
+    (``snftune.capabilities(name).servable``; docs/methods.md lists them).
 
     Args:
         backbone: the untuned timm model the files were tuned on (the same architecture, shapes
