@@ -286,5 +286,5 @@ def test_random_crop_and_flip_training_with_the_cache_gives_bit_identical_tuned_
 
 
 def test_a_bad_cache_mode_is_refused_before_anything_runs(data_dir):
-    with pytest.raises(ValueError, match="--cache 'sometimes'"):
+    with pytest.raises(ValueError, match="cache must be one of auto, off, ram, disk, got 'sometimes'"):
         resolve_settings({**TINY_RUN, "data": "vtab1k/shapes", "data_dir": str(data_dir), "cache": "sometimes"})

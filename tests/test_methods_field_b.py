@@ -446,7 +446,7 @@ def test_configs_survive_a_json_round_trip_unchanged(config) -> None:
         ("fact-tk", {"scale": -1.0}, "scale must be a number > 0"),
         ("fact-tt", {"targets": ("ffn",)}, "targets"),
         ("fact-tt", {"dropout": 1.0}, "dropout"),
-        ("dora", {"rank": 0}, "rank must be in 1..4096, got 0"),
+        ("dora", {"rank": 0}, r"rank must be in \[1, 4096\], got 0"),
         ("glora", {"c": "constant"}, "c must be one of"),
         ("glora", {"rank": True}, "rank"),
         ("glora", dict.fromkeys("abcde", "none"), "at least one"),

@@ -197,7 +197,12 @@ def test_an_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
 
 
 def test_eval_refuses_bad_options_before_evaluating(finished, tmp_path, capsys):
-    fails(capsys, ["eval", str(finished), "--batch-size", "0", "--workers", "0"], 2, "--batch-size must be >= 1")
+    fails(
+        capsys,
+        ["eval", str(finished), "--batch-size", "0", "--workers", "0"],
+        2,
+        "--batch-size must be a whole number in [1, 1048576], got 0",
+    )
     fails(capsys, ["eval", str(finished), "--json", str(tmp_path), "--workers", "0"], 2, "is a folder")
     if not torch.cuda.is_available():
         fails(capsys, ["eval", str(finished), "--device", "cuda", "--workers", "0"], 2, "no CUDA device")

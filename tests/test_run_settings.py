@@ -285,7 +285,7 @@ def test_a_bad_config_value_is_one_line_naming_it(tmp_path, capsys, line, messag
 
 def test_eval_and_predict_refuse_negative_workers(one_epoch_run, tmp_path, capsys):
     out, _ = one_epoch_run
-    fails(capsys, ["eval", str(out), "--workers", "-1"], "--workers must be >= 0")
+    fails(capsys, ["eval", str(out), "--workers", "-1"], "--workers must be a whole number in [0, 1024], got -1")
     image = tmp_path / "one.png"
     Image.new("RGB", (8, 8)).save(image)
     args = ["predict", "--tuned", str(out), "--images", str(image), "--workers", "-1"]

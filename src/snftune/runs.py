@@ -46,12 +46,13 @@ from .engine import (
     METRICS_NAME,
     TUNED_NAME,
     DistInfo,
+    Metrics,
     TrainConfig,
     evaluate,
     run_lock,
     train,
 )
-from .engine.acceleration import amp_dtype, autocast_name
+from .engine.acceleration import THREADS, amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import RESUMABLE_CHANGES
 from .errors import RUN_FAILED, SnftuneError
@@ -203,7 +204,7 @@ class RunSpec:
     img_size: int | None = _key(Rule(int, 1, MAX_IMAGE_SIZE, optional=True))
     drop_path: float = _key(Rule(float, 0.0, 1.0, high_open=True), 0.0)
     device: str | None = _key(Rule(str, optional=True))
-    threads: int | None = _key(Rule(int, 1, 4096, optional=True))
+    threads: int | None = _key(THREADS)
     cache: str = _key(Rule(str, choices=CACHE_MODES), "auto")
     cache_dir: str | None = _key(Rule(str, optional=True))
     feature_cache: bool = _key(Rule(bool), True)
@@ -391,8 +392,6 @@ def resolve_settings(values: dict[str, Any]) -> ResolvedRun:
         )
     check_device(values.get("device"))
     cache, feature_cache = values.get("cache") or "auto", values.get("feature_cache")
-    if cache not in CACHE_MODES:
-        raise SettingsError(f"--cache {cache!r}: use one of {', '.join(CACHE_MODES)}")
     pretrained = values.get("pretrained")
     _check_weights_named(str(values["model"]), pretrained)
     method = str(values["method"])
@@ -599,7 +598,7 @@ class Plan(Protocol):
 
     def run(
         self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-    ) -> list[dict[str, Any]]:
+    ) -> list[Metrics]:
         """Runs what is left in ``folder``; returns the final runs' metrics."""
         ...
 
@@ -626,7 +625,7 @@ class RunPlan:
 
     def run(
         self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-    ) -> list[dict[str, Any]]:
+    ) -> list[Metrics]:
         """The run's metrics; none when ``folder`` held this run finished (said in ``log``)."""
         metrics = train_run(self.resolved, folder, self.resume, dist)
         if metrics is None:
@@ -736,7 +735,7 @@ def _remove_stale_temporaries(out: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | None = None) -> dict[str, Any] | None:
+def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | None = None) -> Metrics | None:
     """Builds the model and data, writes ``config.yaml`` and trains in ``out``, holding the
     folder's lock.
 
@@ -818,7 +817,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
 
 def _final_evaluation(
     model: torch.nn.Module, settings: RunSpec, task: Task, out: Path, dist: DistInfo
-) -> dict[str, Any]:
+) -> Metrics:
     """The reported split (test) read once, with the trained weights: its top-1 becomes the
     run's headline in ``metrics.json``, beside the figures of the split watched in training."""
     metrics = json.loads((out / METRICS_NAME).read_text())
@@ -920,10 +919,8 @@ def evaluate_tuned(
 ) -> dict[str, Any]:
     """Top-1 of a tuned-weights file on ``split`` of the settings' task (default: its eval split)."""
     check_device(device)
-    if batch_size < 1:
-        raise SettingsError(f"--batch-size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise SettingsError(f"--workers must be >= 0 (0: load images in this process), got {workers}")
+    TrainConfig.rules()["batch_size"].check("--batch-size", batch_size, SettingsError)
+    TrainConfig.rules()["workers"].check("--workers", workers, SettingsError)
     task = resolve_task(settings.data, settings.data_dir, **(settings.data_options or {}))
     if settings.num_classes is not None and settings.num_classes != task.num_classes:
         raise SettingsError(

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
-from .engine import DistInfo, DivergenceError, read_metrics
+from .engine import DistInfo, DivergenceError, Metrics, read_metrics
 from .inputs import DamagedFileError, read_json_record
 from .runs import (
     CONFIG_NAME,
@@ -291,7 +291,7 @@ class SelectionPlan(PicklesFields):
 
     def run(
         self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-    ) -> list[dict[str, Any]]:
+    ) -> list[Metrics]:
         return _run(self, folder, dist, log)
 
 
@@ -551,7 +551,7 @@ def _log_choice(record: dict[str, Any], log: Callable[[str], None]) -> None:
         log(f"  warning: {warning}")
 
 
-def _run(plan: SelectionPlan, folder: Path, dist: DistInfo | None, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _run(plan: SelectionPlan, folder: Path, dist: DistInfo | None, log: Callable[[str], None]) -> list[Metrics]:
     """Selection (when the plan has a space), then the final run per seed; returns their metrics.
 
     Runs already in ``folder`` are reused only when made with the plan's settings; otherwise

@@ -11,8 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..backbones import anatomy
-from ..engine.acceleration import idle_threads
-from ..runs import SettingsError
+from ..engine.acceleration import use_threads
 from .measure import OUTPUT_DESCRIPTION, AnalysisSettings, compare_models
 from .report import write_analysis
 from .sources import AnalysisInputs, build_models, sample_images
@@ -37,11 +36,9 @@ def run_analysis(
     ``threads``: torch CPU threads (default: the idle cores; an oversubscribed torch thread
     spin-waits and runs many times slower). Returns the analysis, with ``written`` (the paths).
     """
-    if threads is not None and threads < 1:
-        raise SettingsError(f"--threads must be >= 1, got {threads}")
     settings = settings or AnalysisSettings()
     saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or idle_threads())
+    use_threads(threads)
     try:
         start = time.perf_counter()
         models = build_models(inputs, labels)

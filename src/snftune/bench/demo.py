@@ -18,7 +18,7 @@ import torch
 from ..atomic import atomic_write_json
 from ..data.generated import GENERATED_TASKS, generated_task_names
 from ..engine import cleanup_distributed, setup_distributed
-from ..engine.acceleration import idle_threads
+from ..engine.acceleration import idle_threads, use_threads
 from ..runs import RunFailedError, RunRequest, SettingsError
 from .plots import plot_run_features
 from .runner import plan_suite, run_suite
@@ -77,18 +77,14 @@ def demo_overrides(options: DemoOptions) -> dict[str, Any]:
     if options.quick:
         values.update(epochs=1, warmup_epochs=0.2, data_options={"n_test": 200})
     if options.epochs is not None:
-        if options.epochs < 1:
-            raise SettingsError(f"--epochs must be >= 1, got {options.epochs}")
         values["epochs"] = options.epochs
     return values
 
 
 def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs the demo in ``options.out`` and returns its summary (also written as ``demo.json``)."""
-    if options.threads is not None and options.threads < 1:
-        raise SettingsError(f"--threads must be >= 1, got {options.threads}")
     saved_threads = torch.get_num_threads()
-    torch.set_num_threads(options.threads or idle_threads())
+    use_threads(options.threads)
     try:
         return _run_demo(options, log)
     finally:

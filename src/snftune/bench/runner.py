@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, RunLockedError, read_metrics
+from ..engine import METRICS_NAME, TUNED_NAME, DistInfo, Metrics, RunLockedError, read_metrics
 from ..engine.distributed import broadcast_object
 from ..nas.noah import NoahPlan, plan_noah
 from ..runs import (
@@ -321,7 +321,7 @@ def run_suite(
     return failures
 
 
-def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: RunRequest) -> list[dict[str, Any]]:
+def _evaluate_from_source(suite: Suite, cell: Cell, out: Path, overrides: RunRequest) -> list[Metrics]:
     """A task evaluated with the weights tuned on another task (domain generalisation), once
     per final run (seed) of that task."""
     seeds = tuple(suite.seeds) if suite.seeds else None
@@ -374,7 +374,7 @@ class CellOutcome:
     status: str
     """FINISHED (ran now), ALREADY_DONE (found finished once its lock was held), FAILED, LOCKED
     (another live process runs it)."""
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[Metrics] = field(default_factory=list)
     """The metrics of its final runs (one per seed), when FINISHED."""
     message: str | None = None
     """FAILED: ``Type: message``; LOCKED: who holds the cell."""
@@ -413,7 +413,7 @@ def cell_results(
     overrides: RunRequest,
     dist: DistInfo,
     log: Callable[[str], None],
-) -> list[dict[str, Any]]:
+) -> list[Metrics]:
     """The work of one cell: its runs (selection, then the final run per seed) or the evaluation
     of another cell's weights; returns the final runs' metrics (none on DDP ranks other than 0
     for an evaluation)."""

@@ -4,7 +4,7 @@ from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .lock import LOCK_NAME, RunLockedError, lock_holder, run_lock
-from .records import read_metrics
+from .records import Metrics, read_metrics
 from .schedule import WarmupCosine
 from .trainer import LOG_NAME, METRICS_NAME, TUNED_NAME, DivergenceError, ResumeError, evaluate, train
 
@@ -20,6 +20,7 @@ __all__ = [
     "RunLockedError",
     "lock_holder",
     "run_lock",
+    "Metrics",
     "read_metrics",
     "DistInfo",
     "ResumeError",

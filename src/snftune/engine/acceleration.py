@@ -20,7 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..inputs import Rule
 from .config import ConfigError, TrainConfig
+
+THREADS = Rule(int, 1, 4096, optional=True)
+"""torch's CPU threads for a run (None: one per idle core, :func:`idle_threads`)."""
 
 __all__ = [
     "AccelerationError",
@@ -110,8 +114,6 @@ def idle_threads() -> int:
 
 def use_threads(threads: int | None) -> int:
     """Sets torch's CPU threads to ``threads`` (None: :func:`idle_threads`) and returns the number."""
-    if threads is not None and threads < 1:
-        raise AccelerationError(f"--threads must be >= 1, got {threads}")
-    chosen = threads or idle_threads()
+    chosen = THREADS.check("--threads", threads, AccelerationError) or idle_threads()
     torch.set_num_threads(chosen)
     return chosen

@@ -13,7 +13,7 @@ from typing import Any
 from ..inputs import read_json_record
 from .trainer import METRICS_NAME
 
-__all__ = ["METRICS_SCHEMA", "read_metrics"]
+__all__ = ["METRICS_SCHEMA", "Metrics", "read_metrics"]
 
 METRICS_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "top1": (int, float, type(None)),
@@ -22,8 +22,13 @@ METRICS_SCHEMA: dict[str, type | tuple[type, ...]] = {
 }
 """The keys every ``metrics.json`` has, with their types (``top1`` is null for a run evaluated never)."""
 
+Metrics = dict[str, Any]
+"""A run's ``metrics.json`` as plain data: the keys of :data:`METRICS_SCHEMA`, the headline's
+details (``final``, ``best``, ``reported_as``), ``timing``, ``tuned_parameters`` and the
+``settings`` it ran with. What a run, a plan and a bench cell return."""
 
-def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+
+def read_metrics(path: str | os.PathLike) -> Metrics:
     """A run's ``metrics.json`` (``path``: the file, or the run folder holding it), its shape checked."""
     path = Path(path)
     if path.is_dir():

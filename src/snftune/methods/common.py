@@ -66,16 +66,18 @@ update is not low-rank any more, and a typo (``length=100000``) would be allocat
 
 
 def normalise_size(value: int | Sequence[int], name: str, maximum: int = MAX_SIZE) -> Size:
-    """An int in 1..maximum, or a tuple of ints in 0..maximum (lists from JSON or YAML become tuples)."""
+    """An int in [1, maximum], or a tuple of ints in [0, maximum] (lists from JSON or YAML become tuples)."""
     if isinstance(value, bool) or not isinstance(value, int | Sequence) or isinstance(value, str):
         raise ValueError(f"{name} must be an int or a list of ints (one per block), got {value!r}")
     if isinstance(value, int):
         if not 1 <= value <= maximum:
-            raise ValueError(f"{name} must be in 1..{maximum}, got {value}; use a per-block list with 0 to skip blocks")
+            raise ValueError(
+                f"{name} must be in [1, {maximum}], got {value}; use a per-block list with 0 to skip blocks"
+            )
         return value
     sizes = tuple(value)
     if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= maximum for v in sizes):
-        raise ValueError(f"{name} as a list needs one int in 0..{maximum} per block, got {list(value)!r}")
+        raise ValueError(f"{name} as a list needs one int in [0, {maximum}] per block, got {list(value)!r}")
     return sizes
 
 

@@ -35,8 +35,8 @@ from torch import nn
 
 from ..backbones import install_sites
 from ..backbones.sites import Anatomy, is_pointwise
-from ..inputs import check_sequence, check_value
-from .common import Size, normalise_size, per_block
+from ..inputs import Rule, check_sequence
+from .common import RATE, Size, normalise_size, per_block
 from .mixed import MixedModule, Placed, TaskRouting, replace_each
 from .registry import Capabilities, MethodConfig, NotApplicableError, register_method
 from .split_bias import TakesOverQKVBiases, keeps_qkv_biases_apart
@@ -78,12 +78,8 @@ class LoRAConfig(MethodConfig):
             raise ValueError(f"targets must be distinct names from {TARGETS}, got {list(self.targets)}")
         if "qkv" in self.targets and set(QKV_PARTS) & set(self.targets):
             raise ValueError("target either 'qkv' (one update of the fused layer) or some of 'q', 'k', 'v', not both")
-        self.alpha = check_value(self.alpha, "alpha", float, 0.0, 1e6)
-        self.dropout = check_value(self.dropout, "dropout", float, 0.0, 1.0)
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.alpha = Rule(float, 0.0, 1e6, low_open=True).check("alpha", self.alpha)
+        self.dropout = RATE.check("dropout", self.dropout)
 
 
 class LoRALinear(nn.Module):

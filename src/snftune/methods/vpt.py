@@ -39,8 +39,8 @@ from torch import nn
 from ..backbones import anatomy, install_sites
 from ..backbones.sites import NO_TOKENS_IN_FEATURE_MAPS, Anatomy, fill_slot
 from ..backbones.swin import NO_TOKEN_SEQUENCE
-from ..inputs import check_value
-from .common import Size, factory_kwargs, normalise_size, per_block
+from ..inputs import Rule, check_value
+from .common import RATE, Size, factory_kwargs, normalise_size, per_block
 from .mixed import Placed, TaskRouting
 from .registry import Capabilities, MethodConfig, NotApplicableError, capabilities, register_method
 
@@ -66,6 +66,9 @@ MAX_PROMPT_LENGTH = 1024
 sequence of 197): ``length=100000`` would be accepted and never finish an epoch."""
 
 
+INIT_RANGE = Rule(float, 0.0, 10.0, low_open=True, optional=True, hint="unset: the paper's Xavier range")
+
+
 @dataclass
 class VPTConfig(MethodConfig):
     """Settings of VPT.
@@ -89,15 +92,10 @@ class VPTConfig(MethodConfig):
     def __post_init__(self) -> None:
         self.length = normalise_size(self.length, "length", MAX_PROMPT_LENGTH)
         check_value(self.deep, "deep", bool)
-        self.dropout = check_value(self.dropout, "dropout", float, 0.0, 1.0)
-        if self.init_range is not None:
-            self.init_range = check_value(self.init_range, "init_range", float, 0.0, 10.0)
+        self.dropout = RATE.check("dropout", self.dropout)
+        self.init_range = INIT_RANGE.check("init_range", self.init_range)
         if isinstance(self.length, tuple) and not self.deep:
             raise ValueError("per-block prompt lengths need deep=True; VPT-shallow prompts exist only at the input")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_range is not None and self.init_range <= 0:
-            raise ValueError(f"init_range must be > 0 or None, got {self.init_range}")
 
 
 class PromptTokens(nn.Module):

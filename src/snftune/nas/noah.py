@@ -33,7 +33,7 @@ from ..atomic import atomic_write_json
 from ..backbones import anatomy
 from ..backbones.embedded import RANDOM, is_embedded, sha256_of
 from ..data import build_transform, resolve_task
-from ..engine import TUNED_NAME, DistInfo, TrainConfig, evaluate, read_metrics, run_lock
+from ..engine import TUNED_NAME, DistInfo, Metrics, TrainConfig, evaluate, read_metrics, run_lock
 from ..engine.trainer import amp_dtype
 from ..methods.noah import NoahSupernetConfig, set_active_subnet, supernet_space
 from ..methods.noah_subnets import Subnet, SubnetSpace, subnet_parameters, write_noah_subnet
@@ -187,7 +187,7 @@ class NoahPlan(PicklesFields):
 
     def run(
         self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-    ) -> list[dict[str, Any]]:
+    ) -> list[Metrics]:
         return run_noah(self, folder, dist, log)
 
 
@@ -278,7 +278,7 @@ def check_plan(plan: NoahPlan) -> NoahCheck:
 # ---------------------------------------------------------------- phases
 
 
-def _train_phase(request: RunRequest, folder: Path, name: str, log: Callable[[str], None]) -> dict[str, Any]:
+def _train_phase(request: RunRequest, folder: Path, name: str, log: Callable[[str], None]) -> Metrics:
     """Trains one phase's run folder, resumes it, or reuses it when it finished with these settings."""
     resolved = request.resolved
     state = run_state(folder)
@@ -387,7 +387,7 @@ def _search_phase(plan: NoahPlan, folder: Path, log: Callable[[str], None]) -> d
 
 def run_noah(
     plan: NoahPlan, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
+) -> list[Metrics]:
     """Supernet, search, retrain (one per seed) in ``folder``; returns the retrain metrics."""
     if dist is not None and dist.enabled:
         raise SettingsError(
