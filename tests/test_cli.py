@@ -252,3 +252,26 @@ def test_plot_fewshot_and_features_write_png_files(run_dir, tmp_path, capsys):
     assert main(figure) == 0
     assert (tmp_path / "features.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "60 images of generated/shapes:val200" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "--tuned", "t", "--images", "i", "--out", "p.csv", "--top-k", "0"], "--top-k: must be a whole"),
+        (["predict", "--tuned", "t", "--images", "i", "--out", "p.csv", "--workers", "-1"], "[0, 1024], got '-1'"),
+        (["predict", "--tuned", "t", "--images", "i", "--out", "p.csv", "--batch-size", "x"], "got 'x'"),
+        (["pretrain", "--seed", "-3"], "--seed: must be a whole number in [0, 9223372036854775807], got '-3'"),
+        (["pretrain", "--samples", "0"], "--samples: must be a whole number in [1, 10000000], got '0'"),
+        (["demo", "--threads", "0"], "--threads: must be a whole number in [1, 4096], got '0'"),
+        (["bench", "--suite", "demo", "--out", "o", "--cpus-per-cell", "0"], "--cpus-per-cell: must be a whole"),
+    ],
+)
+def test_command_flags_are_ranged_by_their_rule(tmp_path, capsys, monkeypatch, args, message):
+    """Flags of one command (not run settings) are checked by the same rules, as argparse parses them."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, as for any bad flag
+        main(args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from .errors import SnftuneError
 __all__ = [
     "DamagedFileError",
     "Rule",
+    "THREADS",
     "check_sequence",
     "check_value",
     "read_json_record",
@@ -192,6 +193,10 @@ class Rule:
         above = low is None or (value > low if self.low_open else value >= low)
         below = high is None or (value < high if self.high_open else value <= high)
         return above and below
+
+
+THREADS = Rule(int, 1, 4096, optional=True)
+"""torch's CPU threads for a run or a command (None: one per idle core)."""
 
 
 def check_value(

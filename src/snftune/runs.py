@@ -52,11 +52,11 @@ from .engine import (
     run_lock,
     train,
 )
-from .engine.acceleration import THREADS, amp_dtype, autocast_name
+from .engine.acceleration import amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import RESUMABLE_CHANGES
 from .errors import RUN_FAILED, SnftuneError
-from .inputs import Rule, load_yaml
+from .inputs import THREADS, Rule, load_yaml
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata

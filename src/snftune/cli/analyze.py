@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CLIError, parse_key_values
+from ..inputs import THREADS
+from .common import CLIError, parse_key_values, ranged
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="power-iteration steps per end-to-end constant (each runs the rest of the network)",
     )
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the idle cores)")
+    parser.add_argument("--threads", type=ranged(THREADS), help="torch CPU threads (default: the idle cores)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(run=run)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..bench.suites import suite_names  # the suites folder's listing: no torch, for --help
-from .common import CLIError, add_train_options, apply_threads, parse_search, values_from_args
+from ..inputs import THREADS
+from .common import CLIError, add_train_options, apply_threads, parse_search, ranged, values_from_args
 
 if TYPE_CHECKING:
     from ..bench.suites import Suite
@@ -69,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     scale.add_argument(
         "--cpus-per-cell",
-        type=int,
+        type=ranged(THREADS),
         metavar="N",
         help="with --executor ray: CPUs Ray reserves per cell, and its torch threads (default 1)",
     )
@@ -197,8 +198,6 @@ def _check_executor_options(args: argparse.Namespace) -> None:
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CLIError("--executor ray runs each cell in a process of its own; start it with python, not torchrun")
-    if args.cpus_per_cell is not None and args.cpus_per_cell < 1:
-        raise CLIError(f"--cpus-per-cell must be >= 1, got {args.cpus_per_cell}")
     from ..bench.ray_executor import RayUnavailableError, import_ray
 
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..atomic import atomic_write_json
 from ..errors import SnftuneError
-from ..inputs import load_yaml
+from ..inputs import THREADS, Rule, load_yaml
 
 
 class CLIError(SnftuneError):
@@ -202,8 +202,23 @@ def _add_engine_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
 
 
+def ranged(rule: Rule) -> Any:
+    """An argparse ``type`` from a :class:`snftune.inputs.Rule`: the text as the rule's number,
+    within its range, else argparse's one line (``argument --top-k: must be a whole number >= 1,
+    got '0'``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return rule.check("value", int(text) if rule.kind is int else float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule.describe()}, got {text!r}") from None
+
+    parse.__name__ = rule.describe()
+    return parse
+
+
 def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core)")
+    parser.add_argument("--threads", type=ranged(THREADS), help="torch CPU threads (default: one per idle core)")
 
 
 def apply_threads(threads: int | None) -> int:

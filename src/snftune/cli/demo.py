@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..inputs import THREADS
+from .common import ranged
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -29,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--suite", default="demo", help="suite name or YAML file (default: demo)")
     parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: the idle cores, from the load average; at least 1)"
+        "--threads",
+        type=ranged(THREADS),
+        help="torch CPU threads (default: the idle cores, from the load average; at least 1)",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--resume", action="store_true", help="continue a demo in --out, keeping its finished runs")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import CLIError, add_threads_option, apply_threads, parse_key_values
+from ..inputs import Rule
+from .common import add_threads_option, apply_threads, parse_key_values, ranged
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,13 +26,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", required=True, help="an image folder, a text list of image paths, or one image")
     parser.add_argument("--out", required=True, help="the CSV file to write")
-    parser.add_argument("--top-k", type=int, default=5, help="classes per image and task (default 5)")
+    parser.add_argument(
+        "--top-k", type=ranged(Rule(int, 1, 1_000_000)), default=5, help="classes per image and task (default 5)"
+    )
     parser.add_argument("--model", help="timm model or embedded backbone name (default: the run folders')")
     parser.add_argument("--pretrained", help="backbone weights the tasks were tuned on (default: the run folders')")
     parser.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="extra timm.create_model arguments")
     parser.add_argument("--img-size", type=int, help="input size the backbone was built for")
-    parser.add_argument("--batch-size", type=int, default=64, help="(image, task) pairs per forward (default 64)")
-    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes (default 0)")
+    parser.add_argument(
+        "--batch-size",
+        type=ranged(Rule(int, 1, 1 << 20)),
+        default=64,
+        help="(image, task) pairs per forward (default 64)",
+    )
+    parser.add_argument(
+        "--workers", type=ranged(Rule(int, 0, 1024)), default=0, help="image-decoding processes (default 0)"
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_threads_option(parser)
     parser.set_defaults(run=run)
@@ -41,10 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from ..runs import input_config
     from ..serving.predict import backbone_settings, list_images, predict, serve_sources, task_source, write_predictions
 
-    if args.top_k < 1 or args.batch_size < 1:
-        raise CLIError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
-    if args.workers < 0:
-        raise CLIError(f"--workers must be >= 0 (0: decode images in this process), got {args.workers}")
     apply_threads(args.threads)
     sources = [task_source(spec) for spec in args.tuned]
     images = list_images(args.images)

@@ -7,8 +7,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from ..inputs import THREADS, Rule
 from ..suggest import did_you_mean
-from .common import CLIError
+from .common import CLIError, ranged
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,10 +26,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="snftune-vit-tiny", help="embedded backbone (default: snftune-vit-tiny)")
     parser.add_argument("--out", default=".", help="folder for the weights and JSON (default: the working directory)")
     parser.add_argument("--run-dir", help="engine run folder (log.jsonl, metrics.json; default: a temporary one)")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--samples", type=int, help="override the recipe's number of upstream training images")
-    parser.add_argument("--seed", type=int, help="override the recipe's training seed")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--epochs", type=ranged(Rule(int, 1, 1_000_000)), help="override the recipe's epochs")
+    parser.add_argument(
+        "--samples",
+        type=ranged(Rule(int, 1, 10_000_000)),
+        help="override the recipe's number of upstream training images",
+    )
+    parser.add_argument("--seed", type=ranged(Rule(int, 0, 2**63 - 1)), help="override the recipe's training seed")
+    parser.add_argument("--threads", type=ranged(THREADS), help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.set_defaults(run=run)
 
@@ -41,14 +46,6 @@ def run(args: argparse.Namespace) -> int:
     if args.model not in RECIPES:
         hint = did_you_mean(args.model, RECIPES)
         raise CLIError(f"--model {args.model}: no pretraining recipe{hint}; known: {', '.join(sorted(RECIPES))}")
-    for flag, value, low in (
-        ("--threads", args.threads, 1),
-        ("--epochs", args.epochs, 1),
-        ("--samples", args.samples, 1),
-        ("--seed", args.seed, 0),
-    ):
-        if value is not None and value < low:
-            raise CLIError(f"{flag} must be >= {low}, got {value}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     train = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}

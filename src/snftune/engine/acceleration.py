@@ -20,11 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..inputs import Rule
+from ..inputs import THREADS
 from .config import ConfigError, TrainConfig
-
-THREADS = Rule(int, 1, 4096, optional=True)
-"""torch's CPU threads for a run (None: one per idle core, :func:`idle_threads`)."""
 
 __all__ = [
     "AccelerationError",
