@@ -23,7 +23,10 @@ from .errors import SnftuneError
 __all__ = [
     "DamagedFileError",
     "Rule",
+    "BATCH_SIZE",
+    "EPOCHS",
     "THREADS",
+    "WORKERS",
     "check_sequence",
     "check_value",
     "read_json_record",
@@ -197,6 +200,11 @@ class Rule:
 
 THREADS = Rule(int, 1, 4096, optional=True)
 """torch's CPU threads for a run or a command (None: one per idle core)."""
+EPOCHS = Rule(int, 1, 1_000_000)
+BATCH_SIZE = Rule(int, 1, 1 << 20)
+WORKERS = Rule(int, 0, 1024)
+"""Rules shared by a run's training settings (:class:`snftune.engine.TrainConfig`) and a command's
+own flags (``snftune predict --batch-size``), which the CLI checks without importing torch."""
 
 
 def check_value(

@@ -247,6 +247,7 @@ class RunSpec:
         return found
 
 
+@functools.cache
 def spec_rules() -> dict[str, Rule]:
     """Each :class:`RunSpec` field's type and range (the training loop's are :class:`TrainConfig`'s)."""
     return {f.name: f.metadata["rule"] for f in dataclasses.fields(RunSpec) if "rule" in f.metadata}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..inputs import Rule
+from ..inputs import BATCH_SIZE, WORKERS, Rule
 from .common import add_threads_option, apply_threads, parse_key_values, ranged
 
 
@@ -35,13 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-size", type=int, help="input size the backbone was built for")
     parser.add_argument(
         "--batch-size",
-        type=ranged(Rule(int, 1, 1 << 20)),
+        type=ranged(BATCH_SIZE),
         default=64,
         help="(image, task) pairs per forward (default 64)",
     )
-    parser.add_argument(
-        "--workers", type=ranged(Rule(int, 0, 1024)), default=0, help="image-decoding processes (default 0)"
-    )
+    parser.add_argument("--workers", type=ranged(WORKERS), default=0, help="image-decoding processes (default 0)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_threads_option(parser)
     parser.set_defaults(run=run)

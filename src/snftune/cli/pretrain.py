@@ -7,7 +7,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..inputs import THREADS, Rule
+from ..inputs import EPOCHS, THREADS, Rule
 from ..suggest import did_you_mean
 from .common import CLIError, ranged
 
@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="snftune-vit-tiny", help="embedded backbone (default: snftune-vit-tiny)")
     parser.add_argument("--out", default=".", help="folder for the weights and JSON (default: the working directory)")
     parser.add_argument("--run-dir", help="engine run folder (log.jsonl, metrics.json; default: a temporary one)")
-    parser.add_argument("--epochs", type=ranged(Rule(int, 1, 1_000_000)), help="override the recipe's epochs")
+    parser.add_argument("--epochs", type=ranged(EPOCHS), help="override the recipe's epochs")
     parser.add_argument(
         "--samples",
         type=ranged(Rule(int, 1, 10_000_000)),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SnftuneError
-from ..inputs import Rule
+from ..inputs import BATCH_SIZE, EPOCHS, WORKERS, Rule
 
 __all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
@@ -47,8 +48,8 @@ class TrainConfig:
     :mod:`snftune.engine.acceleration`.
     """
 
-    epochs: int = _setting(100, Rule(int, 1, 1_000_000))
-    batch_size: int = _setting(64, Rule(int, 1, 1 << 20))
+    epochs: int = _setting(100, EPOCHS)
+    batch_size: int = _setting(64, BATCH_SIZE)
     lr: float = _setting(1e-3, Rule(float, 0.0, low_open=True))
     weight_decay: float = _setting(1e-4, Rule(float, 0.0))
     warmup_epochs: float = _setting(10, Rule(float, 0.0, 1_000_000))
@@ -59,9 +60,9 @@ class TrainConfig:
     cutmix: float = _setting(0.0, Rule(float, 0.0))
     accum_steps: int = _setting(1, Rule(int, 1, 1 << 20))
     eval_every: int = _setting(1, Rule(int, 0, 1_000_000))
-    eval_batch_size: int | None = _setting(None, Rule(int, 1, 1 << 20, optional=True))
+    eval_batch_size: int | None = _setting(None, dataclasses.replace(BATCH_SIZE, optional=True))
     seed: int = _setting(0, Rule(int, 0, 2**64 - 1, hint="a seed must fit the 64 bits of torch's generator"))
-    workers: int = _setting(2, Rule(int, 0, 1024))
+    workers: int = _setting(2, WORKERS)
     amp: str = _setting("auto", Rule(str, choices=AMP_MODES))
     compile: str | None = _setting(None, Rule(str, choices=COMPILE_BACKENDS, optional=True, hint="or unset: eager"))
     grad_checkpointing: bool = _setting(False, Rule(bool))
@@ -102,6 +103,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    @functools.cache
     def rules(cls) -> dict[str, Rule]:
         """Each setting's type and range (beyond them a setting is a typo, not a plan)."""
         return {f.name: f.metadata["rule"] for f in dataclasses.fields(cls)}
