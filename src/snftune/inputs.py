@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ __all__ = [
     "THREADS",
     "WORKERS",
     "check_sequence",
+    "field_rules",
+    "ruled",
     "check_value",
     "read_json_record",
     "read_text",
@@ -196,6 +198,18 @@ class Rule:
         above = low is None or (value > low if self.low_open else value >= low)
         below = high is None or (value < high if self.high_open else value <= high)
         return above and below
+
+
+def ruled(rule: Rule, default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field declared with the rule its values are checked against (:func:`field_rules`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def field_rules(cls: type) -> dict[str, Rule]:
+    """The rules of a dataclass's fields declared with :func:`ruled`, by field name."""
+    return {f.name: f.metadata["rule"] for f in fields(cls) if "rule" in f.metadata}
 
 
 THREADS = Rule(int, 1, 4096, optional=True)

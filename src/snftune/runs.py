@@ -56,7 +56,7 @@ from .engine.acceleration import amp_dtype, autocast_name
 from .engine.features import train_head_on_features, trains_head_only
 from .engine.trainer import RESUMABLE_CHANGES
 from .errors import RUN_FAILED, SnftuneError
-from .inputs import THREADS, Rule, load_yaml
+from .inputs import THREADS, Rule, field_rules, load_yaml, ruled
 from .methods.registry import MethodConfig, resolve_config
 from .provenance import PROVENANCE_NAME, run_provenance
 from .tuning import apply, load_tuned, read_tuned_metadata
@@ -127,13 +127,6 @@ class PicklesFields:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _key(rule: Rule, default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
-    """A :class:`RunSpec` field with the rule its values are checked against (declared once)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
-
-
 def check_given(values: Mapping[str, Any]) -> dict[str, Any]:
     """Settings as a source gives them, each key known and each value of its declared type and
     range (:data:`RUN_VALUES`, :meth:`TrainConfig.rules`, :data:`PLAN_VALUES`; None: not given),
@@ -189,25 +182,25 @@ class RunSpec:
     back (:meth:`from_record`), and compared with a recorded one (:meth:`differences`) by the
     resume and bench-cell checks alike. Change one with :func:`dataclasses.replace`."""
 
-    model: str = _key(Rule(str))
-    method: str = _key(Rule(str))
-    data: str = _key(Rule(str))
+    model: str = ruled(Rule(str))
+    method: str = ruled(Rule(str))
+    data: str = ruled(Rule(str))
     train: TrainConfig = field(default_factory=TrainConfig)
-    pretrained: str | None = _key(Rule(str, optional=True))
-    model_kwargs: dict[str, Any] = _key(Rule(dict), factory=dict)
-    method_options: dict[str, Any] = _key(Rule(dict), factory=dict)
-    data_dir: str | None = _key(Rule(str, optional=True))
-    data_options: dict[str, Any] = _key(Rule(dict), factory=dict)
-    train_split: str | None = _key(Rule(str, optional=True))
-    eval_split: str | None = _key(Rule(str, optional=True))
-    num_classes: int | None = _key(Rule(int, 1, MAX_CLASSES, optional=True))
-    img_size: int | None = _key(Rule(int, 1, MAX_IMAGE_SIZE, optional=True))
-    drop_path: float = _key(Rule(float, 0.0, 1.0, high_open=True), 0.0)
-    device: str | None = _key(Rule(str, optional=True))
-    threads: int | None = _key(THREADS)
-    cache: str = _key(Rule(str, choices=CACHE_MODES), "auto")
-    cache_dir: str | None = _key(Rule(str, optional=True))
-    feature_cache: bool = _key(Rule(bool), True)
+    pretrained: str | None = ruled(Rule(str, optional=True))
+    model_kwargs: dict[str, Any] = ruled(Rule(dict), factory=dict)
+    method_options: dict[str, Any] = ruled(Rule(dict), factory=dict)
+    data_dir: str | None = ruled(Rule(str, optional=True))
+    data_options: dict[str, Any] = ruled(Rule(dict), factory=dict)
+    train_split: str | None = ruled(Rule(str, optional=True))
+    eval_split: str | None = ruled(Rule(str, optional=True))
+    num_classes: int | None = ruled(Rule(int, 1, MAX_CLASSES, optional=True))
+    img_size: int | None = ruled(Rule(int, 1, MAX_IMAGE_SIZE, optional=True))
+    drop_path: float = ruled(Rule(float, 0.0, 1.0, high_open=True), 0.0)
+    device: str | None = ruled(Rule(str, optional=True))
+    threads: int | None = ruled(THREADS)
+    cache: str = ruled(Rule(str, choices=CACHE_MODES), "auto")
+    cache_dir: str | None = ruled(Rule(str, optional=True))
+    feature_cache: bool = ruled(Rule(bool), True)
 
     def __post_init__(self) -> None:
         for key, rule in spec_rules().items():
@@ -250,7 +243,7 @@ class RunSpec:
 @functools.cache
 def spec_rules() -> dict[str, Rule]:
     """Each :class:`RunSpec` field's type and range (the training loop's are :class:`TrainConfig`'s)."""
-    return {f.name: f.metadata["rule"] for f in dataclasses.fields(RunSpec) if "rule" in f.metadata}
+    return field_rules(RunSpec)
 
 
 RUN_VALUES: dict[str, Rule] = {
@@ -597,9 +590,7 @@ class Plan(Protocol):
         """How the runs already in ``folder`` differ from this plan (empty: reusable)."""
         ...
 
-    def run(
-        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-    ) -> list[Metrics]:
+    def run(self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print) -> list[Metrics]:
         """Runs what is left in ``folder``; returns the final runs' metrics."""
         ...
 
@@ -624,9 +615,7 @@ class RunPlan:
             return []
         return self.resolved.settings.differences(read_run_config(folder))
 
-    def run(
-        self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print
-    ) -> list[Metrics]:
+    def run(self, folder: Path, dist: DistInfo | None = None, log: Callable[[str], None] = print) -> list[Metrics]:
         """The run's metrics; none when ``folder`` held this run finished (said in ``log``)."""
         metrics = train_run(self.resolved, folder, self.resume, dist)
         if metrics is None:
@@ -816,9 +805,7 @@ def train_run(resolved: ResolvedRun, out: Path, resume: bool, dist: DistInfo | N
         return _final_evaluation(model, settings, task, out, dist)
 
 
-def _final_evaluation(
-    model: torch.nn.Module, settings: RunSpec, task: Task, out: Path, dist: DistInfo
-) -> Metrics:
+def _final_evaluation(model: torch.nn.Module, settings: RunSpec, task: Task, out: Path, dist: DistInfo) -> Metrics:
     """The reported split (test) read once, with the trained weights: its top-1 becomes the
     run's headline in ``metrics.json``, beside the figures of the split watched in training."""
     metrics = json.loads((out / METRICS_NAME).read_text())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SnftuneError
-from ..inputs import BATCH_SIZE, EPOCHS, WORKERS, Rule
+from ..inputs import BATCH_SIZE, EPOCHS, WORKERS, Rule, field_rules, ruled
 
 __all__ = ["TrainConfig", "ConfigError", "LongWarmupWarning"]
 
@@ -28,11 +28,6 @@ class LongWarmupWarning(UserWarning):
     """The warm-up takes more than half of the run."""
 
 
-def _setting(default: Any, rule: Rule) -> Any:
-    """A field with the rule its values are checked against (its type and range, declared once)."""
-    return dataclasses.field(default=default, metadata={"rule": rule})
-
-
 @dataclass
 class TrainConfig:
     """Everything the training loop reads. Defaults are the VTAB-1k recipe (docs/protocols.md);
@@ -48,31 +43,31 @@ class TrainConfig:
     :mod:`snftune.engine.acceleration`.
     """
 
-    epochs: int = _setting(100, EPOCHS)
-    batch_size: int = _setting(64, BATCH_SIZE)
-    lr: float = _setting(1e-3, Rule(float, 0.0, low_open=True))
-    weight_decay: float = _setting(1e-4, Rule(float, 0.0))
-    warmup_epochs: float = _setting(10, Rule(float, 0.0, 1_000_000))
-    warmup_lr: float = _setting(1e-6, Rule(float, 0.0))
-    min_lr: float = _setting(1e-5, Rule(float, 0.0))
-    label_smoothing: float = _setting(0.0, Rule(float, 0.0, 1.0, high_open=True))
-    mixup: float = _setting(0.0, Rule(float, 0.0))
-    cutmix: float = _setting(0.0, Rule(float, 0.0))
-    accum_steps: int = _setting(1, Rule(int, 1, 1 << 20))
-    eval_every: int = _setting(1, Rule(int, 0, 1_000_000))
-    eval_batch_size: int | None = _setting(None, dataclasses.replace(BATCH_SIZE, optional=True))
-    seed: int = _setting(0, Rule(int, 0, 2**64 - 1, hint="a seed must fit the 64 bits of torch's generator"))
-    workers: int = _setting(2, WORKERS)
-    amp: str = _setting("auto", Rule(str, choices=AMP_MODES))
-    compile: str | None = _setting(None, Rule(str, choices=COMPILE_BACKENDS, optional=True, hint="or unset: eager"))
-    grad_checkpointing: bool = _setting(False, Rule(bool))
-    grad_clip: float | None = _setting(
-        None, Rule(float, 0.0, low_open=True, optional=True, hint="the largest gradient norm; unset: no clipping")
+    epochs: int = ruled(EPOCHS, 100)
+    batch_size: int = ruled(BATCH_SIZE, 64)
+    lr: float = ruled(Rule(float, 0.0, low_open=True), 1e-3)
+    weight_decay: float = ruled(Rule(float, 0.0), 1e-4)
+    warmup_epochs: float = ruled(Rule(float, 0.0, 1_000_000), 10)
+    warmup_lr: float = ruled(Rule(float, 0.0), 1e-6)
+    min_lr: float = ruled(Rule(float, 0.0), 1e-5)
+    label_smoothing: float = ruled(Rule(float, 0.0, 1.0, high_open=True), 0.0)
+    mixup: float = ruled(Rule(float, 0.0), 0.0)
+    cutmix: float = ruled(Rule(float, 0.0), 0.0)
+    accum_steps: int = ruled(Rule(int, 1, 1 << 20), 1)
+    eval_every: int = ruled(Rule(int, 0, 1_000_000), 1)
+    eval_batch_size: int | None = ruled(dataclasses.replace(BATCH_SIZE, optional=True), None)
+    seed: int = ruled(Rule(int, 0, 2**64 - 1, hint="a seed must fit the 64 bits of torch's generator"), 0)
+    workers: int = ruled(WORKERS, 2)
+    amp: str = ruled(Rule(str, choices=AMP_MODES), "auto")
+    compile: str | None = ruled(Rule(str, choices=COMPILE_BACKENDS, optional=True, hint="or unset: eager"), None)
+    grad_checkpointing: bool = ruled(Rule(bool), False)
+    grad_clip: float | None = ruled(
+        Rule(float, 0.0, low_open=True, optional=True, hint="the largest gradient norm; unset: no clipping")
     )
-    report: str = _setting("final", Rule(str, choices=REPORTS))
-    checkpoint_every: int = _setting(0, Rule(int, 0, 1 << 40))
-    log_every: int = _setting(10, Rule(int, 0, 1 << 40))
-    progress: bool = _setting(True, Rule(bool))
+    report: str = ruled(Rule(str, choices=REPORTS), "final")
+    checkpoint_every: int = ruled(Rule(int, 0, 1 << 40), 0)
+    log_every: int = ruled(Rule(int, 0, 1 << 40), 10)
+    progress: bool = ruled(Rule(bool), True)
 
     def __post_init__(self) -> None:
         for name in self.field_names():
@@ -106,7 +101,7 @@ class TrainConfig:
     @functools.cache
     def rules(cls) -> dict[str, Rule]:
         """Each setting's type and range (beyond them a setting is a typo, not a plan)."""
-        return {f.name: f.metadata["rule"] for f in dataclasses.fields(cls)}
+        return field_rules(cls)
 
     @classmethod
     def check_setting(cls, name: str, value: Any, error: type[Exception] = ConfigError) -> Any:

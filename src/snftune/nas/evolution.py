@@ -22,12 +22,12 @@ import hashlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json
-from ..inputs import DamagedFileError, Rule, read_json_record
+from ..inputs import DamagedFileError, Rule, field_rules, read_json_record, ruled
 from ..methods.noah_subnets import MODULES, Subnet, SubnetSpace
 from ..runs import SettingsError
 
@@ -41,20 +41,19 @@ class EvolutionSettings:
     """NOAH's search settings; defaults as its VTAB-1k script (``configs/NOAH/VTAB/search``:
     15 generations, ``evolution.py``'s defaults for the rest)."""
 
-    param_limit: int = field(default=640_000, metadata={"rule": Rule(int, 1)})
-    population: int = field(default=50, metadata={"rule": Rule(int, 1)})
-    generations: int = field(default=15, metadata={"rule": Rule(int, 0)})
-    top_k: int = field(default=10, metadata={"rule": Rule(int, 1)})
-    mutation: int = field(default=25, metadata={"rule": Rule(int, 0)})
-    crossover: int = field(default=25, metadata={"rule": Rule(int, 0)})
-    mutation_prob: float = field(default=0.2, metadata={"rule": Rule(float, 0.0, 1.0)})
-    depth_prob: float = field(default=0.4, metadata={"rule": Rule(float, 0.0, 1.0)})
-    seed: int = field(default=0, metadata={"rule": Rule(int, 0, 2**64 - 1)})
+    param_limit: int = ruled(Rule(int, 1), 640_000)
+    population: int = ruled(Rule(int, 1), 50)
+    generations: int = ruled(Rule(int, 0), 15)
+    top_k: int = ruled(Rule(int, 1), 10)
+    mutation: int = ruled(Rule(int, 0), 25)
+    crossover: int = ruled(Rule(int, 0), 25)
+    mutation_prob: float = ruled(Rule(float, 0.0, 1.0), 0.2)
+    depth_prob: float = ruled(Rule(float, 0.0, 1.0), 0.4)
+    seed: int = ruled(Rule(int, 0, 2**64 - 1), 0)
 
     def __post_init__(self) -> None:
-        for spec in fields(self):
-            value = spec.metadata["rule"].check(f"search setting {spec.name}", getattr(self, spec.name), SettingsError)
-            object.__setattr__(self, spec.name, value)
+        for name, rule in field_rules(type(self)).items():
+            object.__setattr__(self, name, rule.check(f"search setting {name}", getattr(self, name), SettingsError))
         if self.mutation + self.crossover > self.population:
             raise SettingsError(
                 f"mutation ({self.mutation}) + crossover ({self.crossover}) children exceed the population "
